@@ -1,0 +1,231 @@
+"""Decoder steps: run a prefill chunk or a batched decode step against the KV cache.
+
+Two graph styles exist (see runtime.manifest):
+
+* `SharedKVDecoder` drives our GroupQueryAttention graphs. The KV pool is allocated once,
+  per layer a key and a value tensor of shape [slots, kv_heads, max_length, head_dim]. A
+  step over slots [a, a+n) binds the pool's memory at slot a, with shape
+  [n, kv_heads, max_length, head_dim], as both the past input and the present output, so
+  the graph writes the new positions in place: nothing is copied or reallocated per token.
+* `ConcatKVDecoder` drives optimum's graphs, whose present is a fresh tensor holding past
+  + new positions. The present OrtValues are fed back as the next past without ever
+  leaving ONNX Runtime (no numpy round trip); one sequence per slot, run one at a time.
+
+Both keep, per slot, how many positions are in the cache, and return float32 logits.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from runtime.engine import Engine
+from runtime.errors import ContextLengthError, InferenceError, ManifestError
+from runtime.manifest import STYLE_CONCAT_KV, STYLE_GQA_SHARED_KV, TASK_TEXT_GENERATION
+
+_NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def open_decoder(engine: Engine, slots: int = 1) -> "SharedKVDecoder | ConcatKVDecoder":
+    """The decoder matching the engine's graph style, with room for `slots` sequences."""
+    manifest = engine.manifest
+    if manifest.task != TASK_TEXT_GENERATION:
+        raise ManifestError(f"engine {manifest.name!r} is a {manifest.task} engine, not a text generator")
+    if manifest.style == STYLE_GQA_SHARED_KV:
+        return SharedKVDecoder(engine, slots)
+    if manifest.style == STYLE_CONCAT_KV:
+        return ConcatKVDecoder(engine, slots)
+    raise ManifestError(f"engine {manifest.name!r}: no decoder for graph style {manifest.style!r}")
+
+
+def _device_of(engine: Engine) -> str:
+    return "cuda" if engine.providers and engine.providers[0] in _GPU_PROVIDERS else "cpu"
+
+
+def _contiguous_runs(slots: Sequence[int]) -> list[tuple[int, int]]:
+    """Split slot indices into (start index in `slots`, run length) of consecutive slots."""
+    runs, start = [], 0
+    for i in range(1, len(slots) + 1):
+        if i == len(slots) or slots[i] != slots[i - 1] + 1:
+            runs.append((start, i - start))
+            start = i
+    return runs
+
+
+class _DecoderBase:
+    """Slot bookkeeping shared by both styles."""
+
+    def __init__(self, engine: Engine, slots: int) -> None:
+        if slots < 1:
+            raise ValueError("a decoder needs at least one slot")
+        manifest = engine.manifest
+        self.engine = engine
+        self.session = engine.session
+        self.manifest = manifest
+        self.slots = slots
+        self.max_length = manifest.kv_cache.max_length
+        self.vocab_size = manifest.vocab_size
+        self.device = _device_of(engine)
+        self.lengths = np.zeros(slots, dtype=np.int64)
+        layers = manifest.kv_cache.layers
+        self._ids = manifest.require_input("token_ids").name
+        self._logits = manifest.require_output("logits").name
+        self._past = [(manifest.require_input("past_key", i).name, manifest.require_input("past_value", i).name) for i in range(layers)]
+        self._present = [
+            (manifest.require_output("present_key", i).name, manifest.require_output("present_value", i).name) for i in range(layers)
+        ]
+
+    def length(self, slot: int) -> int:
+        """Positions already in the cache of `slot`."""
+        return int(self.lengths[slot])
+
+    def reset(self, slot: int) -> None:
+        """Forget the sequence in `slot`; its positions will be overwritten."""
+        self.lengths[slot] = 0
+
+    def _check_room(self, slot: int, new: int) -> None:
+        total = int(self.lengths[slot]) + new
+        if total > self.max_length:
+            raise ContextLengthError(
+                f"{total} positions needed ({int(self.lengths[slot])} cached + {new} new) but the engine's "
+                f"KV cache holds {self.max_length}; shorten the prompt or re-export with a larger --max-context"
+            )
+
+    def _run(self, binding: ort.IOBinding) -> None:
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:  # onnxruntime's own exception types
+            raise InferenceError(f"engine {self.manifest.name!r} failed a step: {exc}") from exc
+
+    def decode(self, slots: Sequence[int], tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Append one token to each of `slots`; return next-token logits [len(slots), vocab]."""
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if len(tokens) != len(slots):
+            raise ValueError("one token per slot")
+        out = np.empty((len(slots), self.vocab_size), dtype=np.float32)
+        for start, count in self._decode_groups(slots):
+            out[start : start + count] = self._step(slots[start], tokens[start : start + count, None], 1)[:, 0]
+        return out
+
+    def prefill(self, slot: int, token_ids: Sequence[int] | np.ndarray, logits_to_keep: int = 1) -> np.ndarray:
+        """Append `token_ids` to `slot`'s sequence; return logits of its last `logits_to_keep` positions."""
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(1, -1)
+        if ids.shape[1] == 0:
+            raise ValueError("prefill needs at least one token")
+        keep = max(1, min(int(logits_to_keep), ids.shape[1]))
+        return self._step(slot, ids, keep)[0]
+
+    def _decode_groups(self, slots: Sequence[int]) -> list[tuple[int, int]]:
+        return [(i, 1) for i in range(len(slots))]
+
+    def _step(self, first_slot: int, ids: np.ndarray, keep: int) -> np.ndarray:
+        raise NotImplementedError  # each style implements its own step
+
+
+class SharedKVDecoder(_DecoderBase):
+    """GroupQueryAttention graph over one preallocated KV pool shared by past and present."""
+
+    def __init__(self, engine: Engine, slots: int = 1) -> None:
+        super().__init__(engine, slots)
+        manifest = self.manifest
+        kv = manifest.kv_cache
+        if not kv.shared_buffer:
+            raise ManifestError(f"engine {manifest.name!r} does not declare a shared KV buffer")
+        self._seqlens = manifest.require_input("kv_seqlens").name
+        self._total = manifest.require_input("total_length").name
+        self._keep = manifest.require_input("logits_to_keep").name
+        self.dtype = _NUMPY_DTYPES[kv.dtype]
+        self._slot_shape = (kv.kv_heads, kv.max_length, kv.head_dim)
+        self._slot_bytes = int(np.prod(self._slot_shape)) * np.dtype(self.dtype).itemsize
+        # The pool: zero-filled once so that no position ever holds garbage. On CPU the
+        # OrtValue wraps (and keeps alive) the numpy array; on a GPU it is copied over once.
+        self._pool = [
+            tuple(ort.OrtValue.ortvalue_from_numpy(np.zeros((slots, *self._slot_shape), self.dtype), self.device, 0) for _ in range(2))
+            for _ in range(kv.layers)
+        ]
+        self._pointers = [(k.data_ptr(), v.data_ptr()) for k, v in self._pool]
+
+    def pool_bytes(self) -> int:
+        """Bytes held by the KV pool."""
+        return 2 * len(self._pool) * self.slots * self._slot_bytes
+
+    def _decode_groups(self, slots: Sequence[int]) -> list[tuple[int, int]]:
+        # Consecutive slots share one batched step; the scheduler keeps active slots packed.
+        return _contiguous_runs(slots)
+
+    def _step(self, first_slot: int, ids: np.ndarray, keep: int) -> np.ndarray:
+        count, new = ids.shape
+        lengths = self.lengths[first_slot : first_slot + count]
+        if new > 1 and count > 1 and lengths.any():
+            raise ValueError("a multi-token step over several slots is only possible for fresh sequences")
+        for offset in range(count):
+            self._check_room(first_slot + offset, new)
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self._ids, np.ascontiguousarray(ids))
+        binding.bind_cpu_input(self._seqlens, (lengths + new - 1).astype(np.int32))
+        binding.bind_cpu_input(self._total, np.array(int(lengths.max()) + new, dtype=np.int32))
+        binding.bind_cpu_input(self._keep, np.array([keep], dtype=np.int64))
+        shape = [count, *self._slot_shape]
+        offset = first_slot * self._slot_bytes
+        for (past_k, past_v), (present_k, present_v), (ptr_k, ptr_v) in zip(self._past, self._present, self._pointers):
+            for past, present, ptr in ((past_k, present_k, ptr_k), (past_v, present_v, ptr_v)):
+                binding.bind_input(past, self.device, 0, self.dtype, shape, ptr + offset)
+                binding.bind_output(present, self.device, 0, self.dtype, shape, ptr + offset)
+        logits = np.empty((count, keep, self.vocab_size), dtype=np.float32)
+        binding.bind_output(self._logits, "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        self._run(binding)
+        self.lengths[first_slot : first_slot + count] += new
+        return logits
+
+
+class ConcatKVDecoder(_DecoderBase):
+    """optimum-style graph: the present is past + new; it becomes the next step's past."""
+
+    def __init__(self, engine: Engine, slots: int = 1) -> None:
+        super().__init__(engine, slots)
+        manifest = self.manifest
+        kv = manifest.kv_cache
+        mask = manifest.input("attention_mask")
+        positions = manifest.input("position_ids")
+        self._mask = mask.name if mask else None
+        self._positions = positions.name if positions else None
+        self.dtype = _NUMPY_DTYPES[kv.dtype]
+        self._empty = np.zeros((1, kv.kv_heads, 0, kv.head_dim), dtype=self.dtype)
+        self._cache: list[list[ort.OrtValue] | None] = [None] * slots
+
+    def reset(self, slot: int) -> None:
+        super().reset(slot)
+        self._cache[slot] = None
+
+    def _step(self, first_slot: int, ids: np.ndarray, keep: int) -> np.ndarray:
+        if ids.shape[0] != 1:
+            raise ValueError("concatenating graphs run one sequence per step")
+        slot, new = first_slot, ids.shape[1]
+        self._check_room(slot, new)
+        past_length = int(self.lengths[slot])
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self._ids, np.ascontiguousarray(ids))
+        if self._mask:
+            binding.bind_cpu_input(self._mask, np.ones((1, past_length + new), dtype=np.int64))
+        if self._positions:
+            binding.bind_cpu_input(self._positions, np.arange(past_length, past_length + new, dtype=np.int64)[None])
+        cache = self._cache[slot]
+        for layer, names in enumerate(self._past):
+            for kind, name in enumerate(names):
+                if cache is None:
+                    binding.bind_cpu_input(name, self._empty)
+                else:
+                    binding.bind_ortvalue_input(name, cache[2 * layer + kind])
+        binding.bind_output(self._logits, "cpu")
+        for names in self._present:
+            for name in names:
+                binding.bind_output(name, self.device)
+        self._run(binding)
+        outputs = binding.get_outputs()
+        self._cache[slot] = list(outputs[1:])
+        self.lengths[slot] += new
+        # The graph computes logits for every position; keep only what was asked for.
+        return outputs[0].numpy()[:, -keep:, :].astype(np.float32, copy=False)

@@ -1,0 +1,52 @@
+"""Errors raised by the runtime.
+
+Every error carries the HTTP status the API layer should answer with and a message that
+tells the user what to do next. The API translates them once, at its boundary.
+
+    RuntimeError_ (builtin RuntimeError)
+    └── ApplianceError                 status 500
+        ├── EngineLoadError            an engine directory cannot be used
+        │   ├── ManifestError          manifest.json missing, unreadable or of another version
+        │   └── IntegrityError         a file's sha256 differs from the manifest's
+        ├── ContextLengthError         status 400: the prompt does not fit the context
+        └── InferenceError             ONNX Runtime failed while running a step
+"""
+
+from __future__ import annotations
+
+
+class ApplianceError(RuntimeError):
+    """Base of every runtime error; `status` is the HTTP status it maps to."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class EngineLoadError(ApplianceError):
+    """An engine directory cannot be loaded."""
+
+    status = 503
+    code = "engine_unavailable"
+
+
+class ManifestError(EngineLoadError):
+    """manifest.json is missing, malformed, or from a format version we cannot read."""
+
+
+class IntegrityError(EngineLoadError):
+    """A file of the engine directory differs from what its manifest recorded."""
+
+
+class ContextLengthError(ApplianceError):
+    """The prompt (plus the tokens asked for) does not fit the engine's context."""
+
+    status = 400
+    code = "context_length_exceeded"
+
+
+class InferenceError(ApplianceError):
+    """ONNX Runtime failed while running a step."""
