@@ -1,0 +1,244 @@
+"""Our ONNX graph builder for llama-family decoders: GroupQueryAttention over a shared KV buffer.
+
+Why our own builder rather than onnxruntime-genai's: see docs/architecture.md. In short,
+the graph's inputs are the ones our scheduler needs (per-sequence cache lengths and a
+`logits_to_keep` that skips the vocabulary projection for prompt positions nobody reads),
+it builds from the PyTorch module transformers already loaded (so GGUF and HF folders take
+one path and the parity reference is the very same weights), and it keeps onnxruntime-genai
+(which pins the CPU onnxruntime package) out of every environment.
+
+The graph, per layer (names as in the manifest):
+
+    x ─ SimplifiedLayerNorm ─ MatMul(Wqkv) ─ GroupQueryAttention ─ MatMul(Wo) ─┐
+    │                                   past_key_values.i.* ─┘  └─ present.i.*  │
+    └──────────────── residual ───────────── SkipSimplifiedLayerNorm ◄─────────┘
+                                              ─ MatMul(Wgate|Wup) ─ Split ─ SiLU·up ─ MatMul(Wdown) ─► next layer
+
+GroupQueryAttention applies the rotary embedding itself (do_rotary, from cos/sin caches of
+`max_context` rows) and, when the past and present are bound to the same memory, appends
+the new keys and values in place: no Concat anywhere on the KV path.
+
+Inputs: input_ids int64 [batch, sequence]; seqlens_k int32 [batch] (cached + new - 1 per
+sequence); total_sequence_length int32 scalar (max over the batch of cached + new);
+logits_to_keep int64 [1]; past_key_values.{i}.key/value float32
+[batch, kv_heads, max_context, head_dim]. Outputs: logits float32 [batch, kept, vocab];
+present.{i}.key/value (same shape and, bound by the runtime, same memory as the past).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.manifest import KVLayout, TensorSpec
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+STATIC_ROPE_TYPES = (None, "default", "linear", "llama3")  # inv_freq does not depend on length
+OPSET = 21
+IR_VERSION = 10  # what onnxruntime >= 1.20 reads
+MS_DOMAIN = "com.microsoft"
+GRAPH_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+
+
+@dataclass(frozen=True)
+class BuiltGraph:
+    """What the builder produced: tensor specs for the manifest and the KV layout."""
+
+    graph_file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    kv_cache: KVLayout
+    node_count: int
+
+
+def unsupported_reason(config: Any, max_context: int) -> str | None:
+    """Why this builder cannot build `config`'s model, or None if it can."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return f"model_type {model_type!r} is not one of {', '.join(SUPPORTED_MODEL_TYPES)}"
+    head_dim = _head_dim(config)
+    if head_dim % 16:
+        return f"head_dim {head_dim} is not a multiple of 16 (GroupQueryAttention's rotary kernel needs that)"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r} is not silu"
+    rope = getattr(config, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type"))
+    if rope_type not in STATIC_ROPE_TYPES:
+        return f"rope scaling {rope_type!r} depends on the sequence length"
+    if getattr(config, "partial_rotary_factor", 1.0) != 1.0:
+        return "partial rotary embeddings are not supported"
+    window = getattr(config, "sliding_window", None)
+    uses_window = window is not None and getattr(config, "use_sliding_window", model_type == "mistral")
+    if uses_window and window < max_context:
+        return f"sliding-window attention ({window}) shorter than the context ({max_context})"
+    return None
+
+
+def _head_dim(config: Any) -> int:
+    return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+
+
+class _Graph:
+    """A tiny helper around onnx.helper: nodes, initializers and unique names."""
+
+    def __init__(self) -> None:
+        from onnx import helper, numpy_helper
+
+        self.helper = helper
+        self.numpy_helper = numpy_helper
+        self.nodes: list[Any] = []
+        self.initializers: list[Any] = []
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], outputs: list[str], name: str, domain: str = "", **attrs: Any) -> list[str]:
+        self.nodes.append(self.helper.make_node(op, inputs, outputs, name=name, domain=domain or None, **attrs))
+        return outputs
+
+
+def build_gqa_graph(model: Any, max_context: int, out_dir: Path) -> BuiltGraph:
+    """Write model.onnx (+ model.onnx.data) for the llama-family `model` into `out_dir`."""
+    import onnx
+    import torch
+
+    config = model.config
+    reason = unsupported_reason(config, max_context)
+    if reason:
+        raise ValueError(reason)
+    layers = config.num_hidden_layers
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim, hidden = _head_dim(config), config.hidden_size
+    vocab, eps = config.vocab_size, float(config.rms_norm_eps)
+    weights = {name: tensor.detach().to(torch.float32).cpu().numpy() for name, tensor in model.state_dict().items()}
+    g = _Graph()
+    f32 = onnx.TensorProto.FLOAT
+
+    def linear_t(prefix: str) -> np.ndarray:
+        return weights[f"{prefix}.weight"].T  # HF stores [out, in]; MatMul wants [in, out]
+
+    def maybe_bias(x: str, name: str, bias_names: list[str]) -> str:
+        present = [weights.get(b) for b in bias_names]
+        if all(b is None for b in present):
+            return x
+        parts = [p if p is not None else np.zeros_like(next(b for b in present if b is not None)) for p in present]
+        return g.node("Add", [x, g.const(f"{name}.bias", np.concatenate(parts))], [f"{name}/biased"], f"{name}/add_bias")[0]
+
+    # Rotary caches: cos/sin of position × inverse frequency, from the module transformers built.
+    inv_freq, scaling = _rotary_parameters(model)
+    angles = np.outer(np.arange(max_context, dtype=np.float64), inv_freq.astype(np.float64))
+    cos_cache = g.const("rotary.cos_cache", (np.cos(angles) * scaling).astype(np.float32))
+    sin_cache = g.const("rotary.sin_cache", (np.sin(angles) * scaling).astype(np.float32))
+
+    embed = g.const("model.embed_tokens.weight", weights["model.embed_tokens.weight"])
+    x = g.node("Gather", [embed, "input_ids"], ["embeddings"], "embed_tokens")[0]
+    residual = x
+    pending: str | None = None  # output of the previous block still to be added to the residual
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        # Pre-attention norm (fused with the previous MLP's residual add after layer 0).
+        ln = g.const(f"{p}.input_layernorm.weight", weights[f"{p}.input_layernorm.weight"])
+        if pending is None:
+            normed = g.node("SimplifiedLayerNormalization", [x, ln], [f"{p}/ln1"], f"{p}/input_layernorm", axis=-1, epsilon=eps)[0]
+        else:
+            normed, _, _, residual = g.node(
+                "SkipSimplifiedLayerNormalization", [pending, residual, ln],
+                [f"{p}/ln1", "", "", f"{p}/residual1"], f"{p}/input_layernorm", MS_DOMAIN, epsilon=eps,
+            )  # fmt: skip
+        # Fused q|k|v projection, then attention with the rotary embedding and the KV cache.
+        a = f"{p}.self_attn"
+        wqkv = np.concatenate([linear_t(f"{a}.q_proj"), linear_t(f"{a}.k_proj"), linear_t(f"{a}.v_proj")], axis=1)
+        qkv = g.node("MatMul", [normed, g.const(f"{a}.qkv_proj.weight", wqkv)], [f"{p}/qkv"], f"{p}/qkv_proj")[0]
+        qkv = maybe_bias(qkv, f"{a}.qkv_proj", [f"{a}.q_proj.bias", f"{a}.k_proj.bias", f"{a}.v_proj.bias"])
+        attn = g.node(
+            "GroupQueryAttention",
+            [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k", "total_sequence_length", cos_cache, sin_cache],
+            [f"{p}/attn", f"present.{i}.key", f"present.{i}.value"],
+            f"{p}/attention", MS_DOMAIN,
+            num_heads=heads, kv_num_heads=kv_heads, scale=float(head_dim**-0.5), do_rotary=1, rotary_interleaved=0,
+        )[0]  # fmt: skip
+        o = g.node("MatMul", [attn, g.const(f"{a}.o_proj.weight", linear_t(f"{a}.o_proj"))], [f"{p}/o"], f"{p}/o_proj")[0]
+        o = maybe_bias(o, f"{a}.o_proj", [f"{a}.o_proj.bias"])
+        # Post-attention norm fused with the residual add.
+        ln2 = g.const(f"{p}.post_attention_layernorm.weight", weights[f"{p}.post_attention_layernorm.weight"])
+        normed2, _, _, residual = g.node(
+            "SkipSimplifiedLayerNormalization", [o, residual, ln2],
+            [f"{p}/ln2", "", "", f"{p}/residual2"], f"{p}/post_attention_layernorm", MS_DOMAIN, epsilon=eps,
+        )  # fmt: skip
+        # SwiGLU MLP with gate and up fused into one MatMul.
+        m = f"{p}.mlp"
+        inter = weights[f"{m}.gate_proj.weight"].shape[0]
+        wgu = np.concatenate([linear_t(f"{m}.gate_proj"), linear_t(f"{m}.up_proj")], axis=1)
+        gu = g.node("MatMul", [normed2, g.const(f"{m}.gate_up_proj.weight", wgu)], [f"{p}/gate_up"], f"{p}/gate_up_proj")[0]
+        gu = maybe_bias(gu, f"{m}.gate_up_proj", [f"{m}.gate_proj.bias", f"{m}.up_proj.bias"])
+        split = g.const(f"{m}.split", np.array([inter, inter], dtype=np.int64))
+        gate, up = g.node("Split", [gu, split], [f"{p}/gate", f"{p}/up"], f"{p}/split", axis=-1)
+        sig = g.node("Sigmoid", [gate], [f"{p}/gate_sigmoid"], f"{p}/sigmoid")[0]
+        act = g.node("Mul", [gate, sig], [f"{p}/silu"], f"{p}/silu")[0]
+        h = g.node("Mul", [act, up], [f"{p}/swiglu"], f"{p}/swiglu")[0]
+        pending = g.node("MatMul", [h, g.const(f"{m}.down_proj.weight", linear_t(f"{m}.down_proj"))], [f"{p}/mlp_out"], f"{p}/down_proj")[0]
+        pending = maybe_bias(pending, f"{m}.down_proj", [f"{m}.down_proj.bias"])
+
+    # Final norm, keep only the positions whose logits are wanted, project onto the vocabulary.
+    norm = g.const("model.norm.weight", weights["model.norm.weight"])
+    final = g.node("SkipSimplifiedLayerNormalization", [pending, residual, norm], ["final_norm"], "final_norm", MS_DOMAIN, epsilon=eps)[0]
+    start = g.node("Neg", ["logits_to_keep"], ["keep_start"], "keep_start")[0]
+    kept = g.node(
+        "Slice", [final, start, g.const("keep_end", np.array([np.iinfo(np.int64).max])), g.const("keep_axis", np.array([1]))],
+        ["kept_hidden"], "keep_last",
+    )[0]  # fmt: skip
+    if _lm_head_is_tied(model, weights):
+        # Tied weights: one copy on disk; ONNX Runtime folds the transpose once at load.
+        head = g.node("Transpose", [embed], ["lm_head.weight_t"], "lm_head_transpose", perm=[1, 0])[0]
+    else:
+        head = g.const("lm_head.weight_t", weights["lm_head.weight"].T)
+    g.node("MatMul", [kept, head], ["logits"], "lm_head")
+
+    kv_shape = ["batch", kv_heads, max_context, head_dim]
+    inputs = [
+        TensorSpec("input_ids", "token_ids", "int64", ("batch", "sequence")),
+        TensorSpec("seqlens_k", "kv_seqlens", "int32", ("batch",)),
+        TensorSpec("total_sequence_length", "total_length", "int32", ()),
+        TensorSpec("logits_to_keep", "logits_to_keep", "int64", (1,)),
+    ]
+    outputs = [TensorSpec("logits", "logits", "float32", ("batch", "kept", vocab))]
+    for i in range(layers):
+        for kind in ("key", "value"):
+            inputs.append(TensorSpec(f"past_key_values.{i}.{kind}", f"past_{kind}", "float32", tuple(kv_shape), i))
+            outputs.append(TensorSpec(f"present.{i}.{kind}", f"present_{kind}", "float32", tuple(kv_shape), i))
+
+    elem = {"int64": onnx.TensorProto.INT64, "int32": onnx.TensorProto.INT32, "float32": f32}
+    graph = onnx.helper.make_graph(
+        g.nodes,
+        f"{config.model_type}-gqa-shared-kv",
+        [onnx.helper.make_tensor_value_info(t.name, elem[t.dtype], list(t.shape)) for t in inputs],
+        [onnx.helper.make_tensor_value_info(t.name, elem[t.dtype], list(t.shape)) for t in outputs],
+        g.initializers,
+    )
+    proto = onnx.helper.make_model(
+        graph,
+        opset_imports=[onnx.helper.make_opsetid("", OPSET), onnx.helper.make_opsetid(MS_DOMAIN, 1)],
+        producer_name="appliance",
+        ir_version=IR_VERSION,
+    )
+    onnx.save_model(proto, str(out_dir / GRAPH_FILE), save_as_external_data=True, all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
+    layout = KVLayout(layers=layers, kv_heads=kv_heads, head_dim=head_dim, max_length=max_context, dtype="float32", shared_buffer=True)
+    return BuiltGraph(GRAPH_FILE, tuple(inputs), tuple(outputs), layout, len(g.nodes))
+
+
+def _rotary_parameters(model: Any) -> tuple[np.ndarray, float]:
+    """inv_freq and the attention scaling of the model's rotary embedding module."""
+    rotary = model.model.rotary_emb
+    return rotary.inv_freq.detach().float().cpu().numpy(), float(getattr(rotary, "attention_scaling", 1.0))
+
+
+def _lm_head_is_tied(model: Any, weights: dict[str, np.ndarray]) -> bool:
+    head = model.get_output_embeddings()
+    if head is None or "lm_head.weight" not in weights:
+        return True
+    return head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()

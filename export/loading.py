@@ -1,0 +1,140 @@
+"""Loading a model source into PyTorch with transformers (the export's heavy half).
+
+The loaded module is both what the graph builder reads weights from and the parity
+reference, so an engine is always compared with exactly the weights it was built from.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from export.errors import CorruptSourceError, UnsupportedModelError
+from export.sources import ModelSource
+
+
+@dataclass
+class LoadedDecoder:
+    """A causal LM in fp32 and eval mode, its fast tokenizer, and its special tokens."""
+
+    model: Any
+    tokenizer: Any
+    bos_token_id: int | None
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int | None
+    chat_template: str | None
+    model_context_length: int
+
+
+def quiet_transformers() -> None:
+    """Keep transformers' own bars and warnings out of our one-line-per-step output."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    # The GGUF loader draws its own tqdm bar, outside transformers' switch above.
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    if hasattr(gguf_utils, "tqdm") and not isinstance(gguf_utils.tqdm, functools.partial):
+        gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
+
+
+def load_decoder(source: ModelSource) -> LoadedDecoder:
+    """Load a .gguf file or a HF folder as an fp32 causal LM."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
+    if source.kind == "gguf":
+        where, extra = str(source.path.parent), {"gguf_file": source.path.name}
+    else:
+        where, extra = str(source.path), {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, **extra)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **extra)
+    except ValueError as exc:  # transformers' way of saying "unknown architecture"
+        raise UnsupportedModelError(f"{source.path}: transformers cannot load this model ({_first_line(exc)})") from exc
+    except (OSError, KeyError, RuntimeError) as exc:
+        raise CorruptSourceError(f"{source.path}: cannot be loaded ({_first_line(exc)}); check or re-download the model") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise UnsupportedModelError(f"{source.path}: no fast (tokenizer.json) tokenizer, which the runtime needs")
+    model.eval()
+    bos, eos, pad = _special_tokens(source, model, tokenizer)
+    template = tokenizer.chat_template
+    if isinstance(template, dict):  # several named templates: the default one serves chat
+        template = template.get("default") or next(iter(template.values()), None)
+    return LoadedDecoder(
+        model=model,
+        tokenizer=tokenizer,
+        bos_token_id=bos,
+        eos_token_ids=eos,
+        pad_token_id=pad,
+        chat_template=template,
+        model_context_length=int(getattr(model.config, "max_position_embeddings", 0) or 0),
+    )
+
+
+def _special_tokens(source: ModelSource, model: Any, tokenizer: Any) -> tuple[int | None, tuple[int, ...], int | None]:
+    """bos, eos ids and pad, trusting the GGUF header first, then config and generation config.
+
+    (transformers' GGUF tokenizer conversion can get eos wrong: for SmolLM2 it reports
+    <|im_start|> while the header and config say <|im_end|>.)
+    """
+    meta = source.gguf
+    config, generation = model.config, getattr(model, "generation_config", None)
+
+    def first(*values: Any) -> Any:
+        return next((v for v in values if v is not None), None)
+
+    bos = first(meta.get("tokenizer.ggml.bos_token_id"), config.bos_token_id, tokenizer.bos_token_id)
+    eos: list[int] = []
+    for value in (meta.get("tokenizer.ggml.eos_token_id"), config.eos_token_id, getattr(generation, "eos_token_id", None)):
+        for token in value if isinstance(value, (list, tuple)) else [value]:
+            if token is not None and int(token) not in eos:
+                eos.append(int(token))
+    if not eos and tokenizer.eos_token_id is not None:
+        eos.append(int(tokenizer.eos_token_id))
+    pad = first(meta.get("tokenizer.ggml.padding_token_id"), config.pad_token_id, tokenizer.pad_token_id)
+    return (int(bos) if bos is not None else None), tuple(eos), (int(pad) if pad is not None else None)
+
+
+def save_tokenizer(tokenizer: Any, path: Path) -> None:
+    """Write the fast tokenizer as tokenizer.json, exactly as transformers runs it."""
+    tokenizer.backend_tokenizer.save(str(path))
+
+
+def read_sentence_transformers_config(folder: Path) -> dict[str, Any]:
+    """Pooling, normalisation and max length from a sentence-transformers folder (or {})."""
+    result: dict[str, Any] = {}
+    modules_path = folder / "modules.json"
+    if not modules_path.is_file():
+        return result
+    modules = json.loads(modules_path.read_text())
+    for module in modules:
+        kind = module.get("type", "")
+        if kind.endswith("Pooling"):
+            pooling = json.loads((folder / module["path"] / "config.json").read_text())
+            result["pooling"] = _pooling_mode(pooling)
+            result["dimension"] = int(pooling.get("word_embedding_dimension", 0))
+        elif kind.endswith("Normalize"):
+            result["normalize"] = True
+    st_config = folder / "sentence_bert_config.json"
+    if st_config.is_file():
+        result["max_seq_length"] = int(json.loads(st_config.read_text()).get("max_seq_length", 0) or 0)
+    return result
+
+
+def _pooling_mode(pooling: dict[str, Any]) -> str:
+    modes = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max", "pooling_mode_lasttoken": "last"}
+    chosen = [mode for key, mode in modes.items() if pooling.get(key)]
+    if len(chosen) != 1:
+        raise UnsupportedModelError(f"pooling {pooling} combines several modes (or none); only one of mean, cls, max, last is supported")
+    return chosen[0]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

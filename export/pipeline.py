@@ -1,0 +1,317 @@
+"""`appliance export`: model source → engine directory, validated, written atomically.
+
+The steps, each reported by `Progress`:
+
+1. check the arguments and the source (cheap, before any heavy import);
+2. load the model with transformers (fp32, eval);
+3. build the graph: our GroupQueryAttention builder when it covers the architecture,
+   optimum's exporter otherwise (decoders); optimum's feature-extraction export (encoders);
+4. write tokenizer.json and manifest.json;
+5. validate against the PyTorch model and write parity.json; an fp32 decoder whose greedy
+   tokens differ, or an encoder below cosine 0.9999, fails the export;
+6. rewrite the manifest with the final sha256 of every file and move the directory into
+   place. Everything happens in a hidden sibling folder that is deleted on any failure, so
+   the output path either holds a complete engine or nothing new.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+from export.errors import BackendUnavailableError, DestinationExistsError, ExportError, ParityError, UnsupportedModelError
+from export.progress import Progress, Silent
+from export.sources import ModelSource, resolve_source
+from runtime.manifest import (
+    PARITY_FILE,
+    STYLE_CONCAT_KV,
+    STYLE_ENCODER,
+    STYLE_GQA_SHARED_KV,
+    TASK_EMBEDDING,
+    TASK_TEXT_GENERATION,
+    TOKENIZER_FILE,
+    EmbeddingSpec,
+    Manifest,
+    write_manifest,
+)
+
+PRECISIONS = ("fp32",)  # int8 / int4 weight-only engines arrive with the quantizer
+BACKENDS = ("onnx", "tensorrt")
+BUILDERS = ("auto", "gqa", "optimum")
+DEFAULT_MAX_CONTEXT = 2048
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export; recorded verbatim in the manifest."""
+
+    # Weight precision of the engine.
+    precision: str = "fp32"
+    # Positions the preallocated KV buffer holds (the engine's context length).
+    max_context: int = DEFAULT_MAX_CONTEXT
+    # "onnx" (ONNX Runtime engine) or "tensorrt" (needs an NVIDIA GPU).
+    backend: str = "onnx"
+    # "auto": our GQA builder when it covers the architecture, else optimum; or force one.
+    builder: str = "auto"
+    # Greedy tokens compared with PyTorch per parity prompt.
+    parity_tokens: int = 64
+    # Replace an existing output directory.
+    force: bool = False
+
+    def check(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ExportError(f"precision {self.precision!r} is not available; choose one of {', '.join(PRECISIONS)}")
+        if self.backend not in BACKENDS:
+            raise ExportError(f"backend {self.backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
+        if self.builder not in BUILDERS:
+            raise ExportError(f"builder {self.builder!r} is unknown; choose one of {', '.join(BUILDERS)}")
+        if not 16 <= self.max_context <= 1 << 20:
+            raise ExportError(f"--max-context {self.max_context} is out of range (16 to 1048576)")
+        if self.parity_tokens < 1:
+            raise ExportError("parity needs at least one greedy token per prompt")
+
+
+@dataclass
+class ExportResult:
+    directory: Path
+    manifest: Manifest
+    parity: dict[str, Any]
+    seconds: float
+    steps: list[str] = field(default_factory=list)
+
+
+def default_output(source: ModelSource, options: ExportOptions, engines_dir: Path = Path("engines")) -> Path:
+    """engines/<name>-<precision> for decoders, engines/<name> for embedding models."""
+    suffix = f"-{options.precision}" if source.task == TASK_TEXT_GENERATION else ""
+    return engines_dir / f"{source.name}{suffix}"
+
+
+def check_backend(backend: str) -> None:
+    """Refuse a backend this machine cannot build for, with a message that says why."""
+    if backend != "tensorrt":
+        return
+    if not nvidia_gpu_present():
+        raise BackendUnavailableError(
+            "--backend tensorrt needs an NVIDIA GPU and this machine has none (no /dev/nvidiactl); "
+            "export with --backend onnx (the default) here, or run the TensorRT export on the GPU machine"
+        )
+    raise BackendUnavailableError(
+        "TensorRT engine builds are not implemented in this version of the appliance; "
+        "export with --backend onnx and serve it with the CUDA execution provider"
+    )
+
+
+def nvidia_gpu_present() -> bool:
+    return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def export_model(
+    source_argument: str,
+    out: Path | str | None = None,
+    options: ExportOptions = ExportOptions(),
+    *,
+    cache_dir: Path | str | None = None,
+    pip_args: Sequence[str] = (),
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Export `source_argument` (default name, HF folder or .gguf) into an engine directory."""
+    progress = progress or Silent()
+    started = time.monotonic()
+    options.check()
+    check_backend(options.backend)
+    source = resolve_source(source_argument, cache_dir, progress=progress, pip_args=pip_args)
+    target = Path(out) if out else default_output(source, options)
+    if target.exists() and not options.force:
+        raise DestinationExistsError(f"{target} already exists; pass --force to replace it or choose another --out")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        if source.task == TASK_TEXT_GENERATION:
+            manifest, parity = _export_decoder(source, staging, target.name, options, progress)
+        else:
+            manifest, parity = _export_encoder(source, staging, target.name, options, progress)
+        _move_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    progress.note(f"engine written to {target}")
+    return ExportResult(target, manifest, parity, time.monotonic() - started)
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Rename the finished directory onto `target`, replacing an old one only at the end."""
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(target)
+
+
+def _exporter_versions(*packages: str) -> dict[str, str]:
+    versions = {}
+    for package in ("appliance", "onnxruntime", "onnx", "torch", "transformers", *packages):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _export_decoder(source: ModelSource, staging: Path, name: str, options: ExportOptions, progress: Progress) -> tuple[Manifest, dict]:
+    from export import gqa_builder, optimum_export
+    from export.loading import load_decoder, save_tokenizer
+    from export.parity import decoder_parity
+    from export.prompts import DECODER_PROMPTS
+
+    with progress.step(f"loading {source.path.name} with transformers"):
+        loaded = load_decoder(source)
+    config = loaded.model.config
+    if loaded.model_context_length and options.max_context > loaded.model_context_length:
+        raise ExportError(
+            f"--max-context {options.max_context} exceeds the {loaded.model_context_length} positions "
+            f"{source.name} was trained for; choose at most {loaded.model_context_length}"
+        )
+    reason = gqa_builder.unsupported_reason(config, options.max_context)
+    if options.builder == "gqa" and reason:
+        raise UnsupportedModelError(f"--builder gqa cannot build {source.architecture}: {reason}")
+    use_gqa = options.builder == "gqa" or (options.builder == "auto" and reason is None)
+    if use_gqa:
+        with progress.step(f"building the GroupQueryAttention graph (shared KV buffer of {options.max_context} positions)"):
+            built = gqa_builder.build_gqa_graph(loaded.model, options.max_context, staging)
+        style, providers, extra = STYLE_GQA_SHARED_KV, ("CPUExecutionProvider",), ()
+    else:
+        why = reason if options.builder == "auto" else "--builder optimum"
+        with progress.step(f"exporting with optimum, concatenated KV ({why})"):
+            built = optimum_export.export_concat_decoder(loaded.model, options.max_context, staging)
+        style, providers, extra = STYLE_CONCAT_KV, ("CUDAExecutionProvider", "CPUExecutionProvider"), ("optimum", "optimum-onnx")
+    with progress.step("writing tokenizer.json and manifest.json"):
+        save_tokenizer(loaded.tokenizer, staging / TOKENIZER_FILE)
+        manifest = Manifest(
+            name=name,
+            task=TASK_TEXT_GENERATION,
+            architecture=type(loaded.model).__name__,
+            model_type=config.model_type,
+            style=style,
+            graph_file=built.graph_file,
+            inputs=built.inputs,
+            outputs=built.outputs,
+            kv_cache=built.kv_cache,
+            precision=options.precision,
+            # fp32 GroupQueryAttention runs on CPU only: ONNX Runtime's CUDA kernel is fp16/bf16.
+            execution_providers=providers,
+            vocab_size=int(config.vocab_size),
+            context_length=options.max_context,
+            bos_token_id=loaded.bos_token_id,
+            eos_token_ids=loaded.eos_token_ids,
+            pad_token_id=loaded.pad_token_id,
+            add_bos_token=_adds_bos(loaded.tokenizer, loaded.bos_token_id),
+            chat_template=loaded.chat_template,
+            source=source.describe(),
+            export_options=dataclasses.asdict(options) | {"builder_used": "gqa" if use_gqa else "optimum"},
+            exporter=_exporter_versions(*extra),
+            created=_now(),
+        )
+        write_manifest(staging, manifest)
+    with progress.step("validating against the PyTorch model", total=len(DECODER_PROMPTS)) as step:
+        parity = decoder_parity(
+            loaded.model, loaded.tokenizer, staging, options.parity_tokens, on_prompt=lambda prompt: step.advance(detail=prompt)
+        )
+    parity["precision"] = options.precision
+    _write_parity(staging, manifest, parity)
+    if not parity["tokenizer_identical"]:
+        bad = [r["name"] for r in parity["prompts"] if not r["tokenizer_identical"]]
+        raise ParityError(f"tokenizer.json does not reproduce transformers' token ids (prompts: {', '.join(bad)}); this tokenizer cannot be exported")
+    if options.precision == "fp32" and not parity["greedy_identical"]:
+        bad = [f"{r['name']} at token {r['first_divergence']}" for r in parity["prompts"] if not r["greedy_identical"]]
+        raise ParityError(
+            f"fp32 engine's greedy tokens differ from PyTorch ({'; '.join(bad)}; max abs logit error "
+            f"{parity['max_abs_logit_error']:.3g}); the graph is wrong for this model: try --builder optimum"
+        )
+    return manifest, parity
+
+
+def _adds_bos(tokenizer: Any, bos: int | None) -> bool:
+    """Whether plain tokenization (add_special_tokens) puts BOS in front, as the runtime will."""
+    if bos is None:
+        return False
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == bos
+
+
+def _export_encoder(source: ModelSource, staging: Path, name: str, options: ExportOptions, progress: Progress) -> tuple[Manifest, dict]:
+    from export import optimum_export
+    from export.loading import quiet_transformers, read_sentence_transformers_config
+    from export.parity import encoder_parity
+
+    if source.kind != "hf":
+        raise UnsupportedModelError(f"{source.path}: embedding models are exported from Hugging Face folders only")
+    quiet_transformers()
+    config = json.loads((source.path / "config.json").read_text())
+    st = read_sentence_transformers_config(source.path)
+    with progress.step("exporting the encoder with optimum (feature-extraction)"):
+        built = optimum_export.export_encoder(source.path, staging)
+    with progress.step("writing tokenizer.json and manifest.json"):
+        tokenizer_json = source.path / TOKENIZER_FILE
+        if tokenizer_json.is_file():
+            shutil.copyfile(tokenizer_json, staging / TOKENIZER_FILE)
+        else:
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(str(source.path)).backend_tokenizer.save(str(staging / TOKENIZER_FILE))
+        positions = int(config.get("max_position_embeddings", 512))
+        max_tokens = min(st.get("max_seq_length") or positions, positions)
+        embedding = EmbeddingSpec(
+            pooling=st.get("pooling", "mean"),
+            normalize=bool(st.get("normalize", False)),
+            dimension=int(st.get("dimension") or config["hidden_size"]),
+            max_input_tokens=max_tokens,
+        )
+        manifest = Manifest(
+            name=name,
+            task=TASK_EMBEDDING,
+            architecture=source.architecture,
+            model_type=source.model_type,
+            style=STYLE_ENCODER,
+            graph_file=built.graph_file,
+            inputs=built.inputs,
+            outputs=built.outputs,
+            embedding=embedding,
+            precision=options.precision,
+            execution_providers=("CUDAExecutionProvider", "CPUExecutionProvider"),
+            vocab_size=int(config.get("vocab_size", 0)),
+            context_length=max_tokens,
+            pad_token_id=config.get("pad_token_id"),
+            source=source.describe(),
+            export_options=dataclasses.asdict(options) | {"builder_used": "optimum"},
+            exporter=_exporter_versions("optimum", "optimum-onnx", "sentence-transformers"),
+            created=_now(),
+        )
+        write_manifest(staging, manifest)
+    with progress.step("validating against the PyTorch model"):
+        parity = encoder_parity(source.path, staging)
+    parity["precision"] = options.precision
+    _write_parity(staging, manifest, parity)
+    if not parity["passed"]:
+        raise ParityError(f"embedding engine's minimum cosine with PyTorch is {parity['min_cosine']:.6f}, below {parity['cosine_bar']}")
+    return manifest, parity
+
+
+def _write_parity(staging: Path, manifest: Manifest, parity: dict[str, Any]) -> None:
+    """parity.json, then the manifest again so its hashes cover parity.json too."""
+    (staging / PARITY_FILE).write_text(json.dumps(parity, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_manifest(staging, manifest)

@@ -1,0 +1,95 @@
+"""Progress for long export steps.
+
+On a terminal a step shows a live line (spinner, elapsed time, and a count when the step
+knows its total) that is replaced by a final line when the step ends. Anywhere else (CI
+logs, pipes) each step prints exactly one line when it ends, so logs stay readable.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import IO, Iterator
+
+
+class Step:
+    """One running step; `advance()` moves its counter when it has a total."""
+
+    def __init__(self, progress: "Progress", title: str, total: int | None) -> None:
+        self.progress = progress
+        self.title = title
+        self.total = total
+        self.done = 0
+        self.detail = ""
+        self.started = time.monotonic()
+
+    def advance(self, count: int = 1, detail: str = "") -> None:
+        self.done += count
+        if detail:
+            self.detail = detail
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def line(self) -> str:
+        count = f" {self.done}/{self.total}" if self.total else ""
+        detail = f" {self.detail}" if self.detail else ""
+        return f"{self.title}{count}{detail} ({self.elapsed():.1f} s)"
+
+
+class Progress:
+    """Reports steps to `stream` (stderr by default)."""
+
+    def __init__(self, stream: IO[str] | None = None, prefix: str = "appliance", live: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.prefix = prefix
+        self.live = self.stream.isatty() if live is None else live
+
+    def note(self, message: str) -> None:
+        """A one-off line outside any step."""
+        print(f"[{self.prefix}] {message}", file=self.stream, flush=True)
+
+    @contextmanager
+    def step(self, title: str, total: int | None = None, spinner: bool = True) -> Iterator[Step]:
+        """Run a step; `spinner=False` lets a child process draw its own progress instead."""
+        step = Step(self, title, total)
+        stop = threading.Event()
+        painter = None
+        if self.live and spinner:
+            painter = threading.Thread(target=self._paint, args=(step, stop), daemon=True)
+            painter.start()
+        ok = False
+        try:
+            yield step
+            ok = True
+        finally:
+            stop.set()
+            if painter:
+                painter.join()
+            clear = "\r\033[K" if self.live and spinner else ""
+            mark = "done" if ok else "FAILED"
+            print(f"{clear}[{self.prefix}] {step.line()}: {mark}", file=self.stream, flush=True)
+
+    def _paint(self, step: Step, stop: threading.Event) -> None:
+        for frame in itertools.cycle("|/-\\"):
+            self.stream.write(f"\r\033[K[{self.prefix}] {frame} {step.line()}")
+            self.stream.flush()
+            if stop.wait(0.2):
+                return
+
+
+class Silent(Progress):
+    """A Progress that prints nothing (library use, tests)."""
+
+    def __init__(self) -> None:
+        super().__init__(stream=sys.stderr, live=False)
+
+    def note(self, message: str) -> None:
+        pass
+
+    @contextmanager
+    def step(self, title: str, total: int | None = None, spinner: bool = True) -> Iterator[Step]:
+        yield Step(self, title, total)
