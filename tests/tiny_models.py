@@ -1,0 +1,156 @@
+"""Tiny synthetic models that build in seconds, so most tests need no download.
+
+Each factory writes a complete Hugging Face model folder (config, safetensors weights,
+fast tokenizer with a chat template) with fixed seeds. Weights are initialised with a large
+standard deviation so that logits are far apart and greedy decoding has no near-ties that
+could flip between PyTorch and ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from export.prompts import DECODER_PROMPTS, EMBEDDING_SENTENCES
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+_CORPUS = [p.text for p in DECODER_PROMPTS] + list(EMBEDDING_SENTENCES) + [
+    "The quick brown fox jumps over the lazy dog.",
+    "Tiny models make tests fast; real models make them honest.",
+]
+
+
+def _byte_bpe(vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(_CORPUS * 4, trainer)
+    return tokenizer
+
+
+def _save_decoder_tokenizer(folder: Path, vocab_size: int) -> int:
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=_byte_bpe(vocab_size),
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    fast.chat_template = CHATML
+    fast.save_pretrained(folder)
+    return len(fast)
+
+
+def _init_weights(model, std: float) -> None:
+    import torch
+
+    generator = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name.lower() or ".ln_" in name:
+                param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=generator))
+            else:
+                param.copy_(std * torch.randn(param.shape, generator=generator))
+
+
+def make_tiny_llama(folder: Path, *, model_type: str = "llama", tie: bool = True) -> Path:
+    """A 2-layer llama (or qwen2, with q/k/v biases) with 4 query and 2 KV heads of 16 dims."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = _save_decoder_tokenizer(folder, 600)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=tie,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    model = AutoModelForCausalLM.from_config(config)
+    _init_weights(model, 0.25)
+    model.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_gpt2(folder: Path) -> Path:
+    """A 2-layer GPT-2: an architecture our GQA builder does not cover (optimum fallback)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = _save_decoder_tokenizer(folder, 600)
+    config = GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=4096, bos_token_id=1, eos_token_id=2)
+    model = GPT2LMHeadModel(config)
+    _init_weights(model, 0.25)
+    model.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_sentence_encoder(folder: Path) -> Path:
+    """A 2-layer BERT laid out as a sentence-transformers folder (mean pooling, normalised)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wordpiece.decoder = decoders.WordPiece()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    wordpiece.train_from_iterator(_CORPUS * 4, trainers.WordPieceTrainer(vocab_size=500, special_tokens=specials))
+    wordpiece.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    fast = BertTokenizerFast(tokenizer_object=wordpiece, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
+    fast.save_pretrained(folder)
+    config = BertConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128, pad_token_id=0)
+    model = BertModel(config)
+    _init_weights(model, 0.1)
+    model.save_pretrained(folder)
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]))  # fmt: skip
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}))
+    (folder / "2_Normalize").mkdir(exist_ok=True)
+    return folder
+
+
+def write_gguf(path: Path, architecture: str = "llama") -> Path:
+    """A small but well-formed GGUF file (header, metadata, one tensor) for the source checks."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), architecture)
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.arange(4096, dtype=np.float32).reshape(64, 64))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
