@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("source", metavar="SOURCE", help="default model name, Hugging Face model folder, or .gguf file")
     export.add_argument("--out", type=Path, default=None, help="engine directory (default: engines/<name>[-<precision>])")
     export.add_argument("--precision", choices=PRECISIONS, default="fp32", help="weight precision (default: fp32)")
-    export.add_argument("--max-context", type=int, default=DEFAULT_MAX_CONTEXT, help=f"KV buffer length in tokens (default: {DEFAULT_MAX_CONTEXT})")
+    export.add_argument("--max-context", type=int, default=DEFAULT_MAX_CONTEXT, help=f"decoders: KV buffer length in tokens, the engine's context (default: {DEFAULT_MAX_CONTEXT})")
     export.add_argument("--backend", choices=BACKENDS, default="onnx", help="engine backend (default: onnx)")
     export.add_argument("--builder", choices=BUILDERS, default="auto", help="decoder graph builder (default: auto)")
     export.add_argument("--force", action="store_true", help="replace an existing engine directory")

@@ -29,8 +29,8 @@ class LoadedDecoder:
     model_context_length: int
 
 
-def quiet_transformers() -> None:
-    """Keep transformers' own bars and warnings out of our one-line-per-step output."""
+def quiet_libraries() -> None:
+    """Keep transformers' and optimum's own bars and warnings out of our one-line-per-step output."""
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
@@ -40,6 +40,12 @@ def quiet_transformers() -> None:
 
     if hasattr(gguf_utils, "tqdm") and not isinstance(gguf_utils.tqdm, functools.partial):
         gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
+    try:
+        from optimum.utils import logging as optimum_logging
+
+        optimum_logging.set_verbosity_error()
+    except ImportError:  # optimum is only needed for the fallback and encoder paths
+        pass
 
 
 def load_decoder(source: ModelSource) -> LoadedDecoder:
@@ -47,7 +53,7 @@ def load_decoder(source: ModelSource) -> LoadedDecoder:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    quiet_transformers()
+    quiet_libraries()
     if source.kind == "gguf":
         where, extra = str(source.path.parent), {"gguf_file": source.path.name}
     else:

@@ -126,10 +126,13 @@ def export_model(
     started = time.monotonic()
     options.check()
     check_backend(options.backend)
+    if out is not None:
+        _check_destination(Path(out), options)  # before any download
     source = resolve_source(source_argument, cache_dir, progress=progress, pip_args=pip_args)
-    target = Path(out) if out else default_output(source, options)
-    if target.exists() and not options.force:
-        raise DestinationExistsError(f"{target} already exists; pass --force to replace it or choose another --out")
+    target = Path(out) if out is not None else default_output(source, options)
+    _check_destination(target, options)
+    if source.task == TASK_EMBEDDING and options.builder == "gqa":
+        raise UnsupportedModelError(f"--builder gqa builds decoders; {source.name} is an embedding model (use --builder auto)")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -145,6 +148,13 @@ def export_model(
         raise
     progress.note(f"engine written to {target}")
     return ExportResult(target, manifest, parity, time.monotonic() - started)
+
+
+def _check_destination(target: Path, options: ExportOptions) -> None:
+    if target.exists() and not options.force:
+        raise DestinationExistsError(f"{target} already exists; pass --force to replace it or choose another --out")
+    if target.exists() and not target.is_dir():
+        raise DestinationExistsError(f"{target} exists and is not a directory; choose another --out")
 
 
 def _move_into_place(staging: Path, target: Path) -> None:
@@ -255,12 +265,12 @@ def _adds_bos(tokenizer: Any, bos: int | None) -> bool:
 
 def _export_encoder(source: ModelSource, staging: Path, name: str, options: ExportOptions, progress: Progress) -> tuple[Manifest, dict]:
     from export import optimum_export
-    from export.loading import quiet_transformers, read_sentence_transformers_config
+    from export.loading import quiet_libraries, read_sentence_transformers_config
     from export.parity import encoder_parity
 
     if source.kind != "hf":
         raise UnsupportedModelError(f"{source.path}: embedding models are exported from Hugging Face folders only")
-    quiet_transformers()
+    quiet_libraries()
     config = json.loads((source.path / "config.json").read_text())
     st = read_sentence_transformers_config(source.path)
     with progress.step("exporting the encoder with optimum (feature-extraction)"):

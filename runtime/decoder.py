@@ -16,6 +16,7 @@ Both keep, per slot, how many positions are in the cache, and return float32 log
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Sequence
 
 import numpy as np
@@ -55,8 +56,8 @@ def _contiguous_runs(slots: Sequence[int]) -> list[tuple[int, int]]:
     return runs
 
 
-class _DecoderBase:
-    """Slot bookkeeping shared by both styles."""
+class _DecoderBase(ABC):
+    """Slot bookkeeping shared by both styles; each style supplies `_step`."""
 
     def __init__(self, engine: Engine, slots: int) -> None:
         if slots < 1:
@@ -121,8 +122,9 @@ class _DecoderBase:
     def _decode_groups(self, slots: Sequence[int]) -> list[tuple[int, int]]:
         return [(i, 1) for i in range(len(slots))]
 
+    @abstractmethod
     def _step(self, first_slot: int, ids: np.ndarray, keep: int) -> np.ndarray:
-        raise NotImplementedError  # each style implements its own step
+        """Run `ids` [n, new] for slots first_slot..first_slot+n-1; logits [n, keep, vocab]."""
 
 
 class SharedKVDecoder(_DecoderBase):
@@ -142,11 +144,16 @@ class SharedKVDecoder(_DecoderBase):
         self._slot_bytes = int(np.prod(self._slot_shape)) * np.dtype(self.dtype).itemsize
         # The pool: zero-filled once so that no position ever holds garbage. On CPU the
         # OrtValue wraps (and keeps alive) the numpy array; on a GPU it is copied over once.
-        self._pool = [
-            tuple(ort.OrtValue.ortvalue_from_numpy(np.zeros((slots, *self._slot_shape), self.dtype), self.device, 0) for _ in range(2))
-            for _ in range(kv.layers)
-        ]
+        host = [tuple(np.zeros((slots, *self._slot_shape), self.dtype) for _ in range(2)) for _ in range(kv.layers)]
+        self._pool = [tuple(ort.OrtValue.ortvalue_from_numpy(array, self.device, 0) for array in pair) for pair in host]
+        self._host = host if self.device == "cpu" else None
         self._pointers = [(k.data_ptr(), v.data_ptr()) for k, v in self._pool]
+
+    def cache_view(self, layer: int, kind: str) -> np.ndarray:
+        """The live pool memory of one layer's keys or values (CPU pools only; for inspection)."""
+        if self._host is None:
+            raise ValueError("the KV pool lives on the GPU; there is no host view")
+        return self._host[layer][("key", "value").index(kind)]
 
     def pool_bytes(self) -> int:
         """Bytes held by the KV pool."""

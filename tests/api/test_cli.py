@@ -101,6 +101,20 @@ def test_existing_destination_needs_force(tmp_path: Path):
     assert (out / "keep.txt").read_text() == "mine"
 
 
+def test_existing_destination_is_refused_before_any_download(tmp_path: Path):
+    out = tmp_path / "engine"
+    out.mkdir()
+    result = appliance("export", "smollm2-135m-instruct", "--out", str(out), "--cache-dir", str(tmp_path / "cache"))
+    assert_user_error(result, "already exists")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_gqa_builder_is_refused_for_an_encoder(tmp_path: Path, tiny_encoder_dir):
+    result = appliance("export", str(tiny_encoder_dir), "--builder", "gqa", "--out", str(tmp_path / "out" / "e"))
+    assert_user_error(result, "--builder gqa builds decoders")
+    assert_nothing_written(tmp_path / "out")
+
+
 @pytest.mark.parametrize("change", ["alter", "missing-manifest"])
 def test_verify_refuses_a_tampered_engine(tmp_path: Path, tiny_llama_engine, change):
     import shutil

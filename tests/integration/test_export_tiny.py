@@ -85,6 +85,20 @@ def test_chunked_prefill_equals_one_shot(tiny_engine):
     np.testing.assert_allclose(both[0], both[1], atol=1e-4)
 
 
+def test_steps_write_into_the_preallocated_pool_in_place(tiny_engine):
+    decoder = open_decoder(tiny_engine, slots=3)
+    keys = decoder.cache_view(1, "key")  # layer 1, [slots, kv_heads, max_length, head_dim]
+    address = keys.ctypes.data
+    decoder.prefill(1, [5, 6, 7, 8])
+    decoder.decode([1, 2], [9, 9])
+    assert keys.ctypes.data == address  # never reallocated
+    assert np.abs(keys[1, :, :5]).min(axis=-1).all()  # positions 0..4 of slot 1 written
+    assert not keys[1, :, 5:].any()  # nothing past the sequence
+    assert not keys[0].any()  # the untouched slot stays untouched
+    assert keys[2, :, 0].any() and not keys[2, :, 1:].any()  # slot 2: one decode step at position 0
+    assert decoder.pool_bytes() == 2 * 2 * 3 * 2 * 2048 * 16 * 4
+
+
 def greedy_alone(engine, ids: list[int], steps: int) -> list[np.ndarray]:
     decoder = open_decoder(engine, slots=1)
     token = int(decoder.prefill(0, ids)[-1].argmax())
