@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
@@ -84,7 +84,6 @@ class ExportResult:
     manifest: Manifest
     parity: dict[str, Any]
     seconds: float
-    steps: list[str] = field(default_factory=list)
 
 
 def default_output(source: ModelSource, options: ExportOptions, engines_dir: Path = Path("engines")) -> Path:
@@ -134,8 +133,8 @@ def export_model(
     if source.task == TASK_EMBEDDING and options.builder == "gqa":
         raise UnsupportedModelError(f"--builder gqa builds decoders; {source.name} is an embedding model (use --builder auto)")
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(target)
     staging = target.parent / f".{target.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
         if source.task == TASK_TEXT_GENERATION:
@@ -155,6 +154,26 @@ def _check_destination(target: Path, options: ExportOptions) -> None:
         raise DestinationExistsError(f"{target} already exists; pass --force to replace it or choose another --out")
     if target.exists() and not target.is_dir():
         raise DestinationExistsError(f"{target} exists and is not a directory; choose another --out")
+
+
+def _remove_stale_staging(target: Path) -> None:
+    """Delete staging folders that exports killed outright (SIGKILL, power loss) left behind."""
+    for folder in target.parent.glob(f".{target.name}.partial-*"):
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a folder with our own pid can only be a leftover of an earlier run
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _move_into_place(staging: Path, target: Path) -> None:

@@ -193,6 +193,14 @@ def test_failed_forced_export_keeps_the_old_engine(tiny_llama_engine, tiny_gpt2_
     assert [p.name for p in tmp_path.iterdir()] == ["engine"]
 
 
+def test_a_killed_exports_leftovers_are_cleaned(tiny_llama_dir, tmp_path):
+    dead = tmp_path / ".engine.partial-999999999"  # no such process
+    dead.mkdir()
+    (dead / "model.onnx.data").write_bytes(b"half")
+    export_model(str(tiny_llama_dir), tmp_path / "engine", ExportOptions(parity_tokens=4))
+    assert [p.name for p in tmp_path.iterdir()] == ["engine"]
+
+
 def test_force_replaces_an_engine(tiny_llama_dir, tmp_path):
     target = tmp_path / "engine"
     target.mkdir()
