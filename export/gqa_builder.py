@@ -113,7 +113,7 @@ def build_gqa_graph(model: Any, max_context: int, out_dir: Path) -> BuiltGraph:
         raise ValueError(reason)
     layers = config.num_hidden_layers
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    head_dim, hidden = _head_dim(config), config.hidden_size
+    head_dim = _head_dim(config)
     vocab, eps = config.vocab_size, float(config.rms_norm_eps)
     weights = {name: tensor.detach().to(torch.float32).cpu().numpy() for name, tensor in model.state_dict().items()}
     g = _Graph()
