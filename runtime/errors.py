@@ -8,7 +8,9 @@ tells the user what to do next. The API translates them once, at its boundary.
         ├── EngineLoadError            an engine directory cannot be used
         │   ├── ManifestError          manifest.json missing, unreadable or of another version
         │   └── IntegrityError         a file's sha256 differs from the manifest's
+        ├── RequestError               status 400: a request parameter is invalid (names it)
         ├── ContextLengthError         status 400: the prompt does not fit the context
+        ├── ChatTemplateError          status 400: the messages cannot be rendered
         └── InferenceError             ONNX Runtime failed while running a step
 """
 
@@ -41,11 +43,29 @@ class IntegrityError(EngineLoadError):
     """A file of the engine directory differs from what its manifest recorded."""
 
 
+class RequestError(ApplianceError):
+    """A request parameter is out of range or inconsistent; `param` names it."""
+
+    status = 400
+    code = "invalid_request_error"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class ContextLengthError(ApplianceError):
     """The prompt (plus the tokens asked for) does not fit the engine's context."""
 
     status = 400
     code = "context_length_exceeded"
+
+
+class ChatTemplateError(ApplianceError):
+    """The engine's chat template cannot render these messages (or the engine has none)."""
+
+    status = 400
+    code = "invalid_request_error"
 
 
 class InferenceError(ApplianceError):
