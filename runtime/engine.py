@@ -9,6 +9,7 @@ from pathlib import Path
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from runtime.chat import ChatTemplate
 from runtime.errors import EngineLoadError, ManifestError
 from runtime.manifest import Manifest, read_manifest, verify_files
 from runtime.session import create_session
@@ -24,6 +25,8 @@ class Engine:
     session: ort.InferenceSession
     tokenizer: Tokenizer
     load_duration_ns: int
+    # The model's chat template, compiled; None when the model has none (completions only).
+    chat_template: ChatTemplate | None = None
 
     @property
     def name(self) -> str:
@@ -46,9 +49,21 @@ def load_engine(directory: Path | str, settings: RuntimeSettings = RuntimeSettin
         tokenizer = Tokenizer.from_file(str(tokenizer_path))
     except Exception as exc:  # tokenizers raises a bare Exception for bad files
         raise EngineLoadError(f"cannot read tokenizer {tokenizer_path}: {exc}") from exc
+    chat_template = _compile_chat_template(manifest, tokenizer)
     session = create_session(directory, manifest, settings)
     _check_io_names(session, manifest)
-    return Engine(directory, manifest, session, tokenizer, time.perf_counter_ns() - started)
+    return Engine(directory, manifest, session, tokenizer, time.perf_counter_ns() - started, chat_template)
+
+
+def _compile_chat_template(manifest: Manifest, tokenizer: Tokenizer) -> ChatTemplate | None:
+    if not manifest.chat_template:
+        return None
+
+    def token_text(token_id: int | None) -> str:
+        return (tokenizer.id_to_token(token_id) or "") if token_id is not None else ""
+
+    eos = manifest.eos_token_ids[0] if manifest.eos_token_ids else None
+    return ChatTemplate.compile(manifest.chat_template, bos_token=token_text(manifest.bos_token_id), eos_token=token_text(eos))
 
 
 def _check_io_names(session: ort.InferenceSession, manifest: Manifest) -> None:
