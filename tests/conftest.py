@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Keep test runs single-machine and offline-friendly: no hub look-ups, no telemetry.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,3 +45,29 @@ def tiny_llama_engine(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFac
 
     out = tmp_path_factory.mktemp("engines") / "tiny-llama-fp32"
     return export_model(str(tiny_llama_dir), out, ExportOptions(max_context=2048))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_engine(tiny_gpt2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny GPT-2 exported through the optimum fallback (concatenated KV)."""
+    from export.pipeline import ExportOptions, export_model
+
+    return export_model(str(tiny_gpt2_dir), tmp_path_factory.mktemp("engines") / "gpt2", ExportOptions())
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """Run the `appliance` command line; fail the test with its stderr if it fails."""
+    result = subprocess.run([sys.executable, "-m", "api.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="session")
+def default_engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The real default models pulled and exported through the CLI, once per run (minutes)."""
+    out = tmp_path_factory.mktemp("default-engines")
+    cli("pull", "smollm2-135m-instruct", "all-minilm-l6-v2")
+    engines = {"decoder": out / "smollm2-135m-instruct-fp32", "encoder": out / "all-minilm-l6-v2"}
+    cli("export", "smollm2-135m-instruct", "--precision", "fp32", "--out", str(engines["decoder"]))
+    cli("export", "all-minilm-l6-v2", "--out", str(engines["encoder"]))
+    return engines

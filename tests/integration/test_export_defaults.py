@@ -7,9 +7,6 @@ These take a couple of minutes (SmolLM2's GGUF is de-quantised and validated on 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -17,26 +14,10 @@ from runtime.decoder import open_decoder
 from runtime.embeddings import Embedder
 from runtime.engine import load_engine
 from runtime.manifest import PARITY_FILE, read_manifest
+from tests.conftest import cli
 from tests.graph_checks import kv_path_problems
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "api.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-@pytest.fixture(scope="session")
-def default_engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("default-engines")
-    cli("pull", "smollm2-135m-instruct", "all-minilm-l6-v2")
-    engines = {"decoder": out / "smollm2-135m-instruct-fp32", "encoder": out / "all-minilm-l6-v2"}
-    cli("export", "smollm2-135m-instruct", "--precision", "fp32", "--out", str(engines["decoder"]))
-    cli("export", "all-minilm-l6-v2", "--out", str(engines["encoder"]))
-    return engines
 
 
 def test_smollm2_fp32_greedy_tokens_match_pytorch_on_every_prompt(default_engines):

@@ -154,8 +154,8 @@ def test_max_context_beyond_the_model_is_refused(tiny_llama_dir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def gpt2_engine(tiny_gpt2_dir, tmp_path_factory):
-    return export_model(str(tiny_gpt2_dir), tmp_path_factory.mktemp("engines") / "gpt2", ExportOptions())
+def gpt2_engine(tiny_gpt2_engine):
+    return tiny_gpt2_engine
 
 
 def test_uncovered_architecture_falls_back_to_optimum(gpt2_engine):

@@ -1,0 +1,295 @@
+"""Text generation on a decoder engine: prompt → tokens → streamed text events.
+
+`TextGenerator` owns one decoder (and its KV cache) of one engine. `generate(request)` is
+the decode loop, a plain generator:
+
+1. fit the prompt into the context (or refuse it, by the request's policy);
+2. evaluate the prompt in bounded chunks (prefill), keeping only the last position's logits;
+3. repeat: sample a token from the logits, turn it into text (holding back incomplete
+   characters and possible stop-string beginnings), yield a `Delta`, stop on EOS, a stop
+   token, a stop string, max_tokens or a full context, else run one decode step;
+4. yield one `Finish` with the reason, the counts and the timings.
+
+Closing the generator early (a client went away) frees the slot at once.
+
+The per-request part of step 3 lives in `SequenceState`, so that a scheduler stepping many
+sequences in one batched decode step (docs/architecture.md) reuses it unchanged.
+Until that scheduler exists, a generator runs one request at a time: concurrent callers
+wait on a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from runtime.decoder import open_decoder
+from runtime.engine import Engine
+from runtime.errors import ChatTemplateError, ContextLengthError, RequestError
+from runtime.events import FINISH_LENGTH, FINISH_STOP, Delta, Event, Finish, TokenChoice, TokenLogprobs, Usage
+from runtime.sampling import Sample, SamplingParams, SequenceSampler, sample_batch
+from runtime.text import IncrementalDetokenizer, StopMatcher, TokenBytes
+
+CONTEXT_ERROR = "error"  # a prompt (plus max_tokens) that does not fit is refused, as OpenAI does
+CONTEXT_TRUNCATE = "truncate"  # max_tokens is clipped to the room left; an over-long prompt keeps its end
+CONTEXT_POLICIES = (CONTEXT_ERROR, CONTEXT_TRUNCATE)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One completion to generate from prompt token ids."""
+
+    prompt_ids: tuple[int, ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    # Most tokens to generate; None: until a stop or the context is full.
+    max_tokens: int | None = None
+    # End-of-sequence ids and stop strings are ignored until this many tokens exist.
+    min_tokens: int = 0
+    # Stop strings: generation ends at the first, which is not part of the output.
+    stop: tuple[str, ...] = ()
+    # Token ids that end generation like EOS does (in addition to the engine's EOS ids).
+    stop_token_ids: tuple[int, ...] = ()
+    # Keep generating through EOS (benchmarks); stop strings and stop_token_ids still apply.
+    ignore_eos: bool = False
+    # What to do when prompt + max_tokens exceeds the context: CONTEXT_ERROR or CONTEXT_TRUNCATE.
+    context_policy: str = CONTEXT_ERROR
+    # Keep at most this many prompt tokens (the last ones), whatever the policy.
+    prompt_truncate_len: int | None = None
+    # A context smaller than the engine's (Ollama's num_ctx); None: the engine's.
+    context_length: int | None = None
+    # Leave special tokens (e.g. <|im_end|>) out of the text.
+    skip_special_tokens: bool = True
+
+
+@dataclass(frozen=True)
+class FittedPrompt:
+    """The prompt as it will run, the most tokens it may generate, and how many were cut."""
+
+    ids: tuple[int, ...]
+    max_new_tokens: int
+    dropped: int
+
+
+def fit_context(
+    prompt_ids: Sequence[int],
+    max_tokens: int | None,
+    context_length: int,
+    policy: str = CONTEXT_ERROR,
+    prompt_truncate_len: int | None = None,
+    bos_token_id: int | None = None,
+) -> FittedPrompt:
+    """Fit a prompt and its completion into `context_length` positions, or refuse.
+
+    CONTEXT_ERROR refuses a prompt that leaves no room, or max_tokens beyond the room left,
+    with a message naming the numbers. CONTEXT_TRUNCATE drops the oldest prompt tokens until
+    max_tokens fits (a quarter of the context is reserved when max_tokens is None), but the
+    prompt keeps at least half the context; max_tokens is then clipped to the room left.
+    Truncation keeps the end of the prompt (the latest turns matter most) and a leading BOS
+    token if the prompt had one. `prompt_truncate_len` cuts the prompt first, whatever the policy.
+    """
+    if policy not in CONTEXT_POLICIES:
+        raise RequestError(f"context policy must be one of {', '.join(CONTEXT_POLICIES)} (got {policy!r})", param="context_length_exceeded_behavior")
+    ids = tuple(int(i) for i in prompt_ids)
+    original = len(ids)
+    if prompt_truncate_len is not None:
+        if prompt_truncate_len < 1:
+            raise RequestError("prompt_truncate_len must be at least 1", param="prompt_truncate_len")
+        ids = _keep_end(ids, prompt_truncate_len, bos_token_id)
+    if policy == CONTEXT_ERROR:
+        if len(ids) >= context_length:
+            raise ContextLengthError(
+                f"the prompt has {len(ids)} tokens but the context holds {context_length}, leaving no room for "
+                f"a completion; shorten the prompt or ask for truncation (context_length_exceeded_behavior=truncate)"
+            )
+        if max_tokens is not None and len(ids) + max_tokens > context_length:
+            raise ContextLengthError(
+                f"the context holds {context_length} tokens but {len(ids) + max_tokens} were requested "
+                f"({len(ids)} in the prompt, {max_tokens} for the completion); lower max_tokens, shorten the "
+                f"prompt, or ask for truncation (context_length_exceeded_behavior=truncate)"
+            )
+    elif len(ids) >= context_length or (max_tokens is not None and len(ids) + max_tokens > context_length):
+        wanted = max_tokens if max_tokens is not None else context_length // 4
+        reserve = max(1, min(wanted, context_length // 2))
+        if len(ids) > context_length - reserve:
+            ids = _keep_end(ids, context_length - reserve, bos_token_id)
+    room = context_length - len(ids)
+    max_new = room if max_tokens is None else min(max_tokens, room)
+    return FittedPrompt(ids, max_new, original - len(ids))
+
+
+def _keep_end(ids: tuple[int, ...], keep: int, bos_token_id: int | None) -> tuple[int, ...]:
+    if len(ids) <= keep:
+        return ids
+    if bos_token_id is not None and ids and ids[0] == bos_token_id and keep > 1:
+        return (ids[0],) + ids[len(ids) - keep + 1 :]
+    return ids[len(ids) - keep :]
+
+
+class SequenceState:
+    """One request's progress: sampler, detokenizer, stop matching, counts."""
+
+    def __init__(self, request: GenerationRequest, fitted: FittedPrompt, eos_ids: Sequence[int], generator: "TextGenerator") -> None:
+        self.request = request
+        self.fitted = fitted
+        self.stop_ids = frozenset(request.stop_token_ids) | (frozenset() if request.ignore_eos else frozenset(eos_ids))
+        self.sampler = SequenceSampler(request.sampling, fitted.ids, sorted(self.stop_ids), request.min_tokens)
+        self.detokenizer = IncrementalDetokenizer(generator.tokenizer, fitted.ids, request.skip_special_tokens)
+        self.stops = StopMatcher(request.stop)
+        self._token_bytes = generator.token_bytes
+        self.generated = 0
+
+    def absorb(self, sample: Sample) -> tuple[list[Event], str | None, dict[str, Any]]:
+        """Take the sampled token: the delta to send, and the finish reason if it ends here."""
+        token = sample.token_id
+        self.sampler.accept(token)
+        self.generated += 1
+        logprobs = (self._logprobs(sample),) if sample.logprob is not None else ()
+        past_minimum = self.generated > self.request.min_tokens
+        if token in self.stop_ids and past_minimum:
+            # The stop token itself is not text; whatever was held back is released.
+            text = self.stops.flush() + self.detokenizer.flush()
+            return [Delta(text, (token,), logprobs)], FINISH_STOP, {"stop_token_id": token}
+        text, stop = self.stops.feed(self.detokenizer.add(token), active=past_minimum)
+        if stop is not None:
+            return [Delta(text, (token,), logprobs)], FINISH_STOP, {"stop_sequence": stop}
+        if self.generated >= self.fitted.max_new_tokens:
+            # Out of room: flush the detokenizer through the stop matcher, then release all.
+            tail, stop = self.stops.feed(self.detokenizer.flush(), active=past_minimum)
+            if stop is not None:
+                return [Delta(text + tail, (token,), logprobs)], FINISH_STOP, {"stop_sequence": stop}
+            return [Delta(text + tail + self.stops.flush(), (token,), logprobs)], FINISH_LENGTH, {}
+        return [Delta(text, (token,), logprobs)], None, {}
+
+    def _choice(self, token_id: int, logprob: float) -> TokenChoice:
+        raw = self._token_bytes(token_id)
+        return TokenChoice(token_id, raw.decode("utf-8", errors="replace"), raw, logprob)
+
+    def _logprobs(self, sample: Sample) -> TokenLogprobs:
+        record = sample.logprob
+        return TokenLogprobs(self._choice(record.token_id, record.logprob), tuple(self._choice(i, lp) for i, lp in record.top))
+
+
+class TextGenerator:
+    """Generates text with one decoder engine (one request at a time for now)."""
+
+    def __init__(self, engine: Engine, prefill_chunk: int = 512) -> None:
+        if prefill_chunk < 1:
+            raise ValueError("prefill_chunk must be positive")
+        self.engine = engine
+        self.manifest = engine.manifest
+        self.tokenizer = engine.tokenizer
+        self.decoder = open_decoder(engine, slots=1)
+        self.prefill_chunk = prefill_chunk
+        self.token_bytes = TokenBytes(engine.tokenizer)
+        self.eos_ids = tuple(self.manifest.eos_token_ids)
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+    @property
+    def context_length(self) -> int:
+        return self.decoder.max_length
+
+    # -- text in -------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`; with add_special_tokens the model's BOS is added if it uses one."""
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        self._check_ids(ids, "tokens")
+        return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def render_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True, tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+        """The prompt text of a conversation, through the model's chat template."""
+        template = self.engine.chat_template
+        if template is None:
+            raise ChatTemplateError(f"model {self.name!r} has no chat template; send a plain prompt (completions) instead")
+        return template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+
+    def chat_prompt_ids(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
+        """Token ids of a conversation; the template writes the special tokens itself."""
+        return self.tokenize(self.render_chat(messages, tools=tools), add_special_tokens=False)
+
+    def _check_ids(self, ids: Sequence[int], param: str) -> None:
+        vocab = self.manifest.vocab_size
+        bad = next((i for i in ids if not 0 <= int(i) < vocab), None)
+        if bad is not None:
+            raise RequestError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})", param=param)
+
+    # -- the decode loop -----------------------------------------------------------
+
+    def prepare(self, request: GenerationRequest) -> FittedPrompt:
+        """Validate `request` and fit its prompt into the context."""
+        if not request.prompt_ids:
+            raise RequestError("the prompt is empty: give at least one token", param="prompt")
+        self._check_ids(request.prompt_ids, "prompt")
+        self._check_ids(request.stop_token_ids, "stop_token_ids")
+        request.sampling.validate(self.manifest.vocab_size)
+        if request.max_tokens is not None and request.max_tokens < 0:
+            raise RequestError(f"max_tokens must be 0 or more (got {request.max_tokens})", param="max_tokens")
+        if request.min_tokens < 0 or (request.max_tokens is not None and request.min_tokens > request.max_tokens):
+            raise RequestError(f"min_tokens must be between 0 and max_tokens (got {request.min_tokens})", param="min_tokens")
+        context = self.context_length
+        if request.context_length is not None:
+            if request.context_length < 1:
+                raise RequestError("the context length must be at least 1", param="num_ctx")
+            context = min(context, request.context_length)
+        bos = self.manifest.bos_token_id if self.manifest.add_bos_token else None
+        return fit_context(request.prompt_ids, request.max_tokens, context, request.context_policy, request.prompt_truncate_len, bos)
+
+    def generate(self, request: GenerationRequest) -> Iterator[Event]:
+        """Stream the completion of `request` as Delta events, then one Finish."""
+        called = time.perf_counter_ns()
+        fitted = self.prepare(request)
+        with self._lock:
+            slot = 0
+            state = SequenceState(request, fitted, self.eos_ids, self)
+            self.decoder.reset(slot)
+            try:
+                # Prompt evaluation, a bounded chunk at a time; logits of the last position only.
+                prefill_started = time.perf_counter_ns()
+                ids = np.asarray(fitted.ids, dtype=np.int64)
+                for start in range(0, len(ids), self.prefill_chunk):
+                    logits = self.decoder.prefill(slot, ids[start : start + self.prefill_chunk], logits_to_keep=1)
+                eval_started = time.perf_counter_ns()
+                reason, extra = FINISH_LENGTH, {}
+                while state.generated < fitted.max_new_tokens:
+                    # Choose a token, turn it into text, and stop or feed it back.
+                    (sample,) = sample_batch(logits.reshape(1, -1), [state.sampler])
+                    events, finish, extra = state.absorb(sample)
+                    yield from events
+                    if finish is not None:
+                        reason = finish
+                        break
+                    logits = self.decoder.decode([slot], [sample.token_id])
+                finished = time.perf_counter_ns()
+                usage = Usage(
+                    prompt_tokens=len(fitted.ids),
+                    completion_tokens=state.generated,
+                    load_duration_ns=prefill_started - called,
+                    prompt_eval_duration_ns=eval_started - prefill_started,
+                    eval_duration_ns=finished - eval_started,
+                    total_duration_ns=finished - called,
+                    prompt_tokens_truncated=fitted.dropped,
+                )
+                yield Finish(reason, usage, seed=state.sampler.seed_used, **extra)
+            finally:
+                self.decoder.reset(slot)
+
+    def complete(self, request: GenerationRequest) -> tuple[str, Finish]:
+        """The whole completion at once: its text and the Finish event."""
+        parts, finish = [], None
+        for event in self.generate(request):
+            if isinstance(event, Delta):
+                parts.append(event.text)
+            else:
+                finish = event
+        assert finish is not None
+        return "".join(parts), finish
