@@ -41,6 +41,7 @@ from runtime.manifest import (
     Manifest,
     write_manifest,
 )
+from runtime.session import nvidia_gpu_present
 
 PRECISIONS = ("fp32",)  # int8 / int4 weight-only engines arrive with the quantizer
 BACKENDS = ("onnx", "tensorrt")
@@ -105,10 +106,6 @@ def check_backend(backend: str) -> None:
         "TensorRT engine builds are not implemented in this version of the appliance; "
         "export with --backend onnx and serve it with the CUDA execution provider"
     )
-
-
-def nvidia_gpu_present() -> bool:
-    return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
 
 
 def export_model(

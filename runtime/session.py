@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import onnxruntime as ort
 
@@ -13,18 +14,35 @@ from runtime.settings import RuntimeSettings
 CPU = "CPUExecutionProvider"
 
 
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
 def available_providers() -> list[str]:
-    """Execution providers this onnxruntime build offers on this machine."""
+    """Execution providers this onnxruntime build offers (a GPU build lists CUDA even without a GPU)."""
     return list(ort.get_available_providers())
 
 
-def choose_providers(manifest: Manifest, settings: RuntimeSettings) -> list[str]:
+def nvidia_gpu_present() -> bool:
+    """Whether this machine has an NVIDIA device node (the driver is loaded)."""
+    return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def choose_providers(
+    manifest: Manifest,
+    settings: RuntimeSettings,
+    available: Sequence[str] | None = None,
+    gpu_present: bool | None = None,
+) -> list[str]:
     """The providers to create the session with, most preferred first, always ending with CPU.
 
-    Explicit settings win; otherwise the engine's intended providers that this machine has.
-    A provider asked for explicitly but missing is an error rather than a silent fallback.
+    Explicit settings win; otherwise the engine's intended providers that this onnxruntime
+    build offers, GPU ones only when an NVIDIA GPU is present (onnxruntime-gpu lists CUDA
+    on machines without one). A provider asked for explicitly but unusable is an error
+    rather than a silent fallback. TensorRT is used when the engine or the settings name
+    it, never implied: its first run builds engines for minutes.
     """
-    have = available_providers()
+    have = available_providers() if available is None else list(available)
+    gpu = nvidia_gpu_present() if gpu_present is None else gpu_present
     if settings.providers:
         missing = [p for p in settings.providers if p not in have]
         if missing:
@@ -32,9 +50,14 @@ def choose_providers(manifest: Manifest, settings: RuntimeSettings) -> list[str]
                 f"execution provider(s) {', '.join(missing)} not available in this onnxruntime build "
                 f"(available: {', '.join(have)}); install onnxruntime-gpu on a GPU machine or drop the setting"
             )
+        if not gpu and any(p in GPU_PROVIDERS for p in settings.providers):
+            raise EngineLoadError(
+                f"execution provider(s) {', '.join(p for p in settings.providers if p in GPU_PROVIDERS)} need an "
+                "NVIDIA GPU and this machine has none; drop the setting to run on the CPU"
+            )
         chosen = list(settings.providers)
     else:
-        chosen = [p for p in manifest.execution_providers if p in have]
+        chosen = [p for p in manifest.execution_providers if p in have and (gpu or p not in GPU_PROVIDERS)]
     if CPU not in chosen:
         chosen.append(CPU)
     return chosen

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from export.pipeline import nvidia_gpu_present
+from runtime.session import nvidia_gpu_present
 from tests.tiny_models import write_gguf
 
 ROOT = Path(__file__).resolve().parents[2]
