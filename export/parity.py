@@ -102,10 +102,17 @@ def decoder_parity(
 
     engine = load_engine(engine_dir, RuntimeSettings())
     decoder = open_decoder(engine, slots=1)
+    # An engine exported with a short --max-context still gets every prompt: a prompt that
+    # would not fit with its greedy tokens is cut to its beginning (and recorded as such).
+    new_tokens = min(new_tokens, decoder.max_length // 2)
+    room = decoder.max_length - new_tokens
     records = []
     for prompt in prompts:
         ids = render_prompt(hf_tokenizer, prompt)
         ours_ids = runtime_ids(engine.tokenizer, hf_tokenizer, prompt)
+        cut = len(ids) > room
+        tokenizer_identical = ours_ids == ids
+        ids = ids[:room]
         ref_tokens, ref_prompt, ref_steps = torch_greedy(model, ids, new_tokens)
         tokens, prompt_logits, steps = engine_greedy(decoder, ids, new_tokens)
         diverged = next((i for i, (a, b) in enumerate(zip(tokens, ref_tokens)) if a != b), None)
@@ -117,7 +124,8 @@ def decoder_parity(
             {
                 "name": prompt.name,
                 "prompt_tokens": len(ids),
-                "tokenizer_identical": ours_ids == ids,
+                "prompt_cut_to_fit_context": cut,
+                "tokenizer_identical": tokenizer_identical,
                 "greedy_tokens": new_tokens,
                 "greedy_identical": diverged is None,
                 "first_divergence": diverged,

@@ -229,3 +229,13 @@ def test_encoder_export_records_pooling_and_matches_pytorch(tiny_encoder_dir, tm
     np.testing.assert_allclose(np.linalg.norm(out.vectors, axis=1), 1.0, atol=1e-5)
     with pytest.raises(ContextLengthError, match="at most 64"):
         embedder.encode([long_text], truncate=False)
+
+
+def test_a_short_context_export_still_validates_every_prompt(tiny_llama_dir, tmp_path):
+    short = export_model(str(tiny_llama_dir), tmp_path / "short", ExportOptions(max_context=96))
+    records = short.parity["prompts"]
+    assert short.parity["greedy_identical"] and len(records) == 5
+    assert short.parity["greedy_tokens_per_prompt"] == 48  # half the context
+    long_prompt = next(r for r in records if r["name"] == "long-report")
+    assert long_prompt["prompt_cut_to_fit_context"] and long_prompt["prompt_tokens"] == 48
+    assert long_prompt["tokenizer_identical"]
