@@ -10,7 +10,7 @@ ENGINES := engines
 DECODER := $(ENGINES)/smollm2-135m-instruct-fp32
 ENCODER := $(ENGINES)/all-minilm-l6-v2
 
-.PHONY: install models engines serve test test-unit bench clean-engines
+.PHONY: install models engines serve test test-unit bench bench-peers clean-engines
 
 # The venv is rebuilt when the declared dependencies change.
 $(STAMP): setup.cfg pyproject.toml
@@ -43,8 +43,25 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit tests/api
 
+# Benchmarks. Peers live in bench/peers/ (git-ignored), never in the test path.
+# onnxruntime-genai gets its own environment: its model builder needs transformers 5,
+# which the optimum exporter of our export extra does not accept. Same onnxruntime as ours.
+PEERS := bench/peers
+GENAI_STAMP := $(PEERS)/genai-venv/.installed
+
+$(GENAI_STAMP):
+	mkdir -p $(PEERS)
+	test -x $(PEERS)/genai-venv/bin/python || $(PYTHON) -m venv $(PEERS)/genai-venv
+	$(PEERS)/genai-venv/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS)/genai-venv/bin/python -m pip install --quiet onnxruntime-genai==0.18.0 onnxruntime==1.31.1 \
+		torch==2.13.0 transformers==5.23.0 onnx==1.23.2 onnx-ir==1.1.0 safetensors numpy
+	touch $@
+
+bench-peers: $(GENAI_STAMP)
+
 bench: engines
 	$(PY) bench/decode_speed.py $(DECODER)
+	$(PY) bench/runtime_vs_peers.py $(DECODER) --json $(PEERS)/runtime_vs_peers.json
 
 clean-engines:
 	rm -rf $(DECODER) $(ENCODER)
