@@ -35,7 +35,7 @@ from runtime.sampling import Sample, SamplingParams, SequenceSampler, sample_bat
 from runtime.text import IncrementalDetokenizer, StopMatcher, TokenBytes
 
 CONTEXT_ERROR = "error"  # a prompt (plus max_tokens) that does not fit is refused, as OpenAI does
-CONTEXT_TRUNCATE = "truncate"  # max_tokens is clipped to the room left; an over-long prompt keeps its end
+CONTEXT_TRUNCATE = "truncate"  # the oldest prompt tokens make way for max_tokens (see fit_context)
 CONTEXT_POLICIES = (CONTEXT_ERROR, CONTEXT_TRUNCATE)
 
 
@@ -150,19 +150,27 @@ class SequenceState:
         logprobs = (self._logprobs(sample),) if sample.logprob is not None else ()
         past_minimum = self.generated > self.request.min_tokens
         if token in self.stop_ids and past_minimum:
-            # The stop token itself is not text; whatever was held back is released.
-            text = self.stops.flush() + self.detokenizer.flush()
+            # The stop token itself is not text; what was held back is released.
+            text, stop = self._drain("", past_minimum)
+            if stop is not None:
+                return [Delta(text, (token,), logprobs)], FINISH_STOP, {"stop_sequence": stop}
             return [Delta(text, (token,), logprobs)], FINISH_STOP, {"stop_token_id": token}
         text, stop = self.stops.feed(self.detokenizer.add(token), active=past_minimum)
         if stop is not None:
             return [Delta(text, (token,), logprobs)], FINISH_STOP, {"stop_sequence": stop}
         if self.generated >= self.fitted.max_new_tokens:
-            # Out of room: flush the detokenizer through the stop matcher, then release all.
-            tail, stop = self.stops.feed(self.detokenizer.flush(), active=past_minimum)
+            text, stop = self._drain(text, past_minimum)
             if stop is not None:
-                return [Delta(text + tail, (token,), logprobs)], FINISH_STOP, {"stop_sequence": stop}
-            return [Delta(text + tail + self.stops.flush(), (token,), logprobs)], FINISH_LENGTH, {}
+                return [Delta(text, (token,), logprobs)], FINISH_STOP, {"stop_sequence": stop}
+            return [Delta(text, (token,), logprobs)], FINISH_LENGTH, {}
         return [Delta(text, (token,), logprobs)], None, {}
+
+    def _drain(self, text: str, past_minimum: bool) -> tuple[str, str | None]:
+        """At the end: the detokenizer's rest goes through the stop matcher, then all held text."""
+        tail, stop = self.stops.feed(self.detokenizer.flush(), active=past_minimum)
+        if stop is not None:
+            return text + tail, stop
+        return text + tail + self.stops.flush(), None
 
     def _choice(self, token_id: int, logprob: float) -> TokenChoice:
         raw = self._token_bytes(token_id)
