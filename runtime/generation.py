@@ -140,30 +140,33 @@ class SequenceState:
         self.detokenizer = IncrementalDetokenizer(generator.tokenizer, fitted.ids, request.skip_special_tokens)
         self.stops = StopMatcher(request.stop)
         self._token_bytes = generator.token_bytes
-        self.generated = 0
 
-    def absorb(self, sample: Sample) -> tuple[list[Event], str | None, dict[str, Any]]:
+    @property
+    def generated(self) -> int:
+        """Tokens generated so far (the sampler counts them for its penalties)."""
+        return self.sampler.generated
+
+    def absorb(self, sample: Sample) -> tuple[Delta, str | None, dict[str, Any]]:
         """Take the sampled token: the delta to send, and the finish reason if it ends here."""
         token = sample.token_id
         self.sampler.accept(token)
-        self.generated += 1
         logprobs = (self._logprobs(sample),) if sample.logprob is not None else ()
         past_minimum = self.generated > self.request.min_tokens
         if token in self.stop_ids and past_minimum:
             # The stop token itself is not text; what was held back is released.
             text, stop = self._drain("", past_minimum)
             if stop is not None:
-                return [Delta(text, (token,), logprobs)], FINISH_STOP, {"stop_sequence": stop}
-            return [Delta(text, (token,), logprobs)], FINISH_STOP, {"stop_token_id": token}
+                return Delta(text, (token,), logprobs), FINISH_STOP, {"stop_sequence": stop}
+            return Delta(text, (token,), logprobs), FINISH_STOP, {"stop_token_id": token}
         text, stop = self.stops.feed(self.detokenizer.add(token), active=past_minimum)
         if stop is not None:
-            return [Delta(text, (token,), logprobs)], FINISH_STOP, {"stop_sequence": stop}
+            return Delta(text, (token,), logprobs), FINISH_STOP, {"stop_sequence": stop}
         if self.generated >= self.fitted.max_new_tokens:
             text, stop = self._drain(text, past_minimum)
             if stop is not None:
-                return [Delta(text, (token,), logprobs)], FINISH_STOP, {"stop_sequence": stop}
-            return [Delta(text, (token,), logprobs)], FINISH_LENGTH, {}
-        return [Delta(text, (token,), logprobs)], None, {}
+                return Delta(text, (token,), logprobs), FINISH_STOP, {"stop_sequence": stop}
+            return Delta(text, (token,), logprobs), FINISH_LENGTH, {}
+        return Delta(text, (token,), logprobs), None, {}
 
     def _drain(self, text: str, past_minimum: bool) -> tuple[str, str | None]:
         """At the end: the detokenizer's rest goes through the stop matcher, then all held text."""
@@ -271,8 +274,8 @@ class TextGenerator:
                 while state.generated < fitted.max_new_tokens:
                     # Choose a token, turn it into text, and stop or feed it back.
                     (sample,) = sample_batch(logits.reshape(1, -1), [state.sampler])
-                    events, finish, extra = state.absorb(sample)
-                    yield from events
+                    delta, finish, extra = state.absorb(sample)
+                    yield delta
                     if finish is not None:
                         reason = finish
                         break
