@@ -14,7 +14,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from runtime.engine import Engine
-from runtime.errors import ContextLengthError, InferenceError, ManifestError
+from runtime.errors import ContextLengthError, InferenceError, ManifestError, RequestError
 from runtime.manifest import TASK_EMBEDDING
 
 
@@ -93,21 +93,42 @@ class Embedder:
 
     def encode(self, texts: Sequence[str], truncate: bool = True) -> EmbeddingResult:
         """Embed `texts` (shortest first in batches, returned in input order)."""
-        encodings = self.tokenize(texts, truncate)
-        vectors = np.empty((len(encodings), self.spec.dimension), dtype=np.float32)
-        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+        return self.encode_ids([e.ids for e in self.tokenize(texts, truncate)])
+
+    def encode_ids(self, inputs: Sequence[Sequence[int]], truncate: bool = False) -> EmbeddingResult:
+        """Embed inputs given as this model's token ids, used as they are (special tokens included).
+
+        An input longer than the model accepts is cut at its end with `truncate`, refused otherwise.
+        """
+        vocab = self.engine.manifest.vocab_size
+        rows = []
+        for index, ids in enumerate(inputs):
+            if not ids:
+                raise RequestError(f"input {index} has no tokens", param="input")
+            bad = next((i for i in ids if not 0 <= int(i) < vocab), None)
+            if bad is not None:
+                raise RequestError(f"input {index}: token id {bad} is outside the vocabulary (0..{vocab - 1})", param="input")
+            if len(ids) > self.max_tokens:
+                if not truncate:
+                    raise ContextLengthError(
+                        f"input {index} has {len(ids)} tokens but {self.engine.name} accepts at most {self.max_tokens}; shorten it or allow truncation"
+                    )
+                ids = ids[: self.max_tokens]
+            rows.append(list(ids))
+        vectors = np.empty((len(rows), self.spec.dimension), dtype=np.float32)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            vectors[chunk] = self._run([encodings[i] for i in chunk])
-        return EmbeddingResult(vectors, tuple(len(e.ids) for e in encodings))
+            vectors[chunk] = self._run([rows[i] for i in chunk])
+        return EmbeddingResult(vectors, tuple(len(r) for r in rows))
 
-    def _run(self, batch: list[Encoding]) -> np.ndarray:
-        width = max(len(e.ids) for e in batch)
+    def _run(self, batch: list[list[int]]) -> np.ndarray:
+        width = max(len(row) for row in batch)
         ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(batch), width), dtype=np.int64)
-        for row, encoding in enumerate(batch):
-            ids[row, : len(encoding.ids)] = encoding.ids
-            mask[row, : len(encoding.ids)] = 1
+        for row, tokens in enumerate(batch):
+            ids[row, : len(tokens)] = tokens
+            mask[row, : len(tokens)] = 1
         feeds = {self._ids: ids}
         if self._mask:
             feeds[self._mask] = mask

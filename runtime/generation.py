@@ -207,6 +207,10 @@ class TextGenerator:
     def context_length(self) -> int:
         return self.decoder.max_length
 
+    @property
+    def has_chat_template(self) -> bool:
+        return self.engine.chat_template is not None
+
     # -- text in -------------------------------------------------------------------
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
