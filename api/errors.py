@@ -1,0 +1,102 @@
+"""Errors of the HTTP layer and how each dialect writes them.
+
+Runtime errors (`runtime.errors.ApplianceError`) already carry their HTTP status; the API
+adds the errors only a server has. Everything is translated once, in `app.py`'s error
+handler, into the dialect of the route that failed: OpenAI routes (and the extras) answer
+`{"error": {"message", "type", "param", "code"}}`, Ollama routes answer `{"error": "..."}`.
+
+    Exception
+    └── ApiError                       status 500 unless the subclass says otherwise
+        ├── BadRequest                 400: malformed JSON, a wrong type, a missing field (names it)
+        ├── NotSupported               400: a known field this server cannot honour yet
+        ├── ModelNotFound              404: no engine of that name
+        ├── RouteNotFound              404
+        ├── MethodNotAllowed           405
+        ├── BodyTooLarge               413
+        ├── Overloaded                 429: the engine's queue is full (Retry-After)
+        └── Unavailable                503: engines still loading, or the server is draining
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# OpenAI's error "type" for each status we answer with.
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "service_unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error answered with `status`; `code` and `param` fill OpenAI's error fields."""
+
+    status = 500
+    code: str | None = "internal_error"
+
+    def __init__(self, message: str, param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+
+class BadRequest(ApiError):
+    status = 400
+    code = "invalid_request_error"
+
+
+class NotSupported(ApiError):
+    status = 400
+    code = "unsupported_parameter"
+
+
+class ModelNotFound(ApiError):
+    status = 404
+    code = "model_not_found"
+
+    def __init__(self, name: str, available: list[str]) -> None:
+        listed = ", ".join(available) if available else "none are loaded"
+        super().__init__(f"model '{name}' not found; available models: {listed}", param="model")
+
+
+class RouteNotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class BodyTooLarge(ApiError):
+    status = 413
+    code = "request_too_large"
+
+
+class Overloaded(ApiError):
+    status = 429
+    code = "rate_limit_exceeded"
+
+
+class Unavailable(ApiError):
+    status = 503
+    code = "service_unavailable"
+
+
+def openai_error_body(status: int, message: str, param: str | None, code: str | None) -> dict[str, Any]:
+    """OpenAI's error object."""
+    return {"error": {"message": message, "type": _OPENAI_TYPES.get(status, "server_error"), "param": param, "code": code}}
+
+
+def ollama_error_body(message: str) -> dict[str, Any]:
+    """Ollama's error object: the message alone."""
+    return {"error": message}

@@ -1,0 +1,52 @@
+"""Prometheus metrics of one server, through prometheus_client.
+
+Under gunicorn with several workers each worker is its own process; the gunicorn config sets
+PROMETHEUS_MULTIPROC_DIR before any worker starts, and `/metrics` then adds up every live
+worker's values (prometheus_client's multiprocess mode). Without it (tests, one process) the
+metrics live in a private registry, so several apps in one process never collide.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_RATES = (1, 2, 5, 10, 20, 40, 60, 80, 100, 150, 200, 300, 500, 1000)
+
+
+class Metrics:
+    """Counters, gauges and histograms the routes update."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("appliance_requests", "HTTP requests answered, by route and status", ["route", "method", "status"], registry=r)
+        self.request_seconds = Histogram(
+            "appliance_request_duration_seconds", "Time to the response headers (streams: to the first byte)", ["route"], buckets=_SECONDS, registry=r
+        )
+        self.prompt_tokens = Counter("appliance_prompt_tokens", "Prompt tokens evaluated", ["model"], registry=r)
+        self.completion_tokens = Counter("appliance_completion_tokens", "Tokens generated", ["model"], registry=r)
+        self.embedding_inputs = Counter("appliance_embedding_inputs", "Texts embedded", ["model"], registry=r)
+        self.time_to_first_token = Histogram(
+            "appliance_time_to_first_token_seconds", "From a generation's submission to its first token", ["model"], buckets=_SECONDS, registry=r
+        )
+        self.decode_rate = Histogram(
+            "appliance_decode_tokens_per_second", "Each generation's decode speed after its first token", ["model"], buckets=_RATES, registry=r
+        )
+        self.queue_depth = Gauge(
+            "appliance_queue_depth", "Generations submitted and waiting for their first token", ["model"], multiprocess_mode="livesum", registry=r
+        )
+        self.active = Gauge("appliance_active_generations", "Generations producing tokens now", ["model"], multiprocess_mode="livesum", registry=r)
+        self.finished = Counter("appliance_generations", "Generations ended, by how they ended", ["model", "reason"], registry=r)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,232 @@
+"""The models a server offers: engine directories loaded (after fork), warmed, and looked up by name.
+
+A `ModelRegistry` starts empty and `loading`; `load_in_background()` loads every engine of
+a directory on a thread, so the worker answers `/health` with 503 and a reason meanwhile,
+then 200 once every engine is loaded and warmed. Tests build a registry from fakes with
+`ModelRegistry.of(...)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from api.errors import BadRequest, ModelNotFound, Unavailable
+from runtime.manifest import MANIFEST_FILE, TASK_EMBEDDING, TASK_TEXT_GENERATION
+
+# Bytes per weight of each precision, to state a parameter count from the engine's size.
+_BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the model listing routes say about an engine."""
+
+    name: str
+    task: str  # TASK_TEXT_GENERATION or TASK_EMBEDDING
+    created: int  # unix seconds (the export time)
+    size_bytes: int
+    digest: str  # sha256 of manifest.json, which pins every other file
+    family: str
+    architecture: str
+    precision: str
+    providers: tuple[str, ...]
+    context_length: int
+    parameter_count: int  # estimated from the weights' size and precision
+    chat_template: str | None = None
+    embedding_dimension: int | None = None
+
+    @property
+    def modified_at(self) -> str:
+        return datetime.fromtimestamp(self.created, timezone.utc).isoformat().replace("+00:00", "Z")
+
+    @property
+    def parameter_size(self) -> str:
+        """Ollama's style: 135M, 7.2B."""
+        count = self.parameter_count
+        if count >= 1e9:
+            return f"{count / 1e9:.1f}B"
+        return f"{count / 1e6:.0f}M" if count >= 1e6 else str(count)
+
+    @property
+    def quantization_level(self) -> str:
+        return {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}.get(self.precision, self.precision.upper())
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to serve: a generator (text) or an embedder (vectors)."""
+
+    info: ModelInfo
+    generator: Any = None  # runtime.generation.TextGenerator, or a test fake with its interface
+    embedder: Any = None  # runtime.embeddings.Embedder, or a test fake
+    load_duration_ns: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+
+def describe_engine(engine: Any) -> ModelInfo:
+    """A ModelInfo from a loaded runtime Engine."""
+    manifest = engine.manifest
+    directory = Path(engine.directory)
+    size = sum((directory / name).stat().st_size for name in manifest.files) + (directory / MANIFEST_FILE).stat().st_size
+    digest = hashlib.sha256((directory / MANIFEST_FILE).read_bytes()).hexdigest()
+    created = _parse_time(manifest.created) or int((directory / MANIFEST_FILE).stat().st_mtime)
+    weights = sum((directory / name).stat().st_size for name in manifest.files if name.startswith(manifest.graph_file))
+    if manifest.task == TASK_EMBEDDING:
+        context, dimension = manifest.embedding.max_input_tokens, manifest.embedding.dimension
+    else:
+        context, dimension = manifest.context_length, None
+    return ModelInfo(
+        name=manifest.name,
+        task=manifest.task,
+        created=created,
+        size_bytes=size,
+        digest=digest,
+        family=manifest.model_type,
+        architecture=manifest.architecture,
+        precision=manifest.precision,
+        providers=tuple(engine.providers),
+        context_length=context,
+        parameter_count=int(weights / _BYTES_PER_WEIGHT.get(manifest.precision, 4.0)),
+        chat_template=manifest.chat_template,
+        embedding_dimension=dimension,
+    )
+
+
+def _parse_time(text: str | None) -> int | None:
+    if not text:
+        return None
+    try:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return None
+
+
+def find_engine_dirs(root: Path) -> list[Path]:
+    """Engine directories directly under `root` (those with a manifest), by name."""
+    if (root / MANIFEST_FILE).is_file():
+        return [root]
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST_FILE).is_file())
+
+
+class ModelRegistry:
+    """Models by name, with the loading state `/health` reports."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, LoadedModel] = {}
+        self._state = "loading"
+        self._reason = "engines are loading"
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def of(cls, models: Sequence[LoadedModel]) -> "ModelRegistry":
+        """A registry that is ready at once with `models` (tests, library use)."""
+        registry = cls()
+        registry._finish(list(models))
+        return registry
+
+    # -- state --------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """'loading', 'ready' or 'failed'."""
+        return self._state
+
+    @property
+    def reason(self) -> str:
+        return self._reason
+
+    def _finish(self, models: list[LoadedModel]) -> None:
+        with self._lock:
+            self._models = {m.name: m for m in models}
+            self._state, self._reason = "ready", f"{len(models)} model(s) loaded"
+
+    def _fail(self, reason: str) -> None:
+        with self._lock:
+            self._state, self._reason = "failed", reason
+
+    def load_in_background(self, load: Callable[[], list[LoadedModel]]) -> threading.Thread:
+        """Run `load` on a thread; the registry is ready when it returns, failed if it raises."""
+
+        def run() -> None:
+            try:
+                self._finish(load())
+            except Exception as exc:  # every failure is reported by /health and each request
+                self._fail(f"{type(exc).__name__}: {exc}")
+
+        self._thread = threading.Thread(target=run, name="engine-loader", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self._state == "ready"
+
+    # -- look-up ------------------------------------------------------------------------
+
+    def models(self) -> list[LoadedModel]:
+        self._require_ready()
+        return list(self._models.values())
+
+    def get(self, name: str, task: str | None = None) -> LoadedModel:
+        """The model called `name` (an Ollama-style ':latest' tag is accepted), for `task`."""
+        self._require_ready()
+        model = self._models.get(name)
+        if model is None and name.endswith(":latest"):
+            model = self._models.get(name[: -len(":latest")])
+        if model is None:
+            raise ModelNotFound(name, sorted(self._models))
+        if task is not None and model.info.task != task:
+            wanted = "text generation" if task == TASK_TEXT_GENERATION else "embeddings"
+            able = ", ".join(sorted(m.name for m in self._models.values() if m.info.task == task)) or "none are loaded"
+            raise BadRequest(f"model '{model.name}' is a {model.info.task} model and cannot do {wanted}; models that can: {able}", param="model")
+        return model
+
+    def _require_ready(self) -> None:
+        if self._state == "loading":
+            raise Unavailable(f"the server is starting: {self._reason}; retry in a few seconds", headers={"Retry-After": "5"})
+        if self._state == "failed":
+            raise Unavailable(f"the engines failed to load: {self._reason}")
+
+
+def load_models(engines_dir: Path, settings: Any, prefill_chunk: int = 512, warm: bool = True) -> list[LoadedModel]:
+    """Load every engine under `engines_dir`, each into a generator or an embedder, and warm it."""
+    from runtime.embeddings import Embedder
+    from runtime.engine import load_engine
+    from runtime.generation import GenerationRequest, TextGenerator
+    from runtime.sampling import SamplingParams
+
+    directories = find_engine_dirs(engines_dir)
+    if not directories:
+        raise FileNotFoundError(f"no engine directories (with {MANIFEST_FILE}) in {engines_dir}; build them with `make engines` or `appliance export`")
+    models = []
+    for directory in directories:
+        started = time.perf_counter_ns()
+        engine = load_engine(directory, settings)
+        info = describe_engine(engine)
+        if info.task == TASK_EMBEDDING:
+            model = LoadedModel(info, embedder=Embedder(engine))
+            if warm:
+                model.embedder.encode(["warming up the engine"])
+        else:
+            model = LoadedModel(info, generator=TextGenerator(engine, prefill_chunk=prefill_chunk))
+            if warm:  # the first run of a session allocates its buffers; do it before the first user
+                ids = tuple(model.generator.tokenize("Hello"))
+                model.generator.complete(GenerationRequest(ids, SamplingParams(temperature=0), max_tokens=2))
+        model.load_duration_ns = time.perf_counter_ns() - started
+        models.append(model)
+    names = [m.name for m in models]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"two engine directories declare the same model name(s) {duplicates}; rename one (its manifest 'name')")
+    return models

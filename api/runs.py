@@ -1,0 +1,111 @@
+"""Running a request's generations on a model, with metrics, for both dialects.
+
+A request may ask for several generations (`n` choices, several prompts). They are all
+validated before anything runs, so a bad one is a 400 rather than an error mid-stream;
+then they run one after another, and `stream_events` yields `(choice index, event)` as
+each token is ready. Closing the iterator (a client went away) closes the running
+generation, which frees its slot in the engine.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from api.metrics import Metrics
+from api.models import LoadedModel
+from runtime.events import Delta, Event, Finish, Usage
+from runtime.generation import GenerationRequest
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One generation of a request: its index in the answer and which prompt it continues."""
+
+    index: int
+    prompt_index: int
+    request: GenerationRequest
+
+
+def prepare(model: LoadedModel, choices: Sequence[Choice]) -> None:
+    """Validate every choice (ranges, context fit) before the first token is generated."""
+    for choice in choices:
+        model.generator.prepare(choice.request)
+
+
+def tracked(model: LoadedModel, request: GenerationRequest, metrics: Metrics) -> Iterator[Event]:
+    """One generation's events, counted in the metrics."""
+    name = model.name
+    submitted = time.perf_counter()
+    first_token_at = None
+    metrics.queue_depth.labels(name).inc()
+    try:
+        with closing(model.generator.generate(request)) as events:
+            for event in events:
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                    metrics.queue_depth.labels(name).dec()
+                    metrics.active.labels(name).inc()
+                    metrics.time_to_first_token.labels(name).observe(first_token_at - submitted)
+                if isinstance(event, Finish):
+                    usage = event.usage
+                    metrics.prompt_tokens.labels(name).inc(usage.prompt_tokens)
+                    metrics.completion_tokens.labels(name).inc(usage.completion_tokens)
+                    metrics.finished.labels(name, event.reason).inc()
+                    if usage.completion_tokens > 1 and usage.eval_duration_ns > 0:
+                        metrics.decode_rate.labels(name).observe((usage.completion_tokens - 1) / (usage.eval_duration_ns / 1e9))
+                yield event
+    finally:
+        if first_token_at is None:
+            metrics.queue_depth.labels(name).dec()
+        else:
+            metrics.active.labels(name).dec()
+
+
+def stream_events(model: LoadedModel, choices: Sequence[Choice], metrics: Metrics) -> Iterator[tuple[Choice, Event]]:
+    """Every choice's events, one choice after another."""
+    for choice in choices:
+        with closing(tracked(model, choice.request, metrics)) as events:
+            for event in events:
+                yield choice, event
+
+
+@dataclass
+class Collected:
+    """A choice's whole answer: text, tokens, log-probabilities, how it finished."""
+
+    choice: Choice
+    text: str
+    deltas: list[Delta]
+    finish: Finish
+
+
+def collect(model: LoadedModel, choices: Sequence[Choice], metrics: Metrics) -> list[Collected]:
+    """Run every choice to the end (non-streaming answers)."""
+    deltas: dict[int, list[Delta]] = {c.index: [] for c in choices}
+    results = []
+    for choice, event in stream_events(model, choices, metrics):
+        if isinstance(event, Delta):
+            deltas[choice.index].append(event)
+        else:
+            parts = deltas[choice.index]
+            results.append(Collected(choice, "".join(d.text for d in parts), parts, event))
+    return results
+
+
+def total_usage(finishes: Sequence[tuple[Choice, Finish]]) -> Usage:
+    """One usage for the request: each prompt counted once, every choice's completion added."""
+    prompts: dict[int, int] = {}
+    completion = 0
+    durations = [0, 0, 0, 0]
+    truncated = 0
+    for choice, finish in finishes:
+        usage = finish.usage
+        prompts[choice.prompt_index] = usage.prompt_tokens
+        completion += usage.completion_tokens
+        truncated = max(truncated, usage.prompt_tokens_truncated)
+        for i, value in enumerate((usage.load_duration_ns, usage.prompt_eval_duration_ns, usage.eval_duration_ns, usage.total_duration_ns)):
+            durations[i] += value
+    return Usage(sum(prompts.values()), completion, *durations, prompt_tokens_truncated=truncated)

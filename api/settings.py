@@ -1,0 +1,63 @@
+"""Server configuration: one frozen dataclass; only the CLI and the WSGI entry point read the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Mapping
+
+# Environment variables the WSGI entry point reads (the CLI sets them for gunicorn's workers).
+ENV_PREFIX = "APPLIANCE_"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How the HTTP server runs. Each field can be set as APPLIANCE_<FIELD> in the environment."""
+
+    # Where engine directories are found (each subdirectory with a manifest.json), or one engine.
+    engines: Path = Path("engines")
+    # Loopback by default: the server has no authentication yet, so it must be exposed on purpose.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # gunicorn worker processes; each loads its own copy of every engine (memory × workers).
+    workers: int = 1
+    # Request threads per worker (gthread). Requests beyond the engine's one stream wait their turn.
+    threads: int = 8
+    # On SIGTERM, in-flight requests get this long to finish; new ones are answered 503.
+    drain_timeout_s: float = 30.0
+    # Largest accepted request body; larger ones get 413.
+    max_body_bytes: int = 16 * 1024 * 1024
+    # Most choices per request (`n`) and most prompts or inputs per request.
+    max_n: int = 16
+    max_inputs: int = 2048
+    # ONNX Runtime intra-op threads per engine; 0: one per physical core.
+    intra_op_threads: int = 0
+    # Prompt tokens evaluated per prefill step.
+    prefill_chunk: int = 512
+    # Run one short generation / embedding per engine before reporting healthy.
+    warm: bool = True
+    # Seconds an idle kept-alive HTTP connection stays open.
+    keepalive_s: float = 5.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "ServerSettings":
+        """Settings from APPLIANCE_* variables; unset ones keep their defaults."""
+        values = {}
+        for spec in fields(cls):
+            raw = environ.get(ENV_PREFIX + spec.name.upper())
+            if raw is None:
+                continue
+            kind = type(getattr(cls(), spec.name))
+            try:
+                if kind is bool:
+                    values[spec.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+                else:
+                    values[spec.name] = kind(raw)
+            except ValueError:
+                raise ValueError(f"{ENV_PREFIX}{spec.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The APPLIANCE_* variables that reproduce these settings in a worker."""
+        return {ENV_PREFIX + spec.name.upper(): str(getattr(self, spec.name)) for spec in fields(self)}

@@ -1,0 +1,61 @@
+"""Stream framing: OpenAI's server-sent events and Ollama's newline-delimited JSON.
+
+Each frame is one `bytes` object handed to the WSGI server as soon as it exists; gunicorn
+writes it to the socket at once (chunked transfer encoding), so nothing is buffered.
+
+After the first byte the status line is fixed: `guarded` turns an error raised while
+streaming into one error frame in the stream's own format, logs it, and ends the stream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable, Iterator
+
+from api.errors import ApiError, ollama_error_body, openai_error_body
+from runtime.errors import ApplianceError
+
+SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
+NDJSON_CONTENT_TYPE = "application/x-ndjson"
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON that keeps non-ASCII text readable, as both peers send it."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def sse_frame(value: Any) -> bytes:
+    return f"data: {dumps(value)}\n\n".encode()
+
+
+def ndjson_line(value: Any) -> bytes:
+    return f"{dumps(value)}\n".encode()
+
+
+def describe_error(exc: BaseException) -> tuple[int, str, str | None, str | None]:
+    """(status, message, param, code) of any exception, without leaking internals for unknown ones."""
+    if isinstance(exc, ApiError):
+        return exc.status, exc.message, exc.param, exc.code
+    if isinstance(exc, ApplianceError):
+        return exc.status, exc.message, getattr(exc, "param", None), exc.code
+    return 500, f"internal error ({type(exc).__name__}); the server log has the details", None, "internal_error"
+
+
+def openai_error_frames(exc: BaseException) -> bytes:
+    status, message, param, code = describe_error(exc)
+    return sse_frame(openai_error_body(status, message, param, code)) + SSE_DONE
+
+
+def ollama_error_line(exc: BaseException) -> bytes:
+    return ndjson_line(ollama_error_body(describe_error(exc)[1]))
+
+
+def guarded(frames: Iterator[bytes], error_frame: Callable[[BaseException], bytes], log: logging.Logger) -> Iterator[bytes]:
+    """Yield `frames`; if they raise, yield one error frame instead of breaking the connection."""
+    try:
+        yield from frames
+    except Exception as exc:
+        log.error("stream ended by an error: %s", exc, exc_info=not isinstance(exc, (ApiError, ApplianceError)))
+        yield error_frame(exc)
