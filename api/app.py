@@ -1,0 +1,119 @@
+"""The Falcon WSGI application: routes, the error boundary, draining and request metrics.
+
+`create_app(ctx)` is all a server (gunicorn, through `api.wsgi`) or a test needs; the
+context carries the models and everything else the routes use.
+
+Errors are translated here, once, into the dialect of the route: paths under `/api/` are
+Ollama's (`{"error": "..."}`), every other path answers OpenAI's error object.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import falcon
+
+from api import routes_extras as extras
+from api import routes_ollama as ollama
+from api import routes_openai as openai
+from api.context import ServerContext
+from api.errors import ApiError, MethodNotAllowed, RouteNotFound, Unavailable, ollama_error_body, openai_error_body
+from api.openapi import openapi_document
+from api.streaming import describe_error, dumps
+from runtime.errors import ApplianceError
+
+OLLAMA_PREFIX = "/api/"
+
+
+def routes(ctx: ServerContext) -> list[tuple[str, Any]]:
+    """Every route of the server with its resource (the OpenAPI document describes each)."""
+    return [
+        ("/v1/chat/completions", openai.ChatCompletions(ctx)),
+        ("/v1/completions", openai.Completions(ctx)),
+        ("/v1/embeddings", openai.Embeddings(ctx)),
+        ("/v1/models", openai.Models(ctx)),
+        ("/v1/models/{model_id}", openai.Model(ctx)),
+        ("/api/generate", ollama.Generate(ctx)),
+        ("/api/chat", ollama.Chat(ctx)),
+        ("/api/embed", ollama.Embed(ctx)),
+        ("/api/embeddings", ollama.Embeddings(ctx)),
+        ("/api/tags", ollama.Tags(ctx)),
+        ("/api/show", ollama.Show(ctx)),
+        ("/api/ps", ollama.Ps(ctx)),
+        ("/api/version", ollama.Version()),
+        ("/tokenize", extras.Tokenize(ctx)),
+        ("/detokenize", extras.Detokenize(ctx)),
+        ("/extras/tokenize", extras.Tokenize(ctx)),
+        ("/extras/tokenize/count", extras.Tokenize(ctx, count_only=True)),
+        ("/extras/detokenize", extras.Detokenize(ctx)),
+        ("/health", extras.Health(ctx)),
+        ("/metrics", extras.Metrics(ctx)),
+        ("/openapi.json", extras.OpenAPI(openapi_document())),
+        ("/", extras.Root()),
+    ]
+
+
+class _Boundary:
+    """Middleware: refuse new work while draining; count every answer in the metrics."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.perf_counter()
+        if self.ctx.draining and req.path != "/health":
+            raise Unavailable("the server is shutting down; retry on another instance", headers={"Retry-After": "10", "Connection": "close"})
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool) -> None:
+        route = req.uri_template or "unmatched"
+        self.ctx.metrics.requests.labels(route, req.method, resp.status[:3] if isinstance(resp.status, str) else str(resp.status)).inc()
+        started = getattr(req.context, "started", None)
+        if started is not None:
+            self.ctx.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+
+
+def _send_error(req: falcon.Request, resp: falcon.Response, status: int, message: str, param: str | None, code: str | None) -> None:
+    body = ollama_error_body(message) if req.path.startswith(OLLAMA_PREFIX) else openai_error_body(status, message, param, code)
+    resp.status = status
+    resp.content_type = "application/json"
+    resp.text = dumps(body)
+    resp.stream = None
+
+
+def create_app(ctx: ServerContext) -> falcon.App:
+    app = falcon.App(middleware=[_Boundary(ctx)])
+    app.req_options.strip_url_path_trailing_slash = True
+    for path, resource in routes(ctx):
+        app.add_route(path, resource)
+
+    def on_error(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]) -> None:
+        if isinstance(exc, falcon.HTTPError):
+            exc = _from_falcon(req, exc)
+        status, message, param, code = describe_error(exc)
+        if status >= 500 and not isinstance(exc, (ApiError, ApplianceError)):
+            ctx.log.exception("request %s %s failed", req.method, req.path, exc_info=exc)
+        elif status >= 500:
+            ctx.log.error("request %s %s failed: %s", req.method, req.path, message)
+        for name, value in getattr(exc, "headers", {}).items():
+            resp.set_header(name, value)
+        _send_error(req, resp, status, message, param, code)
+
+    # Later handlers take precedence for their own types: the generic one goes first.
+    app.add_error_handler(Exception, on_error)
+    app.add_error_handler(falcon.HTTPError, on_error)
+    app.add_error_handler(ApplianceError, on_error)
+    app.add_error_handler(ApiError, on_error)
+    return app
+
+
+def _from_falcon(req: falcon.Request, exc: falcon.HTTPError) -> ApiError:
+    """Falcon's own errors (no route, wrong method, unreadable request) in our terms."""
+    if isinstance(exc, falcon.HTTPMethodNotAllowed):
+        error: ApiError = MethodNotAllowed(f"{req.method} is not allowed on {req.path}", headers=dict(exc.headers or {}))
+        return error
+    if exc.status_code == 404:
+        return RouteNotFound(f"no route {req.method} {req.path}; see /openapi.json for the routes this server has")
+    error = ApiError(exc.description or exc.title or "request failed")
+    error.status, error.code = exc.status_code, None
+    return error
