@@ -33,9 +33,11 @@ $(ENCODER)/manifest.json: | models
 
 engines: $(DECODER)/manifest.json $(ENCODER)/manifest.json
 
+# Serves every engine under engines/ on http://127.0.0.1:8000 (README: curl examples).
+# Arguments pass through: make serve SERVE_ARGS="--host 0.0.0.0 --port 9000 --workers 2"
+SERVE_ARGS ?=
 serve: engines
-	@echo "Default engines are ready: $(DECODER) and $(ENCODER)."
-	@echo "The HTTP server (appliance serve: OpenAI and Ollama APIs) is not built yet; it lands with issue 4."
+	$(APPLIANCE) serve --engines $(ENGINES) $(SERVE_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest tests

@@ -71,6 +71,36 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    from api.models import find_engine_dirs
+    from api.settings import ServerSettings
+
+    engines = args.engines.resolve()
+    if not engines.is_dir() or not find_engine_dirs(engines):
+        print(f"appliance: error: no engine directories in {engines}; build the defaults with `make engines` or export one with `appliance export`", file=sys.stderr)
+        return EXIT_USER_ERROR
+    settings = ServerSettings(
+        engines=engines,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        threads=args.threads,
+        drain_timeout_s=args.drain_timeout,
+        intra_op_threads=args.intra_op_threads,
+    )
+    names = ", ".join(p.name for p in find_engine_dirs(engines))
+    print(f"appliance: serving {names} on http://{args.host}:{args.port} ({args.workers} worker(s) × {args.threads} threads)", file=sys.stderr)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print("appliance: warning: the server has no authentication yet and listens beyond this machine", file=sys.stderr)
+    env = {**os.environ, **settings.to_env()}
+    command = [sys.executable, "-m", "gunicorn", "--config", "python:api.gunicorn_conf"]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(command[0], command, env)  # gunicorn's master takes this process (and its signals)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from export.pipeline import BACKENDS, BUILDERS, DEFAULT_MAX_CONTEXT, PRECISIONS
 
@@ -102,7 +132,27 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="check an engine directory's files against its manifest")
     verify.add_argument("engine", type=Path, metavar="ENGINE_DIR")
     verify.set_defaults(handler=_verify)
+
+    from api.settings import ServerSettings
+
+    defaults = ServerSettings()
+    serve = commands.add_parser("serve", help="serve engines over HTTP: OpenAI and Ollama APIs (gunicorn)")
+    serve.add_argument("--engines", type=Path, default=defaults.engines, help="a directory of engine directories, or one engine (default: engines)")
+    serve.add_argument("--host", default=defaults.host, help=f"address to listen on (default: {defaults.host}; 0.0.0.0 for every interface)")
+    serve.add_argument("--port", type=int, default=defaults.port, help=f"port (default: {defaults.port})")
+    serve.add_argument("--workers", type=_positive, default=defaults.workers, help="worker processes, each with its own copy of the engines (default: 1)")
+    serve.add_argument("--threads", type=_positive, default=defaults.threads, help=f"request threads per worker (default: {defaults.threads})")
+    serve.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout_s, help="seconds in-flight requests get to finish on SIGTERM (default: 30)")
+    serve.add_argument("--intra-op-threads", type=int, default=defaults.intra_op_threads, help="ONNX Runtime threads per engine (default: 0, one per core)")
+    serve.set_defaults(handler=_serve)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

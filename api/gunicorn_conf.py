@@ -1,0 +1,73 @@
+"""gunicorn configuration of the appliance: `gunicorn -c python:api.gunicorn_conf`.
+
+Settings come from APPLIANCE_* environment variables (see api/settings.py); `appliance
+serve` sets them. Workers are gthread workers: one process per worker, each with its own
+engines loaded after the fork (never in the master), and `threads` request threads.
+
+SIGTERM drains: gunicorn stops accepting connections and gives in-flight requests
+`drain_timeout_s` to finish; our hook also marks the app as draining, so a request that
+still arrives on a kept-alive connection gets a 503 rather than starting new work.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import tempfile
+
+from api.settings import ServerSettings
+
+_settings = ServerSettings.from_env()
+
+wsgi_app = "api.wsgi:application"
+bind = [f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"]
+workers = _settings.workers
+worker_class = "gthread"
+threads = _settings.threads
+graceful_timeout = math.ceil(_settings.drain_timeout_s)  # gunicorn takes whole seconds
+keepalive = math.ceil(_settings.keepalive_s)
+# A gthread worker's main loop reports to the master even while requests run: this only
+# catches a worker that hangs outright. Engine loading runs on a thread, so it never counts.
+timeout = 60
+preload_app = False
+# gunicorn 27 opens a control socket at one fixed path per user; several servers on a box would
+# fight over it, and nothing here uses it.
+control_socket_disable = True
+accesslog = "-"
+access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms'
+errorlog = "-"
+loglevel = "info"
+
+# Metrics of all workers are summed by prometheus_client's multiprocess mode, which must be
+# switched on before any worker imports it.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="appliance-metrics-")
+    _own_metrics_dir = True
+else:
+    _own_metrics_dir = False
+
+
+def post_worker_init(worker) -> None:
+    """Wrap the worker's SIGTERM handler: mark the app draining, then let gunicorn drain."""
+    from api import wsgi
+
+    graceful_exit = worker.handle_exit
+
+    def drain(sig, frame) -> None:
+        wsgi.context.draining = True
+        graceful_exit(sig, frame)
+
+    signal.signal(signal.SIGTERM, drain)
+
+
+def child_exit(server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -1,0 +1,38 @@
+"""The WSGI entry point gunicorn loads in each worker: `api.wsgi:application`.
+
+Importing this module is cheap: settings come from APPLIANCE_* environment variables (the
+`appliance serve` command sets them), the app is created at once, and the engines load on a
+background thread, after the worker has forked. Until they are loaded and warm, `/health`
+and every model route answer 503 with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from api.app import create_app
+from api.context import ServerContext
+from api.models import ModelRegistry, load_models
+from api.settings import ServerSettings
+from runtime.settings import RuntimeSettings
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+
+settings = ServerSettings.from_env()
+context = ServerContext(ModelRegistry(), settings)
+application = create_app(context)
+
+
+def _load() -> list:
+    runtime = RuntimeSettings(intra_op_threads=settings.intra_op_threads)
+    models = load_models(settings.engines, runtime, prefill_chunk=settings.prefill_chunk, warm=settings.warm)
+    for model in models:
+        info = model.info
+        context.log.info(
+            "loaded %s (%s, %s, %s, context %d) in %.1f s",
+            info.name, info.task, info.precision, ",".join(info.providers), info.context_length, model.load_duration_ns / 1e9,
+        )
+    return models
+
+
+context.registry.load_in_background(_load)
