@@ -35,7 +35,7 @@ def assert_nothing_written(parent: Path) -> None:
 def test_help_lists_the_subcommands():
     result = appliance("--help")
     assert result.returncode == 0
-    for command in ("pull", "export", "verify"):
+    for command in ("pull", "export", "verify", "serve"):
         assert command in result.stdout
 
 
@@ -129,3 +129,8 @@ def test_verify_refuses_a_tampered_engine(tmp_path: Path, tiny_llama_engine, cha
     else:
         (engine / "manifest.json").unlink()
         assert_user_error(appliance("verify", str(engine)), "not an engine directory")
+
+
+def test_serve_without_engines_says_how_to_build_them(tmp_path: Path) -> None:
+    assert_user_error(appliance("serve", "--engines", str(tmp_path)), "no engine directories", "make engines")
+    assert appliance("serve", "--workers", "0").returncode == 2

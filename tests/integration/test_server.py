@@ -198,6 +198,31 @@ def test_metrics_after_traffic(server: Server) -> None:
     assert httpx.get(f"{server.url}/openapi.json").json()["openapi"].startswith("3.")
 
 
+def readme_curl_examples() -> list[str]:
+    """The curl commands of the README's Serving section, continuation lines joined."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Serving", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for block in section.split("```sh\n")[1:]:
+        script = block.split("```", 1)[0].replace("\\\n", " ")
+        commands.extend(line for line in script.splitlines() if line.startswith("curl "))
+    return commands
+
+
+def test_readme_curl_examples(server: Server) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    commands = readme_curl_examples()
+    assert len(commands) >= 15
+    for command in commands:
+        command = command.replace("curl ", "curl --fail --max-time 120 ", 1).replace("http://127.0.0.1:8000", server.url)
+        result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=150)
+        assert result.returncode == 0 and result.stdout, f"{command}\n{result.stderr}"
+
+
 def test_sigterm_drains_in_flight_streams(default_engines: dict[str, Path], tmp_path: Path) -> None:
     """SIGTERM: the running stream finishes whole; a new request on a kept-alive connection gets 503."""
     drained = Server(default_engines["decoder"], tmp_path / "drain.log", "--drain-timeout", "60")
