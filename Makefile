@@ -64,6 +64,7 @@ bench-peers: $(GENAI_STAMP)
 bench: engines
 	$(PY) bench/decode_speed.py $(DECODER)
 	$(PY) bench/runtime_vs_peers.py $(DECODER) --json $(PEERS)/runtime_vs_peers.json
+	$(PY) bench/api_overhead.py $(DECODER)
 
 clean-engines:
 	rm -rf $(DECODER) $(ENCODER)
