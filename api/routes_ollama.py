@@ -9,6 +9,7 @@ import falcon
 from api import ollama_protocol as protocol
 from api.body import Fields
 from api.context import ServerContext
+from api.errors import BadRequest
 from api.responses import read_body, send_json, send_stream
 from api.runs import collect, prepare, stream_events
 from api.streaming import NDJSON_CONTENT_TYPE, guarded, ndjson_line, ollama_error_line
@@ -117,7 +118,9 @@ class Show:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         f = Fields(read_body(req, self.ctx.settings))
-        name = f.string("model") or f.string("name", required=True)  # older clients send "name"
+        name = f.string("model") or f.string("name")  # older clients send "name"
+        if not name:
+            raise BadRequest("'model' is required", param="model")
         send_json(resp, protocol.show_response(self.ctx.registry.get(name).info))
 
 

@@ -30,8 +30,8 @@ class _Generation:
         plan = self.parse(body, model.generator, ctx.settings)
         prepare(model, plan.choices)
         response_id, created = ctx.new_id(self.id_prefix), int(ctx.clock())
-        events = stream_events(model, plan.choices, ctx.metrics)
         if plan.stream:
+            events = stream_events(model, plan.choices, ctx.metrics)
             frames = self.render_stream(plan, events, response_id, created, model.info.digest)
             send_stream(resp, guarded(frames, openai_error_frames, ctx.log), SSE_CONTENT_TYPE)
         else:
