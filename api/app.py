@@ -49,7 +49,7 @@ def routes(ctx: ServerContext) -> list[tuple[str, Any]]:
         ("/extras/detokenize", extras.Detokenize(ctx)),
         ("/health", extras.Health(ctx)),
         ("/metrics", extras.Metrics(ctx)),
-        ("/openapi.json", extras.OpenAPI(openapi_document())),
+        ("/openapi.json", extras.OpenAPI(openapi_document(ctx.settings))),
         ("/", extras.Root()),
     ]
 

@@ -11,8 +11,8 @@ becomes. It describes what the code does, not what the upstream APIs allow:
 - Errors come in two dialects: OpenAI's error object on `/v1/*` and the extras, Ollama's
   `{"error": "..."}` under `/api/*`.
 
-The limits quoted (`n`, number of inputs, body size) are the server's defaults; the
-APPLIANCE_* environment variables change them (see `api.settings`).
+The limits quoted (`n`, number of inputs) are those of the settings the document is built
+for: the running server's, so a schema-driven client sees the limits it will meet.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from runtime.sampling import MAX_TOP_LOGPROBS, SamplingParams
 
 Schema = dict[str, Any]
 
-_LIMITS = ServerSettings()
 _FINISH_REASONS = [FINISH_STOP, FINISH_LENGTH]
 _HEALTH_STATES = ["ok", "loading", "failed", "draining"]
 _JSON = "application/json"
@@ -208,11 +207,11 @@ def _unsupported(what: str, schema: Schema | None = None) -> Schema:
 # -- OpenAI schemas -------------------------------------------------------------------------
 
 
-def _openai_generation_common() -> dict[str, Schema]:
+def _openai_generation_common(limits: ServerSettings) -> dict[str, Schema]:
     return {
         "model": _string("The name of a loaded text-generation model (see /v1/models)."),
         "n": _nullable(
-            _integer(f"Choices to generate (at most {_LIMITS.max_n} by default).", minimum=1, maximum=_LIMITS.max_n, default=1)
+            _integer(f"Choices to generate (at most {limits.max_n}).", minimum=1, maximum=limits.max_n, default=1)
         ),
         "stream": _nullable(_boolean("Answer as server-sent events.", default=False)),
         "stream_options": _nullable(
@@ -236,20 +235,20 @@ def _openai_generation_common() -> dict[str, Schema]:
     }
 
 
-def _openai_schemas() -> dict[str, Schema]:
-    limits = f"at most {_LIMITS.max_inputs} by default"
+def _openai_schemas(limits: ServerSettings) -> dict[str, Schema]:
+    at_most = f"at most {limits.max_inputs}"
     prompt = {
         "oneOf": [
             _string(),
-            _array(_string(), minItems=1, maxItems=_LIMITS.max_inputs),
+            _array(_string(), minItems=1, maxItems=limits.max_inputs),
             _token_ids(minItems=1),
-            _array(_token_ids(minItems=1), minItems=1, maxItems=_LIMITS.max_inputs),
+            _array(_token_ids(minItems=1), minItems=1, maxItems=limits.max_inputs),
         ],
-        "description": f"A prompt, several prompts ({limits}), token ids, or several lists of token ids.",
+        "description": f"A prompt, several prompts ({at_most}), token ids, or several lists of token ids.",
     }
     chat_request = _obj(
         {
-            **_openai_generation_common(),
+            **_openai_generation_common(limits),
             "messages": _array(_ref("ChatMessage"), minItems=1),
             "max_tokens": _nullable(_integer("Most tokens to generate; absent: until a stop or the context is full.", minimum=0)),
             "max_completion_tokens": _nullable(_integer("The newer name of max_tokens; it wins when both are given.", minimum=0)),
@@ -277,7 +276,7 @@ def _openai_schemas() -> dict[str, Schema]:
     )
     completion_request = _obj(
         {
-            **_openai_generation_common(),
+            **_openai_generation_common(limits),
             "prompt": prompt,
             "max_tokens": _nullable(_integer(minimum=0, default=16)),
             "logprobs": _nullable(
@@ -294,7 +293,7 @@ def _openai_schemas() -> dict[str, Schema]:
     embedding_request = _obj(
         {
             "model": _string("The name of a loaded embedding model."),
-            "input": {**prompt, "description": f"A text, several texts ({limits}), token ids, or several lists of token ids."},
+            "input": {**prompt, "description": f"A text, several texts ({at_most}), token ids, or several lists of token ids."},
             "encoding_format": _nullable(_string(enum=["float", "base64"], default="float")),
             "dimensions": _nullable(_integer("Only the model's own dimension is supported.", minimum=1)),
             "user": _nullable(_string()),
@@ -465,7 +464,7 @@ def _ollama_generation_common() -> dict[str, Schema]:
     }
 
 
-def _ollama_schemas() -> dict[str, Schema]:
+def _ollama_schemas(limits: ServerSettings) -> dict[str, Schema]:
     options = _obj(
         {
             **_sampling_fields(OLLAMA_DEFAULTS),
@@ -573,8 +572,8 @@ def _ollama_schemas() -> dict[str, Schema]:
             {
                 "model": _string("The name of a loaded embedding model."),
                 "input": {
-                    "oneOf": [_string(), _array(_string(), maxItems=_LIMITS.max_inputs)],
-                    "description": f"A text or several (at most {_LIMITS.max_inputs} by default); an empty list embeds nothing.",
+                    "oneOf": [_string(), _array(_string(), maxItems=limits.max_inputs)],
+                    "description": f"A text or several (at most {limits.max_inputs}); an empty list embeds nothing.",
                 },
                 "truncate": _nullable(
                     _boolean("Cut inputs longer than the model's limit instead of refusing them.", default=True)
@@ -675,7 +674,7 @@ def _extras_schemas() -> dict[str, Schema]:
 _ERROR_DESCRIPTIONS = {
     400: "The body is not a JSON object, or a field is missing, of the wrong type, out of range or not supported.",
     404: "No model of that name is loaded.",
-    413: f"The request body is larger than the limit ({_LIMITS.max_body_bytes} bytes by default).",
+    413: "The request body is larger than the server's limit (APPLIANCE_MAX_BODY_BYTES; 16 MiB by default).",
     500: "An unexpected error; the server log has the details.",
     503: "The engines are still loading or failed to load, or the server is shutting down.",
 }
@@ -960,8 +959,8 @@ def _extras_paths() -> dict[str, Any]:
     }
 
 
-def openapi_document() -> dict[str, Any]:
-    """The whole OpenAPI 3.1.0 document: every route, its request and response schemas."""
+def openapi_document(limits: ServerSettings = ServerSettings()) -> dict[str, Any]:
+    """The whole OpenAPI 3.1.0 document for a server with `limits`: every route, its request and response schemas."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -977,6 +976,6 @@ def openapi_document() -> dict[str, Any]:
         ],
         "paths": {**_openai_paths(), **_ollama_paths(), **_extras_paths()},
         "components": {
-            "schemas": {**_logprob_schemas(), **_openai_schemas(), **_ollama_schemas(), **_extras_schemas()},
+            "schemas": {**_logprob_schemas(), **_openai_schemas(limits), **_ollama_schemas(limits), **_extras_schemas()},
         },
     }

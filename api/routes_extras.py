@@ -27,7 +27,7 @@ def _model(ctx: ServerContext, f: Fields) -> LoadedModel:
 def _tokenize(model: LoadedModel, text: str, add_special: bool) -> list[int]:
     if model.generator is not None:
         return list(model.generator.tokenize(text, add_special_tokens=add_special))
-    return list(model.embedder.engine.tokenizer.encode(text, add_special_tokens=add_special).ids)
+    return list(model.embedder.token_ids(text, add_special_tokens=add_special))
 
 
 def _text(f: Fields) -> str:

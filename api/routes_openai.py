@@ -19,6 +19,7 @@ class _Generation:
     render = staticmethod(protocol.chat_response)
     render_stream = staticmethod(protocol.chat_stream)
     id_prefix = "chatcmpl-"
+    prompt_param = "messages"
 
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
@@ -28,7 +29,7 @@ class _Generation:
         body = read_body(req, ctx.settings)
         model = ctx.registry.get(protocol.model_name(body), TASK_TEXT_GENERATION)
         plan = self.parse(body, model.generator, ctx.settings)
-        prepare(model, plan.choices)
+        prepare(model, plan.choices, self.prompt_param)
         response_id, created = ctx.new_id(self.id_prefix), int(ctx.clock())
         if plan.stream:
             events = stream_events(model, plan.choices, ctx.metrics)
@@ -48,6 +49,7 @@ class Completions(_Generation):
     render = staticmethod(protocol.completion_response)
     render_stream = staticmethod(protocol.completion_stream)
     id_prefix = "cmpl-"
+    prompt_param = "prompt"
 
 
 class Embeddings:

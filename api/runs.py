@@ -16,6 +16,7 @@ from typing import Iterator, Sequence
 
 from api.metrics import Metrics
 from api.models import LoadedModel
+from runtime.errors import ContextLengthError
 from runtime.events import Delta, Event, Finish, Usage
 from runtime.generation import GenerationRequest
 
@@ -29,10 +30,17 @@ class Choice:
     request: GenerationRequest
 
 
-def prepare(model: LoadedModel, choices: Sequence[Choice]) -> None:
-    """Validate every choice (ranges, context fit) before the first token is generated."""
+def prepare(model: LoadedModel, choices: Sequence[Choice], prompt_param: str | None = None) -> None:
+    """Validate every choice (ranges, context fit) before the first token is generated.
+
+    A prompt that does not fit is blamed on `prompt_param` (OpenAI names "messages" or "prompt").
+    """
     for choice in choices:
-        model.generator.prepare(choice.request)
+        try:
+            model.generator.prepare(choice.request)
+        except ContextLengthError as exc:
+            exc.param = getattr(exc, "param", None) or prompt_param
+            raise
 
 
 def tracked(model: LoadedModel, request: GenerationRequest, metrics: Metrics) -> Iterator[Event]:

@@ -91,6 +91,10 @@ class Embedder:
                 )
         return encodings
 
+    def token_ids(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """All of `text`'s token ids, never cut (for counting; the model reads at most max_tokens)."""
+        return self._exact.encode(text, add_special_tokens=add_special_tokens).ids
+
     def encode(self, texts: Sequence[str], truncate: bool = True) -> EmbeddingResult:
         """Embed `texts` (shortest first in batches, returned in input order)."""
         return self.encode_ids([e.ids for e in self.tokenize(texts, truncate)])

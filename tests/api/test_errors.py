@@ -109,8 +109,8 @@ def test_wrong_kind_of_model(client) -> None:
 
 def test_prompt_too_long(client) -> None:
     long_chat = [{"role": "user", "content": "x" * 100}]
-    openai_error(client.simulate_post("/v1/chat/completions", json={"model": "fake-chat", "messages": long_chat}), 400, "context_length_exceeded")
-    openai_error(client.simulate_post("/v1/completions", json={"model": "fake-chat", "prompt": "x" * 100}), 400, "context_length_exceeded")
+    openai_error(client.simulate_post("/v1/chat/completions", json={"model": "fake-chat", "messages": long_chat}), 400, "context_length_exceeded", "messages")
+    openai_error(client.simulate_post("/v1/completions", json={"model": "fake-chat", "prompt": "x" * 100}), 400, "context_length_exceeded", "prompt")
     openai_error(client.simulate_post("/v1/completions", json={"model": "fake-chat", "prompt": "x", "max_tokens": 100}), 400, "context_length_exceeded")
     openai_error(client.simulate_post("/v1/embeddings", json={"model": "fake-embed", "input": "x" * 20}), 400, "context_length_exceeded")
     # Ollama cuts an over-long prompt, as Ollama does, unless asked not to.

@@ -123,3 +123,10 @@ def test_serialisable_and_every_ref_resolves(document: dict[str, Any]) -> None:
 def test_valid_openapi(document: dict[str, Any]) -> None:
     validator = pytest.importorskip("openapi_spec_validator")
     validator.validate(document)
+
+
+def test_document_quotes_the_running_limits(make_client) -> None:
+    document = make_client(max_n=3, max_inputs=7).simulate_get("/openapi.json").json
+    schemas = document["components"]["schemas"]
+    assert schemas["ChatCompletionRequest"]["properties"]["n"]["maximum"] == 3
+    assert "7" in schemas["CompletionRequest"]["properties"]["prompt"]["description"]

@@ -257,3 +257,11 @@ def test_sigterm_drains_in_flight_streams(default_engines: dict[str, Path], tmp_
         assert drained.process.wait(60) == 0
     finally:
         drained.stop()
+
+
+def test_tokenize_counts_every_token(server: Server) -> None:
+    """Counting is never cut at the model's input limit (MiniLM's tokenizer.json truncates at 128)."""
+    text = "word " * 400
+    for model in (ENCODER, DECODER):
+        count = httpx.post(f"{server.url}/extras/tokenize/count", json={"model": model, "input": text}).json()["count"]
+        assert count >= 400, model
