@@ -121,8 +121,9 @@ def test_serialisable_and_every_ref_resolves(document: dict[str, Any]) -> None:
 
 
 def test_valid_openapi(document: dict[str, Any]) -> None:
-    validator = pytest.importorskip("openapi_spec_validator")
-    validator.validate(document)
+    from openapi_spec_validator import validate
+
+    validate(document)
 
 
 def test_document_quotes_the_running_limits(make_client) -> None:
