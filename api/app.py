@@ -110,8 +110,7 @@ def create_app(ctx: ServerContext) -> falcon.App:
 def _from_falcon(req: falcon.Request, exc: falcon.HTTPError) -> ApiError:
     """Falcon's own errors (no route, wrong method, unreadable request) in our terms."""
     if isinstance(exc, falcon.HTTPMethodNotAllowed):
-        error: ApiError = MethodNotAllowed(f"{req.method} is not allowed on {req.path}", headers=dict(exc.headers or {}))
-        return error
+        return MethodNotAllowed(f"{req.method} is not allowed on {req.path}", headers=dict(exc.headers or {}))
     if exc.status_code == 404:
         return RouteNotFound(f"no route {req.method} {req.path}; see /openapi.json for the routes this server has")
     error = ApiError(exc.description or exc.title or "request failed")

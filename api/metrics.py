@@ -41,6 +41,11 @@ class Metrics:
         self.active = Gauge("appliance_active_generations", "Generations producing tokens now", ["model"], multiprocess_mode="livesum", registry=r)
         self.finished = Counter("appliance_generations", "Generations ended, by how they ended", ["model", "reason"], registry=r)
 
+    def embedded(self, model: str, inputs: int, tokens: int) -> None:
+        """Count an embedding request's inputs and their tokens."""
+        self.embedding_inputs.labels(model).inc(inputs)
+        self.prompt_tokens.labels(model).inc(tokens)
+
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

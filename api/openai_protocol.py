@@ -185,47 +185,37 @@ def _fingerprint(digest: str) -> str:
     return f"fp_{digest[:10]}"
 
 
-def chat_response(plan: Plan, results: Sequence[Collected], response_id: str, created: int, digest: str) -> dict[str, Any]:
-    choices = []
-    for result in sorted(results, key=lambda r: r.choice.index):
-        records = [lp for d in result.deltas for lp in d.logprobs]
-        choices.append(
-            {
-                "index": result.choice.index,
-                "message": {"role": "assistant", "content": result.text, "refusal": None},
-                "logprobs": chat_logprobs(records) if plan.logprobs else None,
-                "finish_reason": result.finish.reason,
-            }
-        )
+def _response(plan: Plan, obj: str, choices: list[dict[str, Any]], results: Sequence[Collected], response_id: str, created: int, digest: str) -> dict[str, Any]:
+    """The envelope of a whole (non-streamed) answer."""
     usage = total_usage([(r.choice, r.finish) for r in results])
-    return {
-        "id": response_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": plan.model,
-        "system_fingerprint": _fingerprint(digest),
-        "choices": choices,
-        "usage": usage_object(usage),
-    }
+    head = {"id": response_id, "object": obj, "created": created, "model": plan.model, "system_fingerprint": _fingerprint(digest)}
+    return {**head, "choices": choices, "usage": usage_object(usage)}
+
+
+def _records(result: Collected) -> list[TokenLogprobs]:
+    return [lp for d in result.deltas for lp in d.logprobs]
+
+
+def chat_response(plan: Plan, results: Sequence[Collected], response_id: str, created: int, digest: str) -> dict[str, Any]:
+    choices = [
+        {
+            "index": result.choice.index,
+            "message": {"role": "assistant", "content": result.text, "refusal": None},
+            "logprobs": chat_logprobs(_records(result)) if plan.logprobs else None,
+            "finish_reason": result.finish.reason,
+        }
+        for result in sorted(results, key=lambda r: r.choice.index)
+    ]
+    return _response(plan, "chat.completion", choices, results, response_id, created, digest)
 
 
 def completion_response(plan: Plan, results: Sequence[Collected], response_id: str, created: int, digest: str) -> dict[str, Any]:
     choices = []
     for result in sorted(results, key=lambda r: r.choice.index):
         prefix = plan.echo.get(result.choice.prompt_index, "")
-        records = [lp for d in result.deltas for lp in d.logprobs]
-        logprobs = CompletionLogprobs(len(prefix)).render(records, plan.top_logprobs) if plan.logprobs else None
+        logprobs = CompletionLogprobs(len(prefix)).render(_records(result), plan.top_logprobs) if plan.logprobs else None
         choices.append({"text": prefix + result.text, "index": result.choice.index, "logprobs": logprobs, "finish_reason": result.finish.reason})
-    usage = total_usage([(r.choice, r.finish) for r in results])
-    return {
-        "id": response_id,
-        "object": "text_completion",
-        "created": created,
-        "model": plan.model,
-        "system_fingerprint": _fingerprint(digest),
-        "choices": choices,
-        "usage": usage_object(usage),
-    }
+    return _response(plan, "text_completion", choices, results, response_id, created, digest)
 
 
 class _Chunks:
@@ -249,14 +239,17 @@ def chat_stream(plan: Plan, events: Iterator[tuple[Choice, Event]], response_id:
     """SSE frames of a streamed chat completion."""
     chunks = _Chunks(plan, "chat.completion.chunk", response_id, created, digest)
     finishes: list[tuple[Choice, Finish]] = []
-    opened: set[int] = set()
-    for choice in plan.choices[:1]:  # the role chunk goes out before the prompt is evaluated
-        opened.add(choice.index)
-        yield chunks.frame([{"index": choice.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
+
+    def role_chunk(index: int) -> bytes:
+        return chunks.frame([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
+
+    # The first choice's role chunk goes out before its prompt is evaluated; later ones as they start.
+    opened = {plan.choices[0].index}
+    yield role_chunk(plan.choices[0].index)
     for choice, event in events:
         if choice.index not in opened:
             opened.add(choice.index)
-            yield chunks.frame([{"index": choice.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
+            yield role_chunk(choice.index)
         if isinstance(event, Delta):
             if event.text or event.logprobs:
                 logprobs = chat_logprobs(event.logprobs) if plan.logprobs else None

@@ -65,8 +65,7 @@ class Embed:
         if texts:
             result = model.embedder.encode(texts, truncate=truncate)
             embeddings, tokens = [[float(x) for x in v] for v in result.vectors], result.total_tokens
-            ctx.metrics.embedding_inputs.labels(model.name).inc(len(texts))
-            ctx.metrics.prompt_tokens.labels(model.name).inc(tokens)
+            ctx.metrics.embedded(model.name, len(texts), tokens)
         send_json(
             resp,
             {
@@ -91,8 +90,7 @@ class Embeddings:
             send_json(resp, {"embedding": []})
             return
         result = model.embedder.encode([prompt], truncate=True)
-        ctx.metrics.embedding_inputs.labels(model.name).inc()
-        ctx.metrics.prompt_tokens.labels(model.name).inc(result.total_tokens)
+        ctx.metrics.embedded(model.name, 1, result.total_tokens)
         send_json(resp, {"embedding": [float(x) for x in result.vectors[0]]})
 
 

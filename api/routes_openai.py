@@ -65,8 +65,7 @@ class Embeddings:
             result = model.embedder.encode(plan.texts, truncate=plan.truncate)
         else:
             result = model.embedder.encode_ids(plan.token_ids, truncate=plan.truncate)
-        ctx.metrics.embedding_inputs.labels(model.name).inc(len(result.token_counts))
-        ctx.metrics.prompt_tokens.labels(model.name).inc(result.total_tokens)
+        ctx.metrics.embedded(model.name, len(result.token_counts), result.total_tokens)
         send_json(resp, protocol.embeddings_response(plan, result.vectors, result.total_tokens))
 
 
