@@ -156,6 +156,20 @@ class SharedKVDecoder(_DecoderBase):
             raise ValueError("the KV pool lives on the GPU; there is no host view")
         return self._host[layer][("key", "value").index(kind)]
 
+    def move(self, source: int, target: int) -> None:
+        """Move the sequence cached in slot `source` to slot `target` (the scheduler packs slots).
+
+        Only the cached positions are copied: at most max_length × 45 KiB for SmolLM2 in fp32.
+        """
+        if self._host is None:
+            raise ValueError("the KV pool lives on the GPU; slots cannot be moved on the host")
+        length = int(self.lengths[source])
+        for pair in self._host:
+            for array in pair:
+                array[target, :, :length] = array[source, :, :length]
+        self.lengths[target] = length
+        self.lengths[source] = 0
+
     def pool_bytes(self) -> int:
         """Bytes held by the KV pool."""
         return 2 * len(self._pool) * self.slots * self._slot_bytes

@@ -11,6 +11,8 @@ tells the user what to do next. The API translates them once, at its boundary.
         ├── RequestError               status 400: a request parameter is invalid (names it)
         ├── ContextLengthError         status 400: the prompt does not fit the context
         ├── ChatTemplateError          status 400: the messages cannot be rendered
+        ├── QueueFullError             status 429: every slot is busy and the queue is full
+        ├── SchedulerStoppedError      status 503: the engine's scheduler has shut down
         └── InferenceError             ONNX Runtime failed while running a step
 """
 
@@ -66,6 +68,26 @@ class ChatTemplateError(ApplianceError):
 
     status = 400
     code = "invalid_request_error"
+
+
+class QueueFullError(ApplianceError):
+    """Every slot of the engine is busy and its waiting queue is at its limit."""
+
+    status = 429
+    code = "server_busy"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        # The API sends these headers with the error (OpenAI's clients retry a 429 after it).
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
+class SchedulerStoppedError(ApplianceError):
+    """The engine's scheduler thread has stopped (the server is shutting down)."""
+
+    status = 503
+    code = "engine_unavailable"
 
 
 class InferenceError(ApplianceError):

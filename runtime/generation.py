@@ -12,26 +12,24 @@ the decode loop, a plain generator:
 
 Closing the generator early (a client went away) frees the slot at once.
 
-The per-request part of step 3 lives in `SequenceState`, so that a scheduler stepping many
-sequences in one batched decode step (docs/architecture.md) reuses it unchanged.
-Until that scheduler exists, a generator runs one request at a time: concurrent callers
-wait on a lock.
+The loop runs on the engine's scheduler thread (`runtime/scheduler.py`), which steps every
+active request in one batched decode step; `SequenceState` is the per-request part
+(sampler, detokenizer, stop matching), so a request's tokens do not depend on its company.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-import numpy as np
 
 from runtime.decoder import open_decoder
 from runtime.engine import Engine
 from runtime.errors import ChatTemplateError, ContextLengthError, RequestError
-from runtime.events import FINISH_LENGTH, FINISH_STOP, Delta, Event, Finish, TokenChoice, TokenLogprobs, Usage
-from runtime.sampling import Sample, SamplingParams, SequenceSampler, sample_batch
+from runtime.events import FINISH_LENGTH, FINISH_STOP, Delta, Event, Finish, TokenChoice, TokenLogprobs
+from runtime.sampling import Sample, SamplingParams, SequenceSampler
+from runtime.scheduler import Job, Scheduler, SchedulerStats
 from runtime.text import IncrementalDetokenizer, StopMatcher, TokenBytes
 
 CONTEXT_ERROR = "error"  # a prompt (plus max_tokens) that does not fit is refused, as OpenAI does
@@ -184,20 +182,44 @@ class SequenceState:
         return TokenLogprobs(self._choice(record.token_id, record.logprob), tuple(self._choice(i, lp) for i, lp in record.top))
 
 
-class TextGenerator:
-    """Generates text with one decoder engine (one request at a time for now)."""
+class EventStream:
+    """The events of one queued generation; closing it (or dropping it) cancels the generation."""
 
-    def __init__(self, engine: Engine, prefill_chunk: int = 512) -> None:
-        if prefill_chunk < 1:
-            raise ValueError("prefill_chunk must be positive")
+    def __init__(self, job: Job, scheduler: Scheduler) -> None:
+        self._job = job
+        self._scheduler = scheduler
+        self._events = job.events_until_finish()
+
+    def __iter__(self) -> "EventStream":
+        return self
+
+    def __next__(self) -> Event:
+        try:
+            return next(self._events)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if not self._job.finished and not self._job.cancelled:
+            self._scheduler.cancel(self._job)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class TextGenerator:
+    """Generates text with one decoder engine: up to `slots` requests at once, batched."""
+
+    def __init__(self, engine: Engine, prefill_chunk: int = 512, slots: int = 1, queue_limit: int = 64) -> None:
         self.engine = engine
         self.manifest = engine.manifest
         self.tokenizer = engine.tokenizer
-        self.decoder = open_decoder(engine, slots=1)
+        self.decoder = open_decoder(engine, slots=slots)
         self.prefill_chunk = prefill_chunk
         self.token_bytes = TokenBytes(engine.tokenizer)
         self.eos_ids = tuple(self.manifest.eos_token_ids)
-        self._lock = threading.Lock()
+        self.scheduler = Scheduler(self.decoder, prefill_chunk=prefill_chunk, queue_limit=queue_limit, name=engine.name)
 
     @property
     def name(self) -> str:
@@ -259,44 +281,27 @@ class TextGenerator:
         bos = self.manifest.bos_token_id if self.manifest.add_bos_token else None
         return fit_context(request.prompt_ids, request.max_tokens, context, request.context_policy, request.prompt_truncate_len, bos)
 
-    def generate(self, request: GenerationRequest) -> Iterator[Event]:
-        """Stream the completion of `request` as Delta events, then one Finish."""
-        called = time.perf_counter_ns()
+    def generate(self, request: GenerationRequest) -> "EventStream":
+        """Stream the completion of `request` as Delta events, then one Finish.
+
+        The request is validated and queued for a slot at once (RequestError, or
+        QueueFullError when the engine is saturated, comes from this call), then run by the
+        engine's scheduler beside whatever else is generating. Closing the stream early (a
+        client went away) cancels it: its slot is free at the scheduler's next tick.
+        """
+        submitted = time.perf_counter_ns()
         fitted = self.prepare(request)
-        with self._lock:
-            slot = 0
-            state = SequenceState(request, fitted, self.eos_ids, self)
-            self.decoder.reset(slot)
-            try:
-                # Prompt evaluation, a bounded chunk at a time; logits of the last position only.
-                prefill_started = time.perf_counter_ns()
-                ids = np.asarray(fitted.ids, dtype=np.int64)
-                for start in range(0, len(ids), self.prefill_chunk):
-                    logits = self.decoder.prefill(slot, ids[start : start + self.prefill_chunk], logits_to_keep=1)
-                eval_started = time.perf_counter_ns()
-                reason, extra = FINISH_LENGTH, {}
-                while state.generated < fitted.max_new_tokens:
-                    # Choose a token, turn it into text, and stop or feed it back.
-                    (sample,) = sample_batch(logits.reshape(1, -1), [state.sampler])
-                    delta, finish, extra = state.absorb(sample)
-                    yield delta
-                    if finish is not None:
-                        reason = finish
-                        break
-                    logits = self.decoder.decode([slot], [sample.token_id])
-                finished = time.perf_counter_ns()
-                usage = Usage(
-                    prompt_tokens=len(fitted.ids),
-                    completion_tokens=state.generated,
-                    load_duration_ns=prefill_started - called,
-                    prompt_eval_duration_ns=eval_started - prefill_started,
-                    eval_duration_ns=finished - eval_started,
-                    total_duration_ns=finished - called,
-                    prompt_tokens_truncated=fitted.dropped,
-                )
-                yield Finish(reason, usage, seed=state.sampler.seed_used, **extra)
-            finally:
-                self.decoder.reset(slot)
+        job = Job(SequenceState(request, fitted, self.eos_ids, self), submitted)
+        self.scheduler.submit(job)
+        return EventStream(job, self.scheduler)
+
+    def stats(self) -> SchedulerStats:
+        """Slots in use, requests waiting, steps and tokens so far."""
+        return self.scheduler.stats()
+
+    def close(self) -> None:
+        """Stop the scheduler thread (requests still running end with an error)."""
+        self.scheduler.close()
 
     def complete(self, request: GenerationRequest) -> tuple[str, Finish]:
         """The whole completion at once: its text and the Finish event."""

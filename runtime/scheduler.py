@@ -1,0 +1,258 @@
+"""Continuous batching: one scheduler thread per decoder engine.
+
+The thread owns the decoder (the ONNX Runtime session and its KV pool). Request threads
+only `submit` a job and read its events from the job's own queue. Every tick:
+
+1. jobs that were cancelled (a client went away) give their slot back, and waiting jobs
+   take the free slots, oldest first;
+2. one batched decode step advances every sequence that has a token to feed: one token
+   each, one session run over the packed slots [0, n);
+3. the rest of the tick's prefill budget (`prefill_chunk` tokens) evaluates prompts of
+   newly admitted jobs, oldest first; a prompt longer than the budget is spread over
+   several ticks, so a long prompt never stalls the streams already running for long;
+4. each sequence's logits become a token (sampling is vectorised over the batch but every
+   row uses its own parameters and seeded generator), the token becomes text, and a
+   `Delta` — or the `Finish` — goes to the job's queue.
+
+Slots are kept packed: when a sequence leaves, the one in the highest slot moves into the
+hole (its cached positions are copied, a few megabytes at most), so a decode step is always
+one run over consecutive slots and the weights are read once per step, not once per gap.
+
+Outputs do not depend on batching: rows of a batched step are computed independently and
+sampling is per row, so a greedy request gives the same tokens alone or beside others
+(tests/integration/test_scheduler.py checks this on the real engine).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from runtime.errors import QueueFullError, SchedulerStoppedError
+from runtime.events import FINISH_LENGTH, Event, Finish, Usage
+from runtime.sampling import sample_batch
+
+log = logging.getLogger("appliance.scheduler")
+
+
+@dataclass(eq=False)
+class Job:
+    """One generation on its way through the scheduler."""
+
+    state: object  # runtime.generation.SequenceState
+    submitted_ns: int
+    events: "queue.SimpleQueue[Event | BaseException]" = field(default_factory=queue.SimpleQueue)
+    cancelled: bool = False
+    slot: int | None = None
+    prefilled: int = 0  # prompt tokens already in the cache
+    next_token: int | None = None  # the token the next decode step feeds
+    prefill_started_ns: int = 0
+    eval_started_ns: int = 0
+    finished: bool = False
+
+    @property
+    def prompt(self) -> tuple[int, ...]:
+        return self.state.fitted.ids
+
+    def events_until_finish(self) -> Iterator[Event]:
+        """The job's events as the scheduler produces them, ending with its Finish."""
+        while True:
+            item = self.events.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, Finish):
+                return
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    """What the scheduler holds right now."""
+
+    slots: int
+    active: int  # jobs holding a slot (prefilling or decoding)
+    waiting: int  # jobs queued for a slot
+    steps: int  # batched decode steps run so far
+    tokens: int  # tokens generated so far
+
+
+class Scheduler:
+    """Runs many generations on one decoder, a batched decode step per tick."""
+
+    def __init__(self, decoder, prefill_chunk: int = 512, queue_limit: int = 64, name: str = "engine") -> None:
+        if prefill_chunk < 1:
+            raise ValueError("prefill_chunk must be positive")
+        if queue_limit < 0:
+            raise ValueError("queue_limit must be 0 or more")
+        self.decoder = decoder
+        self.prefill_chunk = prefill_chunk
+        self.queue_limit = queue_limit
+        self.name = name
+        self._slots: list[Job | None] = [None] * decoder.slots
+        self._admitted: list[Job] = []  # jobs holding a slot, in order of admission
+        self._waiting: deque[Job] = deque()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._steps = 0
+        self._tokens = 0
+        # Compaction copies cache rows on the host; a pool that lives on a GPU cannot move yet.
+        self._can_move = hasattr(decoder, "move") and getattr(decoder, "device", "cpu") == "cpu"
+        self._thread = threading.Thread(target=self._run, name=f"scheduler-{name}", daemon=True)
+        self._thread.start()
+
+    # -- what request threads call ----------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Queue `job` for a slot; QueueFullError when every slot is busy and the queue is full."""
+        with self._wake:
+            if self._stopping:
+                raise SchedulerStoppedError(f"engine {self.name!r} is shutting down; retry on another instance")
+            busy = all(slot is not None for slot in self._slots)
+            if busy and len(self._waiting) >= self.queue_limit:
+                raise QueueFullError(
+                    f"engine {self.name!r} is busy: all {len(self._slots)} slots are generating and "
+                    f"{len(self._waiting)} requests are waiting; retry shortly",
+                )
+            self._waiting.append(job)
+            self._wake.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Stop generating for `job`; its slot is free at the next tick."""
+        job.cancelled = True
+        with self._wake:
+            self._wake.notify()
+
+    def stats(self) -> SchedulerStats:
+        with self._wake:
+            return SchedulerStats(len(self._slots), len(self._admitted), len(self._waiting), self._steps, self._tokens)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread; jobs still queued or running end with SchedulerStoppedError."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout)
+
+    # -- the scheduler thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self._waiting and not self._admitted:
+                    self._wake.wait()
+                if self._stopping:
+                    self._fail_all(SchedulerStoppedError(f"engine {self.name!r} stopped before this request finished"))
+                    return
+                self._release_cancelled()
+                self._admit()
+            try:
+                self._tick()
+            except Exception as exc:  # a failed step ends the requests it touched, not the thread
+                log.error("engine %s: a scheduler step failed: %s", self.name, exc, exc_info=True)
+                with self._wake:
+                    for job in list(self._admitted):
+                        self._end(job, exc)
+
+    def _tick(self) -> None:
+        # 1. One batched decode step for every sequence with a token to feed.
+        decoding = [job for job in self._admitted if job.next_token is not None and not job.cancelled]
+        if decoding:
+            decoding.sort(key=lambda job: job.slot)
+            logits = self.decoder.decode([job.slot for job in decoding], [job.next_token for job in decoding])
+            self._steps += 1
+            self._advance(decoding, logits)
+        # 2. Prompt evaluation for new sequences, within this tick's budget.
+        budget = self.prefill_chunk
+        for job in list(self._admitted):
+            if budget == 0:
+                break
+            if job.next_token is not None or job.finished or job.cancelled:
+                continue
+            if job.prefilled == 0:
+                job.prefill_started_ns = time.perf_counter_ns()
+                self.decoder.reset(job.slot)
+            chunk = job.prompt[job.prefilled : job.prefilled + budget]
+            logits = self.decoder.prefill(job.slot, np.asarray(chunk, dtype=np.int64), logits_to_keep=1)
+            job.prefilled += len(chunk)
+            budget -= len(chunk)
+            if job.prefilled == len(job.prompt):
+                job.eval_started_ns = time.perf_counter_ns()
+                if job.state.fitted.max_new_tokens == 0:  # max_tokens 0: evaluate the prompt only
+                    self._finish(job, FINISH_LENGTH, {})
+                else:
+                    self._advance([job], logits[-1:].copy())
+
+    def _advance(self, jobs: list[Job], logits: np.ndarray) -> None:
+        """Sample one token per job from its row of `logits`; send it; end finished jobs."""
+        samples = sample_batch(logits, [job.state.sampler for job in jobs])
+        self._tokens += len(jobs)
+        for job, sample in zip(jobs, samples):
+            delta, reason, extra = job.state.absorb(sample)
+            job.events.put(delta)
+            if reason is None:
+                job.next_token = sample.token_id
+            else:
+                self._finish(job, reason, extra)
+
+    def _finish(self, job: Job, reason: str, extra: dict) -> None:
+        state = job.state
+        finished = time.perf_counter_ns()
+        usage = Usage(
+            prompt_tokens=len(job.prompt),
+            completion_tokens=state.generated,
+            load_duration_ns=job.prefill_started_ns - job.submitted_ns,
+            prompt_eval_duration_ns=job.eval_started_ns - job.prefill_started_ns,
+            eval_duration_ns=finished - job.eval_started_ns,
+            total_duration_ns=finished - job.submitted_ns,
+            prompt_tokens_truncated=state.fitted.dropped,
+        )
+        with self._wake:
+            self._end(job, Finish(reason, usage, seed=state.sampler.seed_used, **extra))
+
+    # -- slots (called with self._wake held) ------------------------------------------
+
+    def _admit(self) -> None:
+        while self._waiting and None in self._slots:
+            job = self._waiting.popleft()
+            if job.cancelled:
+                continue
+            job.slot = self._slots.index(None)
+            self._slots[job.slot] = job
+            self._admitted.append(job)
+
+    def _release_cancelled(self) -> None:
+        for job in [job for job in self._admitted if job.cancelled]:
+            self._end(job, None)
+        if any(job.cancelled for job in self._waiting):
+            self._waiting = deque(job for job in self._waiting if not job.cancelled)
+
+    def _end(self, job: Job, last: Event | BaseException | None) -> None:
+        """Give `job`'s slot back (packing the slots again) and send its last event."""
+        job.finished = True
+        if last is not None:
+            job.events.put(last)
+        if job in self._admitted:
+            self._admitted.remove(job)
+        if job.slot is None:
+            return
+        hole, job.slot = job.slot, None
+        self._slots[hole] = None
+        self.decoder.reset(hole)
+        highest = max((i for i, held in enumerate(self._slots) if held is not None), default=-1)
+        if self._can_move and highest > hole:
+            mover = self._slots[highest]
+            self.decoder.move(highest, hole)
+            self._slots[hole], self._slots[highest] = mover, None
+            mover.slot = hole
+
+    def _fail_all(self, error: BaseException) -> None:
+        for job in list(self._admitted) + list(self._waiting):
+            self._end(job, error)
+        self._waiting.clear()

@@ -1,0 +1,141 @@
+"""Continuous batching: outputs do not depend on the company a request keeps.
+
+The acceptance test runs on the real default engine: each of 8 greedy requests gives the
+same tokens alone as beside 7 others (different prompt lengths, so the batch mixes cache
+lengths, joins and leaves). The tiny engine covers the mechanics quickly: packing slots
+after a sequence leaves, cancellation, the queue limit, sampled requests with seeds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from runtime.engine import load_engine
+from runtime.errors import QueueFullError
+from runtime.events import Delta, Finish
+from runtime.generation import GenerationRequest, TextGenerator
+from runtime.sampling import SamplingParams
+
+pytestmark = pytest.mark.integration
+GREEDY = SamplingParams(temperature=0)
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain in two sentences why the sky is blue, as if to a child who keeps asking why.",
+    "List three prime numbers.",
+    "Translate 'good morning' into Spanish, German and Italian.",
+    "def fibonacci(n):",
+    "Tell me a short story about a robot who learns to paint, with a happy ending and a twist.",
+    "Hi",
+]
+
+
+def tokens_of(generator: TextGenerator, request: GenerationRequest) -> tuple[list[int], Finish]:
+    events = list(generator.generate(request))
+    assert isinstance(events[-1], Finish)
+    return [t for e in events[:-1] if isinstance(e, Delta) for t in e.token_ids], events[-1]
+
+
+def run_together(generator: TextGenerator, requests: list[GenerationRequest], stagger_s: float = 0.0) -> list[list[int]]:
+    """Run every request on its own thread at (almost) the same time."""
+    results: list[list[int] | BaseException | None] = [None] * len(requests)
+
+    def worker(i: int) -> None:
+        try:
+            time.sleep(stagger_s * i)
+            results[i] = tokens_of(generator, requests[i])[0]
+        except BaseException as exc:  # surfaced below
+            results[i] = exc
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results  # type: ignore[return-value]
+
+
+def requests_for(generator: TextGenerator, max_tokens: list[int], sampling: SamplingParams = GREEDY) -> list[GenerationRequest]:
+    return [
+        GenerationRequest(tuple(generator.chat_prompt_ids([{"role": "user", "content": p}])), sampling, max_tokens=n, ignore_eos=True)
+        for p, n in zip(PROMPTS[: len(max_tokens)], max_tokens, strict=True)
+    ]
+
+
+# -- the real engine: the acceptance test ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_generator(default_engines):
+    generator = TextGenerator(load_engine(default_engines["decoder"]), prefill_chunk=32, slots=8)
+    yield generator
+    generator.close()
+
+
+def test_greedy_tokens_alone_equal_tokens_beside_seven_others(real_generator):
+    # Different lengths: requests leave the batch at different steps, and slots get packed.
+    requests = requests_for(real_generator, [40, 24, 48, 16, 32, 40, 48, 8])
+    alone = [tokens_of(real_generator, r)[0] for r in requests]
+    steps = real_generator.stats().steps
+    together = run_together(real_generator, requests)
+    assert together == alone
+    # They really shared steps: far fewer steps than tokens.
+    assert real_generator.stats().steps - steps < sum(len(t) for t in alone) / 2
+    # Staggered arrivals: requests join while others are mid-decode (prefill between steps).
+    assert run_together(real_generator, requests, stagger_s=0.02) == alone
+    assert real_generator.stats().active == 0
+
+
+# -- the tiny engine: mechanics ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_engine):
+    generator = TextGenerator(load_engine(tiny_llama_engine.directory), prefill_chunk=8, slots=4, queue_limit=2)
+    yield generator
+    generator.close()
+
+
+def test_seeded_sampling_is_the_same_in_a_batch(tiny):
+    sampled = SamplingParams(temperature=1.2, top_p=0.9, seed=7)
+    requests = requests_for(tiny, [20, 5, 30, 12, 9, 25, 3, 18], sampled)
+    alone = [tokens_of(tiny, r)[0] for r in requests]
+    # 6 requests on 4 slots (and a queue of 2): two wait for a slot, then join mid-stream.
+    assert run_together(tiny, requests[:6]) == alone[:6]
+
+
+def test_a_full_queue_is_refused_with_a_retryable_error(tiny):
+    request = requests_for(tiny, [10_000])[0]
+    request = GenerationRequest(request.prompt_ids, GREEDY, max_tokens=None, ignore_eos=True)
+    streams = [tiny.generate(request) for _ in range(6)]  # queued at once: 4 take slots, 2 wait
+    deadline = time.monotonic() + 10
+    while (tiny.stats().active, tiny.stats().waiting) != (4, 2) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert (tiny.stats().active, tiny.stats().waiting) == (4, 2)
+    with pytest.raises(QueueFullError) as error:
+        tiny.generate(request)
+    assert error.value.status == 429
+    for stream in streams:
+        stream.close()
+    deadline = time.monotonic() + 10
+    while tiny.stats().active + tiny.stats().waiting and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert tiny.stats().active == tiny.stats().waiting == 0
+
+
+def test_a_cancelled_request_leaves_the_others_untouched(tiny):
+    requests = requests_for(tiny, [30, 30, 30, 30])
+    alone = [tokens_of(tiny, r)[0] for r in requests]
+    streams = [tiny.generate(r) for r in requests]
+    firsts = [next(s) for s in streams]  # all four hold a slot now
+    streams[1].close()  # slot 1 frees; the sequence in slot 3 moves into it
+    streams[0].close()
+    rest = [[t for e in s if isinstance(e, Delta) for t in e.token_ids] for s in (streams[2], streams[3])]
+    assert [list(firsts[2].token_ids) + rest[0], list(firsts[3].token_ids) + rest[1]] == alone[2:]
