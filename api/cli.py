@@ -89,9 +89,12 @@ def _serve(args: argparse.Namespace) -> int:
         threads=args.threads,
         drain_timeout_s=args.drain_timeout,
         intra_op_threads=args.intra_op_threads,
+        slots=args.slots,
+        queue_limit=args.queue_limit,
+        prefill_chunk=args.prefill_chunk,
     )
     names = ", ".join(p.name for p in find_engine_dirs(engines))
-    print(f"appliance: serving {names} on http://{args.host}:{args.port} ({args.workers} worker(s) × {args.threads} threads)", file=sys.stderr)
+    print(f"appliance: serving {names} on http://{args.host}:{args.port} ({args.workers} worker(s) × {args.threads} threads, {args.slots} slots per engine)", file=sys.stderr)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print("appliance: warning: the server has no authentication yet and listens beyond this machine", file=sys.stderr)
     env = {**os.environ, **settings.to_env()}
@@ -144,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=_positive, default=defaults.threads, help=f"request threads per worker (default: {defaults.threads})")
     serve.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout_s, help="seconds in-flight requests get to finish on SIGTERM (default: 30)")
     serve.add_argument("--intra-op-threads", type=int, default=defaults.intra_op_threads, help="ONNX Runtime threads per engine (default: 0, one per core)")
+    serve.add_argument("--slots", type=_positive, default=defaults.slots, help=f"sequences each text engine generates at once, batched (default: {defaults.slots})")
+    serve.add_argument("--queue-limit", type=int, default=defaults.queue_limit, help=f"requests that may wait for a slot per engine before 429s (default: {defaults.queue_limit})")
+    serve.add_argument("--prefill-chunk", type=_positive, default=defaults.prefill_chunk, help=f"prompt tokens evaluated per scheduler tick (default: {defaults.prefill_chunk})")
     serve.set_defaults(handler=_serve)
     return parser
 

@@ -199,7 +199,9 @@ class ModelRegistry:
             raise Unavailable(f"the engines failed to load: {self._reason}")
 
 
-def load_models(engines_dir: Path, settings: Any, prefill_chunk: int = 512, warm: bool = True) -> list[LoadedModel]:
+def load_models(
+    engines_dir: Path, settings: Any, prefill_chunk: int = 512, slots: int = 1, queue_limit: int = 64, warm: bool = True
+) -> list[LoadedModel]:
     """Load every engine under `engines_dir`, each into a generator or an embedder, and warm it."""
     from runtime.embeddings import Embedder
     from runtime.engine import load_engine
@@ -219,7 +221,7 @@ def load_models(engines_dir: Path, settings: Any, prefill_chunk: int = 512, warm
             if warm:
                 model.embedder.encode(["warming up the engine"])
         else:
-            model = LoadedModel(info, generator=TextGenerator(engine, prefill_chunk=prefill_chunk))
+            model = LoadedModel(info, generator=TextGenerator(engine, prefill_chunk=prefill_chunk, slots=slots, queue_limit=queue_limit))
             if warm:  # the first run of a session allocates its buffers; do it before the first user
                 ids = tuple(model.generator.tokenize("Hello"))
                 model.generator.complete(GenerationRequest(ids, SamplingParams(temperature=0), max_tokens=2))

@@ -2,9 +2,10 @@
 
 A request may ask for several generations (`n` choices, several prompts). They are all
 validated before anything runs, so a bad one is a 400 rather than an error mid-stream;
-then they run one after another, and `stream_events` yields `(choice index, event)` as
-each token is ready. Closing the iterator (a client went away) closes the running
-generation, which frees its slot in the engine.
+then `stream_events` submits them all at once — a saturated engine refuses right there,
+with a 429 before any byte is sent — and the engine's scheduler batches them together. It
+yields `(choice, event)` as tokens come, the choices' events interleaved. Closing the
+iterator (a client went away) cancels every generation, which frees their slots.
 """
 
 from __future__ import annotations
@@ -43,14 +44,14 @@ def prepare(model: LoadedModel, choices: Sequence[Choice], prompt_param: str | N
             raise
 
 
-def tracked(model: LoadedModel, request: GenerationRequest, metrics: Metrics) -> Iterator[Event]:
+def tracked(model: LoadedModel, events: Iterator[Event], metrics: Metrics) -> Iterator[Event]:
     """One generation's events, counted in the metrics."""
     name = model.name
     submitted = time.perf_counter()
     first_token_at = None
     metrics.queue_depth.labels(name).inc()
     try:
-        with closing(model.generator.generate(request)) as events:
+        with closing(events):
             for event in events:
                 if first_token_at is None:
                     first_token_at = time.perf_counter()
@@ -73,11 +74,37 @@ def tracked(model: LoadedModel, request: GenerationRequest, metrics: Metrics) ->
 
 
 def stream_events(model: LoadedModel, choices: Sequence[Choice], metrics: Metrics) -> Iterator[tuple[Choice, Event]]:
-    """Every choice's events, one choice after another."""
-    for choice in choices:
-        with closing(tracked(model, choice.request, metrics)) as events:
-            for event in events:
-                yield choice, event
+    """Submit every choice now (QueueFullError comes from here), then their events, interleaved."""
+    submitted: list[tuple[Choice, Iterator[Event]]] = []
+    try:
+        for choice in choices:
+            submitted.append((choice, model.generator.generate(choice.request)))
+    except BaseException:
+        for _, events in submitted:
+            events.close()
+        raise
+    return _interleave([(choice, tracked(model, events, metrics)) for choice, events in submitted], [e for _, e in submitted])
+
+
+def _interleave(streams: list[tuple[Choice, Iterator[Event]]], raw: list[Iterator[Event]]) -> Iterator[tuple[Choice, Event]]:
+    """One event of each choice in turn: they advance together in the engine's batched steps.
+
+    `raw` are the engine's own streams, closed at the end too: a tracked stream that never
+    started would not close its engine stream itself.
+    """
+    running = list(streams)
+    try:
+        while running:
+            for item in list(running):
+                choice, events = item
+                event = next(events, None)
+                if event is None:
+                    running.remove(item)
+                else:
+                    yield choice, event
+    finally:
+        for events in [e for _, e in streams] + raw:
+            events.close()
 
 
 @dataclass

@@ -22,8 +22,10 @@ class ServerSettings:
     port: int = 8000
     # gunicorn worker processes; each loads its own copy of every engine (memory × workers).
     workers: int = 1
-    # Request threads per worker (gthread). Requests beyond the engine's one stream wait their turn.
-    threads: int = 8
+    # Request threads per worker (gthread). A streaming request holds a thread to its end, so
+    # this bounds concurrent streams per worker; keep it above `slots` so that health checks,
+    # embeddings and queued requests still find a thread (docs/performance.md).
+    threads: int = 32
     # On SIGTERM, in-flight requests get this long to finish; new ones are answered 503.
     drain_timeout_s: float = 30.0
     # Largest accepted request body; larger ones get 413.
@@ -33,8 +35,15 @@ class ServerSettings:
     max_inputs: int = 2048
     # ONNX Runtime intra-op threads per engine; 0: one per physical core.
     intra_op_threads: int = 0
-    # Prompt tokens evaluated per prefill step.
+    # Prompt tokens evaluated per scheduler tick, between batched decode steps: smaller keeps
+    # running streams smoother while a long prompt arrives, larger gives a faster first token.
     prefill_chunk: int = 512
+    # Sequences each decoder engine generates at once (one batched decode step for all). Each
+    # slot reserves KV cache for the full context (SmolLM2 fp32: 94 MB of address space, only
+    # the positions used become resident).
+    slots: int = 16
+    # Requests that may wait for a free slot per engine; beyond it they are refused (429).
+    queue_limit: int = 64
     # Run one short generation / embedding per engine before reporting healthy.
     warm: bool = True
     # Seconds an idle kept-alive HTTP connection stays open.

@@ -25,7 +25,7 @@ application = create_app(context)
 
 def _load() -> list:
     runtime = RuntimeSettings(intra_op_threads=settings.intra_op_threads)
-    models = load_models(settings.engines, runtime, prefill_chunk=settings.prefill_chunk, warm=settings.warm)
+    models = load_models(settings.engines, runtime, prefill_chunk=settings.prefill_chunk, slots=settings.slots, queue_limit=settings.queue_limit, warm=settings.warm)
     for model in models:
         info = model.info
         context.log.info(
