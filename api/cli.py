@@ -37,7 +37,9 @@ def _export(args: argparse.Namespace) -> int:
     from export.progress import Progress
 
     options = ExportOptions(
-        precision=args.precision, max_context=args.max_context, backend=args.backend, builder=args.builder, force=args.force
+        precision=args.precision, max_context=args.max_context, backend=args.backend, builder=args.builder, force=args.force,
+        block_size=args.block_size, symmetric=args.symmetric, accuracy_level=args.accuracy_level, lm_head_precision=args.lm_head_precision,
+        quant_method=args.quant_method,
     )
     result = export_model(args.source, args.out, options, cache_dir=args.cache_dir, pip_args=args.pip_arg, progress=Progress())
     parity = result.parity
@@ -48,6 +50,9 @@ def _export(args: argparse.Namespace) -> int:
         )
     else:
         summary = f"min cosine with PyTorch {parity['min_cosine']:.6f}"
+    if "versus_fp32_engine" in parity:
+        versus = parity["versus_fp32_engine"]
+        summary += f"; vs the fp32 engine: top-1 agreement {versus['top1_agreement']:.4f}, mean KL {versus['mean_kl']:.4f}"
     print(f"{result.directory}  ({summary}; {result.seconds:.0f} s)")
     return 0
 
@@ -105,7 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from export.pipeline import BACKENDS, BUILDERS, DEFAULT_MAX_CONTEXT, PRECISIONS
+    from export.pipeline import BACKENDS, BUILDERS, DEFAULT_MAX_CONTEXT, PRECISIONS, ExportOptions
 
     parser = argparse.ArgumentParser(prog="appliance", description="Export Hugging Face models to ONNX engines and serve them.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -129,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--backend", choices=BACKENDS, default="onnx", help="engine backend (default: onnx)")
     export.add_argument("--builder", choices=BUILDERS, default="auto", help="decoder graph builder (default: auto)")
     export.add_argument("--force", action="store_true", help="replace an existing engine directory")
+    quant = ExportOptions()
+    export.add_argument("--block-size", type=int, default=quant.block_size, help=f"int8/int4: weights per quantization block (default: {quant.block_size})")
+    export.add_argument("--symmetric", action="store_true", help="int8/int4: symmetric blocks, no zero points (default: a zero point per block)")
+    export.add_argument("--accuracy-level", type=int, default=quant.accuracy_level, help=f"int8/int4: MatMulNBits accuracy level, 4 = int8 activations, 1 = fp32 (default: {quant.accuracy_level})")
+    export.add_argument("--quant-method", choices=("auto", "rtn", "source-blocks"), default=quant.quant_method, help="round to nearest, or carry a GGUF source's Q4_1 blocks over exactly; auto: source-blocks for int4, rtn for int8 (default: %(default)s)")
+    export.add_argument("--lm-head-precision", choices=("fp32", "int8", "int4"), default=quant.lm_head_precision, help=f"int8/int4: precision of the vocabulary projection (default: {quant.lm_head_precision})")
     cache_and_pip(export)
     export.set_defaults(handler=_export)
 
@@ -151,7 +162,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--queue-limit", type=int, default=defaults.queue_limit, help=f"requests that may wait for a slot per engine before 429s (default: {defaults.queue_limit})")
     serve.add_argument("--prefill-chunk", type=_positive, default=defaults.prefill_chunk, help=f"prompt tokens evaluated per scheduler tick (default: {defaults.prefill_chunk})")
     serve.set_defaults(handler=_serve)
+
+    bench = commands.add_parser(
+        "bench",
+        help="our server and the installed peers (llama.cpp, onnxruntime-genai, optimum, transformers) through HTTP, one run",
+        description="Runs bench/serving.py; every option after `bench` passes through (see `appliance bench --help`).",
+        add_help=False,
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options for bench/serving.py")
+    bench.set_defaults(handler=_bench)
     return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import os
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "serving.py"
+    if not script.is_file():
+        print("appliance: error: `appliance bench` runs bench/serving.py from a source checkout of the appliance; none next to this installation", file=sys.stderr)
+        return EXIT_USER_ERROR
+    os.execv(sys.executable, [sys.executable, str(script), *args.bench_args])
 
 
 def _positive(text: str) -> int:
@@ -165,7 +195,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from export.errors import ExportError
     from runtime.errors import ApplianceError
 
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv[:1] == ["bench"]:
+        # Everything after `bench` belongs to bench/serving.py, options included.
+        args = parser.parse_args(["bench"])
+        args.bench_args = [a for a in argv[1:] if a != "--"] if argv[1:2] != ["--"] else argv[2:]
+    else:
+        args = parser.parse_args(argv)
     try:
         return args.handler(args)
     except (ExportError, ApplianceError) as exc:

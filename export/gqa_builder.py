@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from export.quantize import QuantizedWeight, WeightQuantization, dequantize, quantize_blocks, recover_q4_1
 from runtime.manifest import KVLayout, TensorSpec
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -53,6 +54,11 @@ class BuiltGraph:
     outputs: tuple[TensorSpec, ...]
     kv_cache: KVLayout
     node_count: int
+    # Bytes of the projection weights a decode step reads (the bandwidth bound of batch-1 decode).
+    matmul_weight_bytes: int = 0
+    # source-blocks quantization: matrices carried over exactly, and those rounded instead.
+    carried: tuple[str, ...] = ()
+    rounded: tuple[str, ...] = ()
 
 
 def unsupported_reason(config: Any, max_context: int) -> str | None:
@@ -102,8 +108,12 @@ class _Graph:
         return outputs
 
 
-def build_gqa_graph(model: Any, max_context: int, out_dir: Path) -> BuiltGraph:
-    """Write model.onnx (+ model.onnx.data) for the llama-family `model` into `out_dir`."""
+def build_gqa_graph(model: Any, max_context: int, out_dir: Path, quant: WeightQuantization | None = None) -> BuiltGraph:
+    """Write model.onnx (+ model.onnx.data) for the llama-family `model` into `out_dir`.
+
+    With `quant`, every projection becomes a MatMulNBits over block-quantized weights
+    (export/quantize.py); the vocabulary projection follows `quant.lm_head`.
+    """
     import onnx
     import torch
 
@@ -118,6 +128,48 @@ def build_gqa_graph(model: Any, max_context: int, out_dir: Path) -> BuiltGraph:
     weights = {name: tensor.detach().to(torch.float32).cpu().numpy() for name, tensor in model.state_dict().items()}
     g = _Graph()
     f32 = onnx.TensorProto.FLOAT
+    weight_bytes = 0
+
+    carried: list[str] = []
+    rounded: list[str] = []
+    block_sums: dict[str, str] = {}
+
+    def matmul(x: str, w: np.ndarray, weight_name: str, node_name: str, q: WeightQuantization | None = quant) -> str:
+        """x @ w, with w [in, out] stored in fp32 or block-quantized for MatMulNBits."""
+        nonlocal weight_bytes
+        out = f"{node_name}/out"
+        if q is None:
+            weight_bytes += w.nbytes
+            return g.node("MatMul", [x, g.const(weight_name, w)], [out], node_name)[0]
+        exact = recover_q4_1(w, q.block_size) if q.method == "source-blocks" and q.bits == 4 else None
+        qw = exact[0] if exact is not None else quantize_blocks(w, q.bits, q.block_size, q.symmetric)
+        if q.method == "source-blocks":
+            # Q8_0 blocks (GGUF's usual embedding type) come back exactly from symmetric int8 blocks of 32.
+            lossless = exact is not None or np.allclose(dequantize(qw), w, rtol=1e-5, atol=1e-6 * float(np.abs(w).max()))
+            (carried if lossless else rounded).append(weight_name)
+        weight_bytes += qw.nbytes
+        y = nbits(x, qw, weight_name, f"{node_name}/nbits" if exact is not None else node_name, q.accuracy_level)
+        if exact is None:
+            return y
+        # The blocks' offsets: per-block sums of x (shared by every matrix reading x) @ offsets.
+        offsets = exact[1]
+        weight_bytes += offsets.nbytes
+        if x not in block_sums:
+            shape = g.const(f"{x}/block_shape", np.array([0, 0, -1, q.block_size], dtype=np.int64))
+            blocked = g.node("Reshape", [x, shape], [f"{x}/blocked"], f"{x}/block_reshape")[0]
+            axes = g.const(f"{x}/block_axes", np.array([-1], dtype=np.int64))
+            block_sums[x] = g.node("ReduceSum", [blocked, axes], [f"{x}/block_sums"], f"{x}/block_sums", keepdims=0)[0]
+        shift = g.node("MatMul", [block_sums[x], g.const(f"{weight_name}.offsets", offsets)], [f"{node_name}/shift"], f"{node_name}/offsets")[0]
+        return g.node("Add", [y, shift], [out], f"{node_name}/add_offsets")[0]
+
+    def nbits(x: str, qw: QuantizedWeight, weight_name: str, node_name: str, accuracy_level: int) -> str:
+        inputs = [x, g.const(f"{weight_name}.quant", qw.packed), g.const(f"{weight_name}.scales", qw.scales)]
+        if qw.zero_points is not None:
+            inputs.append(g.const(f"{weight_name}.zero_points", qw.zero_points))
+        return g.node(
+            "MatMulNBits", inputs, [f"{node_name}/out"], node_name, MS_DOMAIN,
+            K=qw.k, N=qw.n, bits=qw.bits, block_size=qw.block_size, accuracy_level=accuracy_level,
+        )[0]  # fmt: skip
 
     def linear_t(prefix: str) -> np.ndarray:
         return weights[f"{prefix}.weight"].T  # HF stores [out, in]; MatMul wants [in, out]
@@ -153,7 +205,7 @@ def build_gqa_graph(model: Any, max_context: int, out_dir: Path) -> BuiltGraph:
         # Fused q|k|v projection, then attention with the rotary embedding and the KV cache.
         a = f"{p}.self_attn"
         wqkv = np.concatenate([linear_t(f"{a}.q_proj"), linear_t(f"{a}.k_proj"), linear_t(f"{a}.v_proj")], axis=1)
-        qkv = g.node("MatMul", [normed, g.const(f"{a}.qkv_proj.weight", wqkv)], [f"{p}/qkv"], f"{p}/qkv_proj")[0]
+        qkv = matmul(normed, wqkv, f"{a}.qkv_proj.weight", f"{p}/qkv_proj")
         qkv = maybe_bias(qkv, f"{a}.qkv_proj", [f"{a}.q_proj.bias", f"{a}.k_proj.bias", f"{a}.v_proj.bias"])
         attn = g.node(
             "GroupQueryAttention",
@@ -162,7 +214,7 @@ def build_gqa_graph(model: Any, max_context: int, out_dir: Path) -> BuiltGraph:
             f"{p}/attention", MS_DOMAIN,
             num_heads=heads, kv_num_heads=kv_heads, scale=float(head_dim**-0.5), do_rotary=1, rotary_interleaved=0,
         )[0]  # fmt: skip
-        o = g.node("MatMul", [attn, g.const(f"{a}.o_proj.weight", linear_t(f"{a}.o_proj"))], [f"{p}/o"], f"{p}/o_proj")[0]
+        o = matmul(attn, linear_t(f"{a}.o_proj"), f"{a}.o_proj.weight", f"{p}/o_proj")
         o = maybe_bias(o, f"{a}.o_proj", [f"{a}.o_proj.bias"])
         # Post-attention norm fused with the residual add.
         ln2 = g.const(f"{p}.post_attention_layernorm.weight", weights[f"{p}.post_attention_layernorm.weight"])
@@ -174,14 +226,14 @@ def build_gqa_graph(model: Any, max_context: int, out_dir: Path) -> BuiltGraph:
         m = f"{p}.mlp"
         inter = weights[f"{m}.gate_proj.weight"].shape[0]
         wgu = np.concatenate([linear_t(f"{m}.gate_proj"), linear_t(f"{m}.up_proj")], axis=1)
-        gu = g.node("MatMul", [normed2, g.const(f"{m}.gate_up_proj.weight", wgu)], [f"{p}/gate_up"], f"{p}/gate_up_proj")[0]
+        gu = matmul(normed2, wgu, f"{m}.gate_up_proj.weight", f"{p}/gate_up_proj")
         gu = maybe_bias(gu, f"{m}.gate_up_proj", [f"{m}.gate_proj.bias", f"{m}.up_proj.bias"])
         split = g.const(f"{m}.split", np.array([inter, inter], dtype=np.int64))
         gate, up = g.node("Split", [gu, split], [f"{p}/gate", f"{p}/up"], f"{p}/split", axis=-1)
         sig = g.node("Sigmoid", [gate], [f"{p}/gate_sigmoid"], f"{p}/sigmoid")[0]
         act = g.node("Mul", [gate, sig], [f"{p}/silu"], f"{p}/silu")[0]
         h = g.node("Mul", [act, up], [f"{p}/swiglu"], f"{p}/swiglu")[0]
-        pending = g.node("MatMul", [h, g.const(f"{m}.down_proj.weight", linear_t(f"{m}.down_proj"))], [f"{p}/mlp_out"], f"{p}/down_proj")[0]
+        pending = matmul(h, linear_t(f"{m}.down_proj"), f"{m}.down_proj.weight", f"{p}/down_proj")
         pending = maybe_bias(pending, f"{m}.down_proj", [f"{m}.down_proj.bias"])
 
     # Final norm, keep only the positions whose logits are wanted, project onto the vocabulary.
@@ -192,12 +244,17 @@ def build_gqa_graph(model: Any, max_context: int, out_dir: Path) -> BuiltGraph:
         "Slice", [final, start, g.const("keep_end", np.array([np.iinfo(np.int64).max])), g.const("keep_axis", np.array([1]))],
         ["kept_hidden"], "keep_last",
     )[0]  # fmt: skip
-    if _lm_head_is_tied(model, weights):
+    head_quant = quant.head() if quant is not None else None
+    if head_quant is None and _lm_head_is_tied(model, weights):
         # Tied weights: one copy on disk; ONNX Runtime folds the transpose once at load.
+        weight_bytes += weights["model.embed_tokens.weight"].nbytes
         head = g.node("Transpose", [embed], ["lm_head.weight_t"], "lm_head_transpose", perm=[1, 0])[0]
+        g.node("MatMul", [kept, head], ["logits"], "lm_head")
     else:
-        head = g.const("lm_head.weight_t", weights["lm_head.weight"].T)
-    g.node("MatMul", [kept, head], ["logits"], "lm_head")
+        # A quantized head is its own copy (the embedding Gather keeps reading fp32 rows).
+        head_weight = weights.get("lm_head.weight", weights["model.embed_tokens.weight"]).T
+        logits = matmul(kept, np.ascontiguousarray(head_weight), "lm_head.weight_t", "lm_head", head_quant)
+        g.node("Identity", [logits], ["logits"], "logits")
 
     kv_shape = ["batch", kv_heads, max_context, head_dim]
     inputs = [
@@ -228,7 +285,7 @@ def build_gqa_graph(model: Any, max_context: int, out_dir: Path) -> BuiltGraph:
     )
     onnx.save_model(proto, str(out_dir / GRAPH_FILE), save_as_external_data=True, all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
     layout = KVLayout(layers=layers, kv_heads=kv_heads, head_dim=head_dim, max_length=max_context, dtype="float32", shared_buffer=True)
-    return BuiltGraph(GRAPH_FILE, tuple(inputs), tuple(outputs), layout, len(g.nodes))
+    return BuiltGraph(GRAPH_FILE, tuple(inputs), tuple(outputs), layout, len(g.nodes), weight_bytes, tuple(carried), tuple(rounded))
 
 
 def _rotary_parameters(model: Any) -> tuple[np.ndarray, float]:

@@ -191,3 +191,74 @@ def encoder_parity(model_folder: Path, engine_dir: Path, sentences: Sequence[str
         "cosine_bar": COSINE_BAR,
         "passed": bool(cosines.min() >= COSINE_BAR),
     }
+
+
+def reference_sequences(hf_tokenizer: Any) -> list[tuple[str, list[int]]]:
+    """The reference passages (export/reference_text.py) as token ids, as the runtime reads them."""
+    from export.reference_text import REFERENCE_CONVERSATION, REFERENCE_PASSAGES
+
+    sequences = [(name, [int(i) for i in hf_tokenizer(text)["input_ids"]]) for name, text in REFERENCE_PASSAGES]
+    if hf_tokenizer.chat_template:
+        ids = hf_tokenizer.apply_chat_template(list(REFERENCE_CONVERSATION), tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        sequences.append(("conversation", [int(i) for i in ids]))
+    return sequences
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def quantized_parity(
+    reference_dir: Path,
+    engine_dir: Path,
+    hf_tokenizer: Any,
+    on_passage: Callable[[str], None] = lambda name: None,
+) -> dict[str, Any]:
+    """Teacher-forced agreement of a quantized engine with the fp32 engine of the same model.
+
+    Both engines read every reference passage in one prefill that keeps the logits of every
+    position. Per position: do their most likely next tokens agree (top-1 agreement), and
+    the KL divergence KL(fp32 ‖ quantized) of their next-token distributions. Each engine's
+    perplexity on the text itself is recorded too (a quantized engine that agrees less but
+    predicts the text as well is a different story from one that got worse).
+    """
+    from runtime.decoder import open_decoder
+
+    decoders = [open_decoder(load_engine(d, RuntimeSettings()), slots=1) for d in (reference_dir, engine_dir)]
+    room = min(d.max_length for d in decoders)
+    records, agree_total, kl_total, positions = [], 0, 0.0, 0
+    nll = [0.0, 0.0]
+    max_kl = 0.0
+    for name, ids in reference_sequences(hf_tokenizer):
+        ids = ids[:room]
+        logprobs = []
+        for decoder in decoders:
+            decoder.reset(0)
+            logprobs.append(_log_softmax(decoder.prefill(0, ids, logits_to_keep=len(ids))))
+        ref, ours = logprobs
+        agree = int((ref.argmax(axis=1) == ours.argmax(axis=1)).sum())
+        kl = (np.exp(ref) * (ref - ours)).sum(axis=1)
+        targets = np.asarray(ids[1:])
+        for side, lp in enumerate(logprobs):
+            nll[side] += float(-lp[np.arange(len(targets)), targets].sum())
+        records.append({"name": name, "tokens": len(ids), "top1_agreement": agree / len(ids), "mean_kl": float(kl.mean())})
+        agree_total += agree
+        kl_total += float(kl.sum())
+        max_kl = max(max_kl, float(kl.max()))
+        positions += len(ids)
+        on_passage(name)
+    predicted = positions - len(records)  # the last position of each passage has no target
+    return {
+        "kind": "quantized-vs-fp32-engine",
+        "method": "teacher forcing over export/reference_text.py: every position of every passage",
+        "positions": positions,
+        "top1_agreement": agree_total / positions,
+        "mean_kl": kl_total / positions,
+        "max_kl": max_kl,
+        "fp32_perplexity": float(np.exp(nll[0] / predicted)),
+        "engine_perplexity": float(np.exp(nll[1] / predicted)),
+        "passages": records,
+    }

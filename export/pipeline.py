@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from export.errors import BackendUnavailableError, DestinationExistsError, ExportError, ParityError, UnsupportedModelError
 from export.progress import Progress, Silent
@@ -43,7 +43,10 @@ from runtime.manifest import (
 )
 from runtime.session import nvidia_gpu_present
 
-PRECISIONS = ("fp32",)  # int8 / int4 weight-only engines arrive with the quantizer
+if TYPE_CHECKING:
+    from export.quantize import WeightQuantization
+
+PRECISIONS = ("fp32", "int8", "int4")  # int8/int4: weight-only, block-wise (export/quantize.py)
 BACKENDS = ("onnx", "tensorrt")
 BUILDERS = ("auto", "gqa", "optimum")
 DEFAULT_MAX_CONTEXT = 2048
@@ -63,6 +66,18 @@ class ExportOptions:
     builder: str = "auto"
     # Greedy tokens compared with PyTorch per parity prompt.
     parity_tokens: int = 64
+    # Quantized precisions only (docs/performance.md has the measurements behind each default):
+    # inputs per quantization block, symmetric blocks (else a zero point per block),
+    # MatMulNBits accuracy level (4: int8 activations, the fast CPU path) and the precision
+    # of the vocabulary projection ("fp32", "int8", "int4").
+    block_size: int = 32
+    symmetric: bool = False
+    accuracy_level: int = 4
+    lm_head_precision: str = "int8"
+    # "rtn" (round to nearest), "source-blocks" (carry a GGUF's Q4_1 blocks over exactly,
+    # rounding only matrices that are not on such a grid), or "auto": source-blocks for int4,
+    # rtn for int8.
+    quant_method: str = "auto"
     # Replace an existing output directory.
     force: bool = False
 
@@ -77,6 +92,22 @@ class ExportOptions:
             raise ExportError(f"--max-context {self.max_context} is out of range (16 to 1048576)")
         if self.parity_tokens < 1:
             raise ExportError("parity needs at least one greedy token per prompt")
+        if self.quantization is not None:
+            try:
+                self.quantization.check()
+            except ValueError as exc:
+                raise ExportError(f"quantization options: {exc}") from None
+
+    @property
+    def quantization(self) -> "WeightQuantization | None":
+        """The weight quantization of an int8/int4 export, None for fp32."""
+        if self.precision == "fp32":
+            return None
+        from export.quantize import WeightQuantization
+
+        bits = int(self.precision[3:])
+        method = ("source-blocks" if bits == 4 else "rtn") if self.quant_method == "auto" else self.quant_method
+        return WeightQuantization(bits, self.block_size, self.symmetric, self.accuracy_level, self.lm_head_precision, method)
 
 
 @dataclass
@@ -216,18 +247,25 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
     if options.builder == "gqa" and reason:
         raise UnsupportedModelError(f"--builder gqa cannot build {source.architecture}: {reason}")
     use_gqa = options.builder == "gqa" or (options.builder == "auto" and reason is None)
+    quant = options.quantization
+    if quant is not None and not use_gqa:
+        raise UnsupportedModelError(
+            f"--precision {options.precision} needs our GroupQueryAttention builder, which cannot build "
+            f"{source.architecture}: {reason or '--builder optimum was chosen'}; export it with --precision fp32"
+        )
     if use_gqa:
-        with progress.step(f"building the GroupQueryAttention graph (shared KV buffer of {options.max_context} positions)"):
-            built = gqa_builder.build_gqa_graph(loaded.model, options.max_context, staging)
+        kind = "fp32" if quant is None else f"{options.precision} (blocks of {quant.block_size}, lm_head {quant.lm_head})"
+        with progress.step(f"building the GroupQueryAttention graph, {kind}, KV buffer of {options.max_context} positions"):
+            built = gqa_builder.build_gqa_graph(loaded.model, options.max_context, staging, quant)
         style, providers, extra = STYLE_GQA_SHARED_KV, ("CPUExecutionProvider",), ()
     else:
         why = reason if options.builder == "auto" else "--builder optimum"
         with progress.step(f"exporting with optimum, concatenated KV ({why})"):
             built = optimum_export.export_concat_decoder(loaded.model, options.max_context, staging)
         style, providers, extra = STYLE_CONCAT_KV, ("CUDAExecutionProvider", "CPUExecutionProvider"), ("optimum", "optimum-onnx")
-    with progress.step("writing tokenizer.json and manifest.json"):
-        save_tokenizer(loaded.tokenizer, staging / TOKENIZER_FILE)
-        manifest = Manifest(
+
+    def manifest_for(built: Any, precision: str) -> Manifest:
+        return Manifest(
             name=name,
             task=TASK_TEXT_GENERATION,
             architecture=type(loaded.model).__name__,
@@ -237,7 +275,7 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
             inputs=built.inputs,
             outputs=built.outputs,
             kv_cache=built.kv_cache,
-            precision=options.precision,
+            precision=precision,
             # fp32 GroupQueryAttention runs on CPU only: ONNX Runtime's CUDA kernel is fp16/bf16.
             execution_providers=providers,
             vocab_size=int(config.vocab_size),
@@ -252,12 +290,22 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
             exporter=_exporter_versions(*extra),
             created=_now(),
         )
+
+    with progress.step("writing tokenizer.json and manifest.json"):
+        save_tokenizer(loaded.tokenizer, staging / TOKENIZER_FILE)
+        manifest = manifest_for(built, options.precision)
         write_manifest(staging, manifest)
     with progress.step("validating against the PyTorch model", total=len(DECODER_PROMPTS)) as step:
         parity = decoder_parity(
             loaded.model, loaded.tokenizer, staging, options.parity_tokens, on_prompt=lambda prompt: step.advance(detail=prompt)
         )
     parity["precision"] = options.precision
+    if quant is not None:
+        parity["weight_quantization"] = dataclasses.asdict(quant)
+        parity["matmul_weight_bytes"] = built.matmul_weight_bytes
+        if quant.method == "source-blocks":
+            parity["source_blocks"] = {"carried_exactly": list(built.carried), "rounded": list(built.rounded)}
+        parity["versus_fp32_engine"] = _compare_with_fp32_engine(loaded, staging, manifest_for, options, progress)
     _write_parity(staging, manifest, parity)
     if not parity["tokenizer_identical"]:
         bad = [r["name"] for r in parity["prompts"] if not r["tokenizer_identical"]]
@@ -268,7 +316,37 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
             f"fp32 engine's greedy tokens differ from PyTorch ({'; '.join(bad)}; max abs logit error "
             f"{parity['max_abs_logit_error']:.3g}); the graph is wrong for this model: try --builder optimum"
         )
+    if quant is not None and built.rounded:
+        progress.note(
+            f"{len(built.rounded)} of {len(built.rounded) + len(built.carried)} matrices were not on a 4-bit block grid and were "
+            f"rounded to nearest instead of carried over (parity.json lists them)"
+        )
+    if quant is not None:
+        versus = parity["versus_fp32_engine"]
+        progress.note(
+            f"{options.precision} engine vs the fp32 engine: top-1 agreement {versus['top1_agreement']:.4f} over "
+            f"{versus['positions']} positions, mean KL {versus['mean_kl']:.4f}"
+        )
     return manifest, parity
+
+
+def _compare_with_fp32_engine(loaded: Any, staging: Path, manifest_for: Any, options: ExportOptions, progress: Progress) -> dict:
+    """Build the fp32 engine beside the staging folder and measure the quantized one against it."""
+    from export import gqa_builder
+    from export.parity import quantized_parity, reference_sequences
+
+    reference = staging.parent / f"{staging.name}.fp32-reference"
+    reference.mkdir()
+    try:
+        with progress.step("building the fp32 engine to compare with"):
+            built = gqa_builder.build_gqa_graph(loaded.model, options.max_context, reference)
+            shutil.copyfile(staging / TOKENIZER_FILE, reference / TOKENIZER_FILE)
+            write_manifest(reference, manifest_for(built, "fp32"))
+        passages = len(reference_sequences(loaded.tokenizer))
+        with progress.step("teacher-forced agreement with the fp32 engine", total=passages) as step:
+            return quantized_parity(reference, staging, loaded.tokenizer, on_passage=lambda name: step.advance(detail=name))
+    finally:
+        shutil.rmtree(reference, ignore_errors=True)
 
 
 def _adds_bos(tokenizer: Any, bos: int | None) -> bool:

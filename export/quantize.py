@@ -1,0 +1,177 @@
+"""Weight-only block quantization for ONNX Runtime's MatMulNBits (numpy, no torch).
+
+A weight matrix W [K in, N out] is cut, for every output column, into blocks of
+`block_size` consecutive input rows. Each block gets its own scale (and, when asymmetric,
+its own integer zero point), and its values are rounded to `bits`-bit integers:
+
+    w ≈ (q - zero_point) * scale,   q in [0, 2**bits - 1]
+
+Asymmetric blocks map [min, max] of the block (0 always included, so the zero point is in
+range) onto the integer range; symmetric ones use zero point 2**(bits-1) and the block's
+largest magnitude. The arrays are laid out as MatMulNBits reads them:
+
+* B: uint8 [N, blocks, block_size * bits / 8]; for 4 bits, element 2j in the low nibble of
+  byte j and element 2j+1 in the high nibble;
+* scales: float32 [N * blocks];
+* zero_points (asymmetric only): uint8 [N * ceil(blocks * bits / 8)], 4-bit ones packed two
+  per byte (low nibble first), as B.
+
+K is padded with zeros to a whole number of blocks. `dequantize` inverts `quantize_blocks`
+exactly, which is what the tests and the parity report use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class WeightQuantization:
+    """How the builder quantizes its MatMul weights (recorded in the manifest's export options)."""
+
+    bits: int = 4
+    block_size: int = 32
+    symmetric: bool = False
+    # MatMulNBits accuracy_level: 0/1 computes in fp32, 4 quantizes activations to int8 per
+    # block and runs int8 dot products (the fast CPU path).
+    accuracy_level: int = 4
+    # The vocabulary projection (tied to the embedding in SmolLM2): "fp32", "int8" or "int4".
+    lm_head: str = "int8"
+    # "rtn": round every block to the nearest levels. "source-blocks": the weights came from
+    # a GGUF whose 4-bit blocks (Q4_1: w = d*q + m) survive de-quantization exactly; recover
+    # d, q and m from the floats and carry them over (see recover_q4_1), RTN where a matrix
+    # is not on such a grid.
+    method: str = "rtn"
+
+    def check(self) -> None:
+        if self.bits not in (4, 8):
+            raise ValueError(f"bits must be 4 or 8 (got {self.bits})")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block size must be a power of two, at least 16 (got {self.block_size})")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise ValueError(f"accuracy level must be 0 to 4 (got {self.accuracy_level})")
+        if self.lm_head not in LM_HEAD_CHOICES:
+            raise ValueError(f"lm_head precision must be one of {', '.join(LM_HEAD_CHOICES)} (got {self.lm_head!r})")
+        if self.method not in METHODS:
+            raise ValueError(f"quantization method must be one of {', '.join(METHODS)} (got {self.method!r})")
+        if self.method == "source-blocks" and (self.bits, self.block_size) != (4, 32):
+            raise ValueError("source-blocks carries GGUF Q4_1 blocks: it needs int4 with blocks of 32")
+
+    def head(self) -> "WeightQuantization | None":
+        """The quantization of the vocabulary projection, None to keep it fp32."""
+        if self.lm_head == "fp32":
+            return None
+        if self.method == "source-blocks":
+            # GGUF stores the embedding as Q8_0 (symmetric 8-bit, blocks of 32) or Q4_1:
+            # symmetric int8 blocks of 32 reproduce Q8_0 exactly.
+            return WeightQuantization(int(self.lm_head[3:]), 32, self.lm_head == "int8", self.accuracy_level, self.lm_head, "source-blocks")
+        return WeightQuantization(int(self.lm_head[3:]), self.block_size, self.symmetric, self.accuracy_level, self.lm_head)
+
+
+LM_HEAD_CHOICES = ("fp32", "int8", "int4")
+METHODS = ("rtn", "source-blocks")
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    packed: np.ndarray  # uint8 [N, blocks, block_size * bits / 8]
+    scales: np.ndarray  # float32 [N * blocks]
+    zero_points: np.ndarray | None  # uint8, packed; None when symmetric
+    k: int
+    n: int
+    bits: int
+    block_size: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes + self.scales.nbytes + (0 if self.zero_points is None else self.zero_points.nbytes)
+
+
+def quantize_blocks(weight: np.ndarray, bits: int, block_size: int, symmetric: bool) -> QuantizedWeight:
+    """Quantize W [K, N] (MatMul's B) block-wise along K for each of the N columns."""
+    k, n = weight.shape
+    blocks = -(-k // block_size)
+    w = np.zeros((n, blocks * block_size), dtype=np.float32)
+    w[:, :k] = weight.T
+    w = w.reshape(n, blocks, block_size)
+    levels = (1 << bits) - 1
+    if symmetric:
+        middle = 1 << (bits - 1)
+        scale = np.abs(w).max(axis=2) / (middle - 1)
+        zero = np.full((n, blocks), middle, dtype=np.float32)
+    else:
+        low = np.minimum(w.min(axis=2), 0.0)
+        high = np.maximum(w.max(axis=2), 0.0)
+        scale = (high - low) / levels
+        zero = np.clip(np.round(-low / np.where(scale == 0, 1, scale)), 0, levels)
+    scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+    q = np.clip(np.round(w / scale[..., None] + zero[..., None]), 0, levels).astype(np.uint8)
+    if bits == 4:
+        packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+    else:
+        packed = q
+    zero_points = None
+    if not symmetric:
+        zp = zero.astype(np.uint8)
+        if bits == 4:
+            if blocks % 2:
+                zp = np.concatenate([zp, np.zeros((n, 1), np.uint8)], axis=1)
+            zp = zp[:, 0::2] | (zp[:, 1::2] << 4)
+        zero_points = np.ascontiguousarray(zp).reshape(-1)
+    return QuantizedWeight(np.ascontiguousarray(packed), scale.reshape(-1), zero_points, k, n, bits, block_size)
+
+
+def dequantize(qw: QuantizedWeight) -> np.ndarray:
+    """W [K, N] as MatMulNBits sees it (the inverse of quantize_blocks' layout)."""
+    n, blocks = qw.n, qw.packed.shape[1]
+    if qw.bits == 4:
+        q = np.empty((n, blocks, qw.block_size), dtype=np.float32)
+        q[..., 0::2] = qw.packed & 0x0F
+        q[..., 1::2] = qw.packed >> 4
+    else:
+        q = qw.packed.astype(np.float32)
+    if qw.zero_points is None:
+        zero = np.full((n, blocks), 1 << (qw.bits - 1), dtype=np.float32)
+    elif qw.bits == 4:
+        zp = qw.zero_points.reshape(n, -1)
+        zero = np.stack([zp & 0x0F, zp >> 4], axis=2).reshape(n, -1)[:, :blocks].astype(np.float32)
+    else:
+        zero = qw.zero_points.reshape(n, blocks).astype(np.float32)
+    w = (q - zero[..., None]) * qw.scales.reshape(n, blocks)[..., None]
+    return w.reshape(n, -1)[:, : qw.k].T
+
+
+def recover_q4_1(weight: np.ndarray, block_size: int = 32) -> tuple[QuantizedWeight, np.ndarray] | None:
+    """Carry a de-quantized GGUF Q4_1 matrix W [K, N] over exactly, or None if it is not one.
+
+    Q4_1 stores, per block of 32 inputs, w = d*q + m with q in 0..15; llama.cpp's quantizer
+    puts the block's minimum at q=0 and its maximum at q=15, so the floats transformers
+    de-quantized give back m = min, d = (max - min) / 15 and q. MatMulNBits has no float
+    zero points on its fast path, so the block is split in two exact parts:
+
+        x · w = Σ_blocks d·(q - 8)·x  +  Σ_blocks (m + 8d)·sum(x over the block)
+
+    the first a symmetric 4-bit MatMulNBits (scale d), the second a small MatMul of the
+    per-block input sums with the offsets [blocks, N]. Returns (weight, offsets), or None
+    when any block does not reconstruct to within float rounding.
+    """
+    k, n = weight.shape
+    if k % block_size:
+        return None
+    blocks = k // block_size
+    w = weight.T.reshape(n, blocks, block_size).astype(np.float32)
+    low, high = w.min(axis=2), w.max(axis=2)
+    d = (high - low) / 15
+    safe = np.where(d == 0, 1.0, d).astype(np.float32)
+    q = np.clip(np.round((w - low[..., None]) / safe[..., None]), 0, 15)
+    rebuilt = q * d[..., None] + low[..., None]
+    tolerance = 1e-5 * np.maximum(np.abs(low), np.abs(high))[..., None] + 1e-30
+    if not np.all(np.abs(rebuilt - w) <= tolerance):
+        return None
+    q = q.astype(np.uint8)
+    packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+    scales = safe.astype(np.float32)
+    offsets = (low + 8 * scales).T.astype(np.float32)  # [blocks, N]
+    return QuantizedWeight(np.ascontiguousarray(packed), scales.reshape(-1), None, k, n, 4, block_size), np.ascontiguousarray(offsets)
