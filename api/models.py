@@ -223,6 +223,7 @@ def load_models(
         else:
             model = LoadedModel(info, generator=TextGenerator(engine, prefill_chunk=prefill_chunk, slots=slots, queue_limit=queue_limit))
             if warm:  # the first run of a session allocates its buffers; do it before the first user
+                model.generator.warm_up()
                 ids = tuple(model.generator.tokenize("Hello"))
                 model.generator.complete(GenerationRequest(ids, SamplingParams(temperature=0), max_tokens=2))
         model.load_duration_ns = time.perf_counter_ns() - started
