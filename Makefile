@@ -7,10 +7,12 @@ PY := $(VENV)/bin/python
 APPLIANCE := $(VENV)/bin/appliance
 STAMP := $(VENV)/.installed-export-test
 ENGINES := engines
-DECODER := $(ENGINES)/smollm2-135m-instruct-fp32
+# The default decoder: int4, the GGUF's own Q4_1 blocks carried over exactly (top-1 agreement
+# with the fp32 engine 0.96; docs/performance.md has the measurements behind the choice).
+DECODER := $(ENGINES)/smollm2-135m-instruct-int4
 ENCODER := $(ENGINES)/all-minilm-l6-v2
 
-.PHONY: install models engines serve test test-unit bench bench-peers clean-engines
+.PHONY: install models engines serve test test-unit bench bench-peers bench-serving clean-engines
 
 # The venv is rebuilt when the declared dependencies change.
 $(STAMP): setup.cfg pyproject.toml
@@ -26,7 +28,7 @@ models: $(STAMP)
 
 # An engine directory appears only complete (export writes elsewhere, then renames).
 $(DECODER)/manifest.json: | models
-	$(APPLIANCE) export smollm2-135m-instruct --precision fp32 --out $(DECODER)
+	$(APPLIANCE) export smollm2-135m-instruct --precision int4 --out $(DECODER)
 
 $(ENCODER)/manifest.json: | models
 	$(APPLIANCE) export all-minilm-l6-v2 --out $(ENCODER)
@@ -59,12 +61,21 @@ $(GENAI_STAMP):
 		torch==2.13.0 transformers==5.23.0 onnx==1.23.2 onnx-ir==1.1.0 safetensors numpy
 	touch $@
 
-bench-peers: $(GENAI_STAMP)
+# llama.cpp's own llama-server, from the sources inside the llama-cpp-python sdist (about 10 minutes).
+LLAMA_SERVER := $(PEERS)/llama.cpp/bin/llama-server
+$(LLAMA_SERVER):
+	PYTHON=$(PYTHON) bash bench/build_llama_server.sh
+
+bench-peers: $(GENAI_STAMP) $(LLAMA_SERVER)
+
+# `appliance bench`: our server and every installed peer through HTTP, one run (README: Benchmarks).
+bench-serving: engines
+	$(APPLIANCE) bench --json $(PEERS)/serving.json
 
 bench: engines
 	$(PY) bench/decode_speed.py $(DECODER)
-	$(PY) bench/runtime_vs_peers.py $(DECODER) --json $(PEERS)/runtime_vs_peers.json
 	$(PY) bench/api_overhead.py $(DECODER)
+	$(APPLIANCE) bench --json $(PEERS)/serving.json
 
 clean-engines:
-	rm -rf $(DECODER) $(ENCODER)
+	rm -rf $(DECODER) $(ENCODER) $(ENGINES)/smollm2-135m-instruct-fp32

@@ -145,6 +145,24 @@ class Optimum:
         return clock.first - started, done - clock.first, [int(t) for t in out[0, len(ids) :]]
 
 
+class Transformers:
+    """Hugging Face transformers in PyTorch (fp32, CPU), generate() as its users run it."""
+
+    def __init__(self, hf: Path, threads: int) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, __version__
+
+        torch.set_num_threads(threads)
+        self.model = AutoModelForCausalLM.from_pretrained(str(hf), torch_dtype=torch.float32).eval()
+        self.name = f"transformers {__version__} PyTorch {torch.__version__}"
+
+    def run(self, ids: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
+        import torch
+
+        with torch.inference_mode():
+            return Optimum.run(self, ids, new_tokens)  # the same generate() call and streamer clock
+
+
 # -- peer preparation (cached under bench/peers/, outside git) ---------------------------
 
 
@@ -182,11 +200,12 @@ def optimum_export(hf: Path) -> Path:
     return out
 
 
-def genai_build(hf: Path) -> Path:
-    out = PEERS / f"{hf.name.removesuffix('-hf')}-genai-fp32"
+def genai_build(hf: Path, precision: str = "fp32") -> Path:
+    """onnxruntime-genai's own model of the source (its builder's int4 is its default RTN, block 32)."""
+    out = PEERS / f"{hf.name.removesuffix('-hf')}-genai-{precision}"
     if not (out / "genai_config.json").is_file():
         print(f"building {out} with onnxruntime-genai's model builder ...", flush=True)
-        command = [str(GENAI_PYTHON), "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out), "-p", "fp32", "-e", "cpu", "-c", str(PEERS / "genai-cache")]
+        command = [str(GENAI_PYTHON), "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out), "-p", precision, "-e", "cpu", "-c", str(PEERS / "genai-cache")]
         built = subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True)
         if built.returncode != 0:
             raise SystemExit(f"onnxruntime-genai's builder failed ({' '.join(command)}):\n{built.stderr[-3000:]}")
