@@ -98,7 +98,9 @@ class Server:
 
         self.log.parent.mkdir(parents=True, exist_ok=True)
         handle = self.log.open("w")
-        self.process = subprocess.Popen(self.command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        )
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

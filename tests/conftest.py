@@ -64,10 +64,19 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def default_engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The real default models pulled and exported through the CLI, once per run (minutes)."""
+    """The real default models pulled and exported through the CLI, once per run (minutes).
+
+    "int4" (the engine `make serve` builds) and "encoder" share one folder, which the
+    server tests serve; "decoder" is the fp32 engine, compared with PyTorch, in its own.
+    """
     out = tmp_path_factory.mktemp("default-engines")
     cli("pull", "smollm2-135m-instruct", "all-minilm-l6-v2")
-    engines = {"decoder": out / "smollm2-135m-instruct-fp32", "encoder": out / "all-minilm-l6-v2"}
+    engines = {
+        "decoder": out / "fp32" / "smollm2-135m-instruct-fp32",
+        "int4": out / "serve" / "smollm2-135m-instruct-int4",
+        "encoder": out / "serve" / "all-minilm-l6-v2",
+    }
     cli("export", "smollm2-135m-instruct", "--precision", "fp32", "--out", str(engines["decoder"]))
+    cli("export", "smollm2-135m-instruct", "--precision", "int4", "--out", str(engines["int4"]))
     cli("export", "all-minilm-l6-v2", "--out", str(engines["encoder"]))
     return engines

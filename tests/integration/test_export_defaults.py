@@ -31,6 +31,19 @@ def test_smollm2_fp32_greedy_tokens_match_pytorch_on_every_prompt(default_engine
     assert parity["max_rel_logit_error"] < 1e-3
 
 
+def test_the_default_int4_engine_agrees_with_the_fp32_engine(default_engines):
+    parity = json.loads((default_engines["int4"] / PARITY_FILE).read_text())
+    versus = parity["versus_fp32_engine"]
+    assert versus["positions"] >= 2000
+    assert versus["top1_agreement"] >= 0.95, versus  # the bar for the engine make serve builds
+    assert 0 < versus["mean_kl"] < 0.02
+    # Every Q4_1 matrix and the Q8_0 embedding came over exactly; nothing was re-rounded.
+    assert parity["source_blocks"]["rounded"] == [] and len(parity["source_blocks"]["carried_exactly"]) == 4 * 30 + 1
+    manifest = read_manifest(default_engines["int4"])
+    assert manifest.precision == "int4" and manifest.export_options["quant_method"] == "auto"
+    assert parity["matmul_weight_bytes"] < 0.25 * 539e6
+
+
 def test_smollm2_graph_shares_its_kv_buffer(default_engines):
     manifest = read_manifest(default_engines["decoder"])
     assert (manifest.architecture, manifest.kv_cache.layers, manifest.kv_cache.kv_heads, manifest.kv_cache.head_dim) == (

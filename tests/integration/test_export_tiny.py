@@ -239,3 +239,19 @@ def test_a_short_context_export_still_validates_every_prompt(tiny_llama_dir, tmp
     long_prompt = next(r for r in records if r["name"] == "long-report")
     assert long_prompt["prompt_cut_to_fit_context"] and long_prompt["prompt_tokens"] == 48
     assert long_prompt["tokenizer_identical"]
+
+
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_quantized_exports_record_agreement_with_the_fp32_engine(tiny_llama_dir, tmp_path, precision):
+    # The tiny model's weights are random floats, not GGUF blocks: int4 falls back to rounding.
+    result = export_model(str(tiny_llama_dir), tmp_path / precision, ExportOptions(precision=precision, max_context=256, parity_tokens=4))
+    parity = json.loads((result.directory / "parity.json").read_text())
+    versus = parity["versus_fp32_engine"]
+    assert versus["positions"] >= 2000 and 0 < versus["top1_agreement"] <= 1 and versus["mean_kl"] >= 0
+    assert parity["precision"] == precision and result.manifest.precision == precision
+    assert parity["weight_quantization"]["bits"] == int(precision[3:])
+    if precision == "int4":
+        assert parity["source_blocks"]["carried_exactly"] == [] and parity["source_blocks"]["rounded"]
+    graph = (result.directory / "model.onnx").read_bytes()
+    assert b"MatMulNBits" in graph
+    assert not any(p.name.endswith("fp32-reference") for p in tmp_path.iterdir())  # the reference build is cleaned up

@@ -22,14 +22,14 @@ from tests.integration.server import Server
 
 pytestmark = pytest.mark.integration
 
-DECODER = "smollm2-135m-instruct-fp32"
+DECODER = "smollm2-135m-instruct-int4"  # the engine `make serve` builds
 ENCODER = "all-minilm-l6-v2"
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
 
 @pytest.fixture(scope="module")
 def server(default_engines: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
-    engines = default_engines["decoder"].parent
+    engines = default_engines["int4"].parent
     running = Server(engines, tmp_path_factory.mktemp("server") / "server.log", "--threads", "4")
     yield running
     assert running.stop() == 0, running.log()
@@ -52,7 +52,7 @@ def reference(default_engines: dict[str, Path]):
     from runtime.generation import GenerationRequest, TextGenerator
     from runtime.sampling import SamplingParams
 
-    generator = TextGenerator(load_engine(default_engines["decoder"]))
+    generator = TextGenerator(load_engine(default_engines["int4"]))
 
     def greedy(messages: list[dict], max_tokens: int) -> str:
         ids = tuple(generator.chat_prompt_ids(messages))
