@@ -225,7 +225,7 @@ def test_readme_curl_examples(server: Server) -> None:
 
 def test_sigterm_drains_in_flight_streams(default_engines: dict[str, Path], tmp_path: Path) -> None:
     """SIGTERM: the running stream finishes whole; a new request on a kept-alive connection gets 503."""
-    drained = Server(default_engines["decoder"], tmp_path / "drain.log", "--drain-timeout", "60")
+    drained = Server(default_engines["int4"], tmp_path / "drain.log", "--drain-timeout", "60")
     try:
         idle = http.client.HTTPConnection("127.0.0.1", drained.port, timeout=30)
         idle.request("GET", "/health")
