@@ -93,21 +93,18 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from export.loading import load_decoder, save_tokenizer
+    from export.loading import load_decoder
     from export.parity import quantized_parity
+    from export.pipeline import ExportOptions, export_model
     from export.sources import resolve_source
-    from runtime.manifest import TOKENIZER_FILE
 
     source = resolve_source(args.source, None)
     loaded = load_decoder(source)
     work = Path(tempfile.mkdtemp(prefix="quant-sweep-"))
     try:
-        # The fp32 reference, with a manifest made the way the exporter makes it.
-        from export.pipeline import ExportOptions, export_model
-
+        # The fp32 reference, with the manifest and tokenizer the exporter makes; variants copy both.
         reference = work / "fp32"
         export_model(args.source, reference, ExportOptions(parity_tokens=4))
-        save_tokenizer(loaded.tokenizer, work / TOKENIZER_FILE)
         rows = [{"variant": "fp32", "top1_agreement": 1.0, "mean_kl": 0.0, "dir": reference}]
         for text in args.variants:
             quant = parse_variant(text)
