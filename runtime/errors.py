@@ -12,6 +12,8 @@ tells the user what to do next. The API translates them once, at its boundary.
         ├── ContextLengthError         status 400: the prompt does not fit the context
         ├── ChatTemplateError          status 400: the messages cannot be rendered
         ├── QueueFullError             status 429: every slot is busy and the queue is full
+        ├── QueueTimeoutError          status 503: the request waited its whole time limit for a slot
+        ├── RequestTimeoutError        status 504: the request ran past its wall-clock time limit
         ├── SchedulerStoppedError      status 503: the engine's scheduler has shut down
         └── InferenceError             ONNX Runtime failed while running a step
 """
@@ -81,6 +83,25 @@ class QueueFullError(ApplianceError):
         self.retry_after_s = retry_after_s
         # The API sends these headers with the error (OpenAI's clients retry a 429 after it).
         self.headers = {"Retry-After": str(retry_after_s)}
+
+
+class QueueTimeoutError(ApplianceError):
+    """The request's time limit passed while it still waited for a slot: the engine is overloaded."""
+
+    status = 503
+    code = "server_busy"
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
+class RequestTimeoutError(ApplianceError):
+    """The request ran past the server's wall-clock limit per request; its generation was stopped."""
+
+    status = 504
+    code = "timeout"
 
 
 class SchedulerStoppedError(ApplianceError):

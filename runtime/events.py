@@ -80,4 +80,15 @@ class Finish:
     seed: int | None = None
 
 
-Event = Delta | Finish
+@dataclass(frozen=True)
+class KeepAlive:
+    """Nothing new yet (queued, or a long prompt in evaluation): a stream may send a keep-alive.
+
+    Only streams that ask for heartbeats get these; writing something now and then is how a
+    server notices a client that went away while its request waits.
+    """
+
+
+KEEP_ALIVE = KeepAlive()
+
+Event = Delta | Finish | KeepAlive

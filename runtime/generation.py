@@ -185,10 +185,10 @@ class SequenceState:
 class EventStream:
     """The events of one queued generation; closing it (or dropping it) cancels the generation."""
 
-    def __init__(self, job: Job, scheduler: Scheduler) -> None:
+    def __init__(self, job: Job, scheduler: Scheduler, heartbeat_s: float | None = None) -> None:
         self._job = job
         self._scheduler = scheduler
-        self._events = job.events_until_finish()
+        self._events = job.events_until_finish(heartbeat_s)
 
     def __iter__(self) -> "EventStream":
         return self
@@ -211,8 +211,24 @@ class EventStream:
 class TextGenerator:
     """Generates text with one decoder engine: up to `slots` requests at once, batched."""
 
-    def __init__(self, engine: Engine, prefill_chunk: int = 512, slots: int = 1, queue_limit: int = 64) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        prefill_chunk: int = 512,
+        slots: int = 1,
+        queue_limit: int = 64,
+        max_tokens_limit: int | None = None,
+        request_timeout_s: float | None = None,
+    ) -> None:
+        if max_tokens_limit is not None and max_tokens_limit < 1:
+            raise ValueError("max_tokens_limit must be at least 1")
+        if request_timeout_s is not None and request_timeout_s <= 0:
+            raise ValueError("request_timeout_s must be positive")
         self.engine = engine
+        # Most tokens one request may ask for; requests that name no limit stop there too.
+        self.max_tokens_limit = max_tokens_limit
+        # Wall-clock limit per request, queueing included (None: none).
+        self.request_timeout_s = request_timeout_s
         self.manifest = engine.manifest
         self.tokenizer = engine.tokenizer
         self.decoder = open_decoder(engine, slots=slots)
@@ -271,6 +287,9 @@ class TextGenerator:
         request.sampling.validate(self.manifest.vocab_size)
         if request.max_tokens is not None and request.max_tokens < 0:
             raise RequestError(f"max_tokens must be 0 or more (got {request.max_tokens})", param="max_tokens")
+        limit = self.max_tokens_limit
+        if limit is not None and request.max_tokens is not None and request.max_tokens > limit:
+            raise RequestError(f"max_tokens is {request.max_tokens} but this server generates at most {limit} tokens per request", param="max_tokens")
         if request.min_tokens < 0 or (request.max_tokens is not None and request.min_tokens > request.max_tokens):
             raise RequestError(f"min_tokens must be between 0 and max_tokens (got {request.min_tokens})", param="min_tokens")
         context = self.context_length
@@ -279,21 +298,25 @@ class TextGenerator:
                 raise RequestError("the context length must be at least 1", param="num_ctx")
             context = min(context, request.context_length)
         bos = self.manifest.bos_token_id if self.manifest.add_bos_token else None
-        return fit_context(request.prompt_ids, request.max_tokens, context, request.context_policy, request.prompt_truncate_len, bos)
+        fitted = fit_context(request.prompt_ids, request.max_tokens, context, request.context_policy, request.prompt_truncate_len, bos)
+        if limit is not None and fitted.max_new_tokens > limit:  # no max_tokens given: the server's limit applies
+            fitted = FittedPrompt(fitted.ids, limit, fitted.dropped)
+        return fitted
 
-    def generate(self, request: GenerationRequest) -> "EventStream":
+    def generate(self, request: GenerationRequest, heartbeat_s: float | None = None) -> "EventStream":
         """Stream the completion of `request` as Delta events, then one Finish.
 
         The request is validated and queued for a slot at once (RequestError, or
         QueueFullError when the engine is saturated, comes from this call), then run by the
         engine's scheduler beside whatever else is generating. Closing the stream early (a
-        client went away) cancels it: its slot is free at the scheduler's next tick.
+        client went away) cancels it: its slot is free at the scheduler's next tick. With
+        `heartbeat_s`, the stream yields KEEP_ALIVE whenever no event came for that long.
         """
         submitted = time.perf_counter_ns()
         fitted = self.prepare(request)
-        job = Job(SequenceState(request, fitted, self.eos_ids, self), submitted)
+        job = Job(SequenceState(request, fitted, self.eos_ids, self), submitted, timeout_s=self.request_timeout_s)
         self.scheduler.submit(job)
-        return EventStream(job, self.scheduler)
+        return EventStream(job, self.scheduler, heartbeat_s)
 
     def warm_up(self) -> None:
         """Run one decode step at every batch size the scheduler can form, before any request.

@@ -18,6 +18,15 @@ Slots are kept packed: when a sequence leaves, the one in the highest slot moves
 hole (its cached positions are copied, a few megabytes at most), so a decode step is always
 one run over consecutive slots and the weights are read once per step, not once per gap.
 
+Faults stay with their request: when a batched step fails, each sequence is stepped alone
+once, so only the one(s) that fail again end — with the error as their last event — and
+the others go on; a failing prompt evaluation or sampling ends its own request only.
+
+Every job may carry a deadline (the server's per-request time limit): a job still waiting
+for a slot then ends with QueueTimeoutError (503, retry later), a running one with
+RequestTimeoutError (504). The reading side has its own guard too, so a request never waits
+unboundedly even if a step hangs.
+
 Outputs do not depend on batching: rows of a batched step are computed independently and
 sampling is per row, so a greedy request gives the same tokens alone or beside others
 (tests/integration/test_scheduler.py checks this on the real engine).
@@ -35,11 +44,15 @@ from typing import Iterator
 
 import numpy as np
 
-from runtime.errors import QueueFullError, SchedulerStoppedError
-from runtime.events import FINISH_LENGTH, Event, Finish, Usage
+from runtime.errors import ApplianceError, InferenceError, QueueFullError, QueueTimeoutError, RequestTimeoutError, SchedulerStoppedError
+from runtime.events import FINISH_LENGTH, KEEP_ALIVE, Event, Finish, Usage
 from runtime.sampling import sample_batch
 
 log = logging.getLogger("appliance.scheduler")
+
+# How long past its deadline a reader waits for the scheduler to end an overdue job before it
+# gives up on its own (the scheduler is stuck in a step that does not return).
+OVERDUE_GRACE_S = 10.0
 
 
 @dataclass(eq=False)
@@ -56,15 +69,35 @@ class Job:
     prefill_started_ns: int = 0
     eval_started_ns: int = 0
     finished: bool = False
+    # Wall-clock limit of the request in seconds (None: none) and the time.monotonic() it ends at.
+    timeout_s: float | None = None
+    deadline: float | None = None
 
     @property
     def prompt(self) -> tuple[int, ...]:
         return self.state.fitted.ids
 
-    def events_until_finish(self) -> Iterator[Event]:
-        """The job's events as the scheduler produces them, ending with its Finish."""
+    def events_until_finish(self, heartbeat_s: float | None = None) -> Iterator[Event]:
+        """The job's events as the scheduler produces them, ending with its Finish.
+
+        With `heartbeat_s`, a KEEP_ALIVE comes whenever that long passed without an event.
+        """
         while True:
-            item = self.events.get()
+            wait = heartbeat_s
+            if self.deadline is not None:
+                left = self.deadline + OVERDUE_GRACE_S - time.monotonic()
+                if left <= 0:
+                    raise RequestTimeoutError(
+                        f"the request passed its time limit of {self.timeout_s:g} s and the engine did not stop it within "
+                        f"{OVERDUE_GRACE_S:g} s more; the server log may say why"
+                    )
+                wait = left if wait is None else min(wait, left)
+            try:
+                item = self.events.get() if wait is None else self.events.get(timeout=wait)
+            except queue.Empty:
+                if heartbeat_s is not None:
+                    yield KEEP_ALIVE
+                continue
             if isinstance(item, BaseException):
                 raise item
             yield item
@@ -114,6 +147,8 @@ class Scheduler:
         with self._wake:
             if self._stopping:
                 raise SchedulerStoppedError(f"engine {self.name!r} is shutting down; retry on another instance")
+            if job.timeout_s is not None:
+                job.deadline = time.monotonic() + job.timeout_s
             busy = all(slot is not None for slot in self._slots)
             if busy and len(self._waiting) >= self.queue_limit:
                 raise QueueFullError(
@@ -150,6 +185,7 @@ class Scheduler:
                 if self._stopping:
                     self._fail_all(SchedulerStoppedError(f"engine {self.name!r} stopped before this request finished"))
                     return
+                self._expire()
                 self._release_cancelled()
                 self._admit()
             try:
@@ -165,9 +201,13 @@ class Scheduler:
         decoding = [job for job in self._admitted if job.next_token is not None and not job.cancelled]
         if decoding:
             decoding.sort(key=lambda job: job.slot)
-            logits = self.decoder.decode([job.slot for job in decoding], [job.next_token for job in decoding])
-            self._steps += 1
-            self._advance(decoding, logits)
+            try:
+                logits = self.decoder.decode([job.slot for job in decoding], [job.next_token for job in decoding])
+            except Exception as exc:
+                self._decode_alone(decoding, exc)
+            else:
+                self._steps += 1
+                self._advance(decoding, logits)
         # 2. Prompt evaluation for new sequences, within this tick's budget.
         budget = self.prefill_chunk
         for job in list(self._admitted):
@@ -179,9 +219,13 @@ class Scheduler:
                 job.prefill_started_ns = time.perf_counter_ns()
                 self.decoder.reset(job.slot)
             chunk = job.prompt[job.prefilled : job.prefilled + budget]
-            logits = self.decoder.prefill(job.slot, np.asarray(chunk, dtype=np.int64), logits_to_keep=1)
-            job.prefilled += len(chunk)
             budget -= len(chunk)
+            try:
+                logits = self.decoder.prefill(job.slot, np.asarray(chunk, dtype=np.int64), logits_to_keep=1)
+            except Exception as exc:
+                self._fail(job, exc, "evaluating its prompt")
+                continue
+            job.prefilled += len(chunk)
             if job.prefilled == len(job.prompt):
                 job.eval_started_ns = time.perf_counter_ns()
                 if job.state.fitted.max_new_tokens == 0:  # max_tokens 0: evaluate the prompt only
@@ -189,17 +233,57 @@ class Scheduler:
                 else:
                     self._advance([job], logits[-1:].copy())
 
+    def _decode_alone(self, jobs: list[Job], error: Exception) -> None:
+        """A batched step failed: step each sequence by itself, so only the failing ones end.
+
+        A failed run leaves the cache lengths as they were, so the retry computes the same step.
+        """
+        if len(jobs) == 1:
+            self._fail(jobs[0], error, "a decode step")
+            return
+        log.warning("engine %s: a batched step of %d sequences failed (%s); stepping them one by one", self.name, len(jobs), error)
+        for job in jobs:
+            if job.finished:
+                continue
+            try:
+                logits = self.decoder.decode([job.slot], [job.next_token])
+            except Exception as exc:
+                self._fail(job, exc, "a decode step")
+                continue
+            self._steps += 1
+            self._advance([job], logits)
+
     def _advance(self, jobs: list[Job], logits: np.ndarray) -> None:
         """Sample one token per job from its row of `logits`; send it; end finished jobs."""
-        samples = sample_batch(logits, [job.state.sampler for job in jobs])
+        try:
+            samples = sample_batch(logits, [job.state.sampler for job in jobs])
+        except Exception as exc:
+            if len(jobs) == 1:
+                self._fail(jobs[0], exc, "sampling")
+                return
+            for row, job in enumerate(jobs):  # find the request whose sampling fails
+                self._advance([job], logits[row : row + 1])
+            return
         self._tokens += len(jobs)
         for job, sample in zip(jobs, samples):
-            delta, reason, extra = job.state.absorb(sample)
+            try:
+                delta, reason, extra = job.state.absorb(sample)
+            except Exception as exc:
+                self._fail(job, exc, "turning its token into text")
+                continue
             job.events.put(delta)
             if reason is None:
                 job.next_token = sample.token_id
             else:
                 self._finish(job, reason, extra)
+
+    def _fail(self, job: Job, error: Exception, during: str) -> None:
+        """End one request with `error` as its last event; the engine and the others go on."""
+        log.error("engine %s: a request failed during %s: %s", self.name, during, error, exc_info=not isinstance(error, ApplianceError))
+        if not isinstance(error, ApplianceError):
+            error = InferenceError(f"engine {self.name!r} failed this request during {during} ({type(error).__name__}); the server log has the details")
+        with self._wake:
+            self._end(job, error)
 
     def _finish(self, job: Job, reason: str, extra: dict) -> None:
         state = job.state
@@ -226,6 +310,23 @@ class Scheduler:
             job.slot = self._slots.index(None)
             self._slots[job.slot] = job
             self._admitted.append(job)
+
+    def _expire(self) -> None:
+        """End jobs past their deadline: waiting ones as overload (503), running ones as timed out (504)."""
+        now = time.monotonic()
+        overdue = [job for job in self._waiting if job.deadline is not None and now >= job.deadline and not job.cancelled]
+        if overdue:
+            self._waiting = deque(job for job in self._waiting if job not in overdue)
+            for job in overdue:
+                self._end(job, QueueTimeoutError(
+                    f"engine {self.name!r} had no free slot for this request within the server's time limit of "
+                    f"{job.timeout_s:g} s per request: it is overloaded; retry later"
+                ))
+        for job in [job for job in self._admitted if job.deadline is not None and now >= job.deadline and not job.cancelled]:
+            self._end(job, RequestTimeoutError(
+                f"the request ran past the server's time limit of {job.timeout_s:g} s per request and was stopped after "
+                f"{job.state.generated} generated tokens; ask for fewer tokens (max_tokens) or a shorter prompt"
+            ))
 
     def _release_cancelled(self) -> None:
         for job in [job for job in self._admitted if job.cancelled]:
