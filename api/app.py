@@ -3,6 +3,9 @@
 `create_app(ctx)` is all a server (gunicorn, through `api.wsgi`) or a test needs; the
 context carries the models and everything else the routes use.
 
+Middleware, in order: CORS (answers browsers' preflights), then the boundary: API keys on
+every route but /health, refusal while draining, and request metrics.
+
 Errors are translated here, once, into the dialect of the route: paths under `/api/` are
 Ollama's (`{"error": "..."}`), every other path answers OpenAI's error object.
 """
@@ -18,6 +21,7 @@ from api import routes_extras as extras
 from api import routes_ollama as ollama
 from api import routes_openai as openai
 from api.context import ServerContext
+from api.cors import Cors
 from api.errors import ApiError, MethodNotAllowed, RouteNotFound, Unavailable, ollama_error_body, openai_error_body
 from api.openapi import openapi_document
 from api.streaming import describe_error, dumps
@@ -49,19 +53,25 @@ def routes(ctx: ServerContext) -> list[tuple[str, Any]]:
         ("/extras/detokenize", extras.Detokenize(ctx)),
         ("/health", extras.Health(ctx)),
         ("/metrics", extras.Metrics(ctx)),
-        ("/openapi.json", extras.OpenAPI(openapi_document(ctx.settings))),
+        ("/openapi.json", extras.OpenAPI(openapi_document(ctx.settings, authenticated=ctx.auth.enabled))),
         ("/", extras.Root()),
     ]
 
 
+# Answered without an API key: load balancers and orchestrators probe it.
+UNAUTHENTICATED_PATHS = frozenset({"/health"})
+
+
 class _Boundary:
-    """Middleware: refuse new work while draining; count every answer in the metrics."""
+    """Middleware: check the API key; refuse new work while draining; count every answer in the metrics."""
 
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
+        if req.path not in UNAUTHENTICATED_PATHS and not req.context.get("preflight"):
+            self.ctx.auth.check(req.get_header("Authorization"))
         if self.ctx.draining and req.path != "/health":
             raise Unavailable("the server is shutting down; retry on another instance", headers={"Retry-After": "10", "Connection": "close"})
 
@@ -82,7 +92,7 @@ def _send_error(req: falcon.Request, resp: falcon.Response, status: int, message
 
 
 def create_app(ctx: ServerContext) -> falcon.App:
-    app = falcon.App(middleware=[_Boundary(ctx)])
+    app = falcon.App(middleware=[Cors(ctx.settings.cors_origins), _Boundary(ctx)])
     app.req_options.strip_url_path_trailing_slash = True
     for path, resource in routes(ctx):
         app.add_route(path, resource)

@@ -128,12 +128,14 @@ class Fields:
             raise self._wrong(key, "an object", value)
         return Fields(value, f"{self.name(key)}.")
 
-    def array(self, key: str, required: bool = False) -> list[Any] | None:
+    def array(self, key: str, required: bool = False, max_items: int | None = None) -> list[Any] | None:
         value = self._get(key, required)
         if value is _MISSING:
             return None
         if not isinstance(value, list):
             raise self._wrong(key, "an array", value)
+        if max_items is not None and len(value) > max_items:
+            raise BadRequest(f"'{self.name(key)}' has {len(value)} entries; at most {max_items} are accepted", param=self.name(key))
         return value
 
     def strings(self, key: str, max_items: int | None = None) -> tuple[str, ...]:

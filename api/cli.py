@@ -79,11 +79,14 @@ def _verify(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import os
 
+    from api.auth import ApiKeyError, describe, exposure_problem, load_api_keys
     from api.models import find_engine_dirs
-    from api.settings import ServerSettings
+    from api.settings import ServerSettings, split_list
+    from runtime.manifest import read_manifest, verify_files
 
     engines = args.engines.resolve()
-    if not engines.is_dir() or not find_engine_dirs(engines):
+    directories = find_engine_dirs(engines) if engines.is_dir() else []
+    if not directories:
         print(f"appliance: error: no engine directories in {engines}; build the defaults with `make engines` or export one with `appliance export`", file=sys.stderr)
         return EXIT_USER_ERROR
     settings = ServerSettings(
@@ -97,11 +100,35 @@ def _serve(args: argparse.Namespace) -> int:
         slots=args.slots,
         queue_limit=args.queue_limit,
         prefill_chunk=args.prefill_chunk,
+        max_n=args.max_n,
+        max_inputs=args.max_inputs,
+        max_messages=args.max_messages,
+        max_tokens=args.max_tokens,
+        max_body_bytes=args.max_body_bytes,
+        request_timeout_s=args.request_timeout,
+        stream_keepalive_s=args.stream_keepalive,
+        api_keys=tuple(args.api_key) + split_list(os.environ.get("APPLIANCE_API_KEYS", "")),
+        api_key_files=tuple(str(Path(p).resolve()) for p in args.api_key_file + list(split_list(os.environ.get("APPLIANCE_API_KEY_FILES", "")))),
+        insecure_no_auth=args.insecure_no_auth,
+        cors_origins=tuple(args.cors_origin),
     )
-    names = ", ".join(p.name for p in find_engine_dirs(engines))
+    try:
+        keys = load_api_keys(settings)
+    except ApiKeyError as exc:
+        print(f"appliance: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    problem = exposure_problem(settings, keys)
+    if problem:
+        print(f"appliance: error: {problem}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    # An engine altered on disk is refused here, before any worker starts (workers check again at load).
+    for directory in directories:
+        verify_files(directory, read_manifest(directory))
+    names = ", ".join(p.name for p in directories)
     print(f"appliance: serving {names} on http://{args.host}:{args.port} ({args.workers} worker(s) × {args.threads} threads, {args.slots} slots per engine)", file=sys.stderr)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print("appliance: warning: the server has no authentication yet and listens beyond this machine", file=sys.stderr)
+    print(f"appliance: {describe(settings, keys)}", file=sys.stderr)
+    if args.api_key:
+        print("appliance: note: keys given with --api-key show in the process list; prefer --api-key-file or APPLIANCE_API_KEYS", file=sys.stderr)
     env = {**os.environ, **settings.to_env()}
     command = [sys.executable, "-m", "gunicorn", "--config", "python:api.gunicorn_conf"]
     sys.stdout.flush()
@@ -161,6 +188,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--slots", type=_positive, default=defaults.slots, help=f"sequences each text engine generates at once, batched (default: {defaults.slots})")
     serve.add_argument("--queue-limit", type=int, default=defaults.queue_limit, help=f"requests that may wait for a slot per engine before 429s (default: {defaults.queue_limit})")
     serve.add_argument("--prefill-chunk", type=_positive, default=defaults.prefill_chunk, help=f"prompt tokens evaluated per scheduler tick (default: {defaults.prefill_chunk})")
+    access = serve.add_argument_group("access")
+    access.add_argument("--api-key-file", action="append", default=[], metavar="FILE", help="file of API keys, one per line; requests then need 'Authorization: Bearer <key>' (repeatable; also APPLIANCE_API_KEY_FILES)")
+    access.add_argument("--api-key", action="append", default=[], metavar="KEY", help="an API key (repeatable; visible in the process list: prefer a file or APPLIANCE_API_KEYS)")
+    access.add_argument("--insecure-no-auth", action="store_true", help="allow listening beyond loopback without any API key")
+    access.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", help="browser origin allowed to call the server, e.g. https://app.example, or * (repeatable; default: none)")
+    limits = serve.add_argument_group("limits")
+    limits.add_argument("--max-tokens", type=_positive, default=defaults.max_tokens, help=f"most tokens one request may generate (default: {defaults.max_tokens})")
+    limits.add_argument("--max-messages", type=_positive, default=defaults.max_messages, help=f"most messages in one chat request (default: {defaults.max_messages})")
+    limits.add_argument("--max-n", type=_positive, default=defaults.max_n, help=f"most choices (n) in one request (default: {defaults.max_n})")
+    limits.add_argument("--max-inputs", type=_positive, default=defaults.max_inputs, help=f"most prompts or embedding inputs in one request (default: {defaults.max_inputs})")
+    limits.add_argument("--max-body-bytes", type=_positive, default=defaults.max_body_bytes, help=f"largest request body; larger ones get 413 (default: {defaults.max_body_bytes})")
+    limits.add_argument("--stream-keepalive", type=_positive_seconds, default=defaults.stream_keepalive_s, help=f"seconds between SSE keep-alive comments while a stream waits (default: {defaults.stream_keepalive_s:g})")
+    limits.add_argument("--request-timeout", type=_positive_seconds, default=defaults.request_timeout_s, help=f"seconds one generation request may take, queueing included (default: {defaults.request_timeout_s:g})")
     serve.set_defaults(handler=_serve)
 
     bench = commands.add_parser(
@@ -188,6 +228,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds (got {text})")
     return value
 
 

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from api.auth import ApiKeys
 from api.metrics import Metrics
 from api.models import ModelRegistry
 from api.settings import ServerSettings
@@ -30,5 +31,7 @@ class ServerContext:
     clock: Callable[[], float] = time.time
     new_id: Callable[[str], str] = random_id
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("appliance.api"))
+    # The API keys requests must carry (none: authentication off).
+    auth: ApiKeys = field(default_factory=ApiKeys)
     # Set when the worker received SIGTERM: new requests get 503, in-flight ones finish.
     draining: bool = False

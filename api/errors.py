@@ -9,6 +9,8 @@ handler, into the dialect of the route that failed: OpenAI routes (and the extra
     └── ApiError                       status 500 unless the subclass says otherwise
         ├── BadRequest                 400: malformed JSON, a wrong type, a missing field (names it)
         ├── NotSupported               400: a known field this server cannot honour yet
+        ├── Unauthorized               401: no API key, or not one of the server's (WWW-Authenticate)
+        ├── Forbidden                  403: a browser origin the server does not allow (CORS)
         ├── ModelNotFound              404: no engine of that name
         ├── RouteNotFound              404
         ├── MethodNotAllowed           405
@@ -24,7 +26,7 @@ from typing import Any
 # OpenAI's error "type" for each status we answer with.
 _OPENAI_TYPES = {
     400: "invalid_request_error",
-    401: "authentication_error",
+    401: "invalid_request_error",  # what OpenAI answers for a missing or wrong key
     403: "permission_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
@@ -32,6 +34,7 @@ _OPENAI_TYPES = {
     429: "rate_limit_error",
     500: "server_error",
     503: "service_unavailable",
+    504: "timeout",
 }
 
 
@@ -56,6 +59,20 @@ class BadRequest(ApiError):
 class NotSupported(ApiError):
     status = 400
     code = "unsupported_parameter"
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+    def __init__(self, message: str, code: str | None = "invalid_api_key") -> None:
+        error = "" if code is None else ', error="invalid_token"'
+        super().__init__(message, headers={"WWW-Authenticate": f'Bearer realm="appliance"{error}'})
+        self.code = code
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
 
 
 class ModelNotFound(ApiError):

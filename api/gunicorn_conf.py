@@ -7,6 +7,13 @@ engines loaded after the fork (never in the master), and `threads` request threa
 SIGTERM drains: gunicorn stops accepting connections and gives in-flight requests
 `drain_timeout_s` to finish; our hook also marks the app as draining, so a request that
 still arrives on a kept-alive connection gets a 503 rather than starting new work.
+
+A worker that dies (killed, out of memory) is replaced by gunicorn's master. The replacement
+loads its engines before it accepts connections, so while it loads the other workers keep
+serving instead of it answering 503s; the first workers of a start accept at once and
+answer /health with "loading" meanwhile.
+
+The master refuses to start with API keys it cannot read, or open (no keys) beyond loopback.
 """
 
 from __future__ import annotations
@@ -17,9 +24,16 @@ import shutil
 import signal
 import tempfile
 
+from api.auth import ApiKeyError, exposure_problem, load_api_keys
 from api.settings import ServerSettings
 
 _settings = ServerSettings.from_env()
+try:
+    _problem = exposure_problem(_settings, load_api_keys(_settings))
+except ApiKeyError as exc:
+    _problem = str(exc)
+if _problem:
+    raise SystemExit(f"appliance: error: {_problem}")
 
 wsgi_app = "api.wsgi:application"
 bind = [f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"]
@@ -49,9 +63,22 @@ else:
     _own_metrics_dir = False
 
 
+# Set in the master once a worker has exited: workers forked after that are replacements.
+_replacing = False
+
+
 def post_worker_init(worker) -> None:
-    """Wrap the worker's SIGTERM handler: mark the app draining, then let gunicorn drain."""
+    """Wrap the worker's SIGTERM handler: mark the app draining, then let gunicorn drain.
+
+    A replacement worker first waits for its engines (telling the master it is alive).
+    """
     from api import wsgi
+
+    if _replacing:
+        registry = wsgi.context.registry
+        wsgi.context.log.info("replacement worker: loading the engines before accepting connections")
+        while not registry.wait(timeout=1.0) and registry.state == "loading":
+            worker.notify()
 
     graceful_exit = worker.handle_exit
 
@@ -63,6 +90,8 @@ def post_worker_init(worker) -> None:
 
 
 def child_exit(server, worker) -> None:
+    global _replacing
+    _replacing = True
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)

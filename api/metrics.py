@@ -39,7 +39,7 @@ class Metrics:
             "appliance_queue_depth", "Generations submitted and waiting for their first token", ["model"], multiprocess_mode="livesum", registry=r
         )
         self.active = Gauge("appliance_active_generations", "Generations producing tokens now", ["model"], multiprocess_mode="livesum", registry=r)
-        self.finished = Counter("appliance_generations", "Generations ended, by how they ended", ["model", "reason"], registry=r)
+        self.finished = Counter("appliance_generations", "Generations ended, by how they ended: stop, length, cancelled (the client went away) or error", ["model", "reason"], registry=r)
 
     def embedded(self, model: str, inputs: int, tokens: int) -> None:
         """Count an embedding request's inputs and their tokens."""

@@ -200,7 +200,14 @@ class ModelRegistry:
 
 
 def load_models(
-    engines_dir: Path, settings: Any, prefill_chunk: int = 512, slots: int = 1, queue_limit: int = 64, warm: bool = True
+    engines_dir: Path,
+    settings: Any,
+    prefill_chunk: int = 512,
+    slots: int = 1,
+    queue_limit: int = 64,
+    warm: bool = True,
+    max_tokens_limit: int | None = None,
+    request_timeout_s: float | None = None,
 ) -> list[LoadedModel]:
     """Load every engine under `engines_dir`, each into a generator or an embedder, and warm it."""
     from runtime.embeddings import Embedder
@@ -221,7 +228,11 @@ def load_models(
             if warm:
                 model.embedder.encode(["warming up the engine"])
         else:
-            model = LoadedModel(info, generator=TextGenerator(engine, prefill_chunk=prefill_chunk, slots=slots, queue_limit=queue_limit))
+            generator = TextGenerator(
+                engine, prefill_chunk=prefill_chunk, slots=slots, queue_limit=queue_limit,
+                max_tokens_limit=max_tokens_limit, request_timeout_s=request_timeout_s,
+            )
+            model = LoadedModel(info, generator=generator)
             if warm:  # the first run of a session allocates its buffers; do it before the first user
                 model.generator.warm_up()
                 ids = tuple(model.generator.tokenize("Hello"))

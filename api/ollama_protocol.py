@@ -24,8 +24,9 @@ from api.body import Fields
 from api.errors import BadRequest, NotSupported
 from api.runs import Choice, Collected
 from api.sampling_fields import finite_logprob, generation_request, reject_present, sampling_params
-from api.streaming import ndjson_line
-from runtime.events import Delta, Event, Finish, TokenChoice, TokenLogprobs
+from api.settings import ServerSettings
+from api.streaming import NDJSON_KEEPALIVE, ndjson_line
+from runtime.events import Delta, Event, Finish, KeepAlive, TokenChoice, TokenLogprobs
 from runtime.generation import CONTEXT_ERROR, CONTEXT_TRUNCATE
 from runtime.sampling import MAX_TOP_LOGPROBS, SamplingParams
 
@@ -82,7 +83,7 @@ def _request(f: Fields, prompt: tuple[int, ...], chat: bool, model: str) -> Plan
     return Plan(model, Choice(0, 0, request), f.boolean("stream", True), logprobs, top_logprobs, chat)
 
 
-def parse_generate(body: dict[str, Any], generator: Any) -> Plan:
+def parse_generate(body: dict[str, Any], generator: Any, settings: ServerSettings) -> Plan:
     """A /api/generate body → what to run (or a load-only plan for an empty prompt)."""
     f = Fields(body)
     model = f.string("model", required=True)
@@ -102,12 +103,12 @@ def parse_generate(body: dict[str, Any], generator: Any) -> Plan:
     return _request(f, tuple(context) + tuple(ids), chat=False, model=model)
 
 
-def parse_chat(body: dict[str, Any], generator: Any) -> Plan:
+def parse_chat(body: dict[str, Any], generator: Any, settings: ServerSettings) -> Plan:
     """A /api/chat body → what to run (or a load-only plan for no messages)."""
     f = Fields(body)
     model = f.string("model", required=True)
     _unsupported(f)
-    messages = f.array("messages") or []
+    messages = f.array("messages", max_items=settings.max_messages) or []
     f.obj("options")
     if not messages:
         return Plan(model, None, f.boolean("stream", True), False, 0, chat=True)
@@ -169,9 +170,16 @@ def response(plan: Plan, result: Collected, created_at: str) -> dict[str, Any]:
 
 
 def stream(plan: Plan, events: Iterator[tuple[Choice, Event]], clock: Any) -> Iterator[bytes]:
-    """NDJSON lines of a streamed answer: one per token with text, then the final one."""
+    """NDJSON lines of a streamed answer: one per token with text, then the final one.
+
+    NDJSON has no comment line (Ollama's clients parse every line as JSON), so a keep-alive
+    is one space: JSON whitespace before the next line, which parsers skip.
+    """
     generated: list[int] = []
     for _, event in events:
+        if isinstance(event, KeepAlive):
+            yield NDJSON_KEEPALIVE
+            continue
         created_at = timestamp(clock())
         if isinstance(event, Delta):
             generated.extend(event.token_ids)

@@ -28,8 +28,8 @@ from api.sampling_fields import (
     with_choice_seed,
 )
 from api.settings import ServerSettings
-from api.streaming import SSE_DONE, sse_frame
-from runtime.events import Delta, Event, Finish, TokenChoice, TokenLogprobs, Usage
+from api.streaming import SSE_DONE, SSE_KEEPALIVE, sse_frame
+from runtime.events import Delta, Event, Finish, KeepAlive, TokenChoice, TokenLogprobs, Usage
 from runtime.sampling import MAX_TOP_LOGPROBS, SamplingParams
 
 # OpenAI's defaults: temperature 1, top_p 1, no penalties.
@@ -68,7 +68,7 @@ def parse_chat(body: dict[str, Any], generator: Any, settings: ServerSettings) -
     """A /v1/chat/completions body → choices to run."""
     f = Fields(body)
     model = f.string("model", required=True)
-    messages = f.array("messages", required=True)
+    messages = f.array("messages", required=True, max_items=settings.max_messages)
     if not messages:
         raise BadRequest("'messages' must hold at least one message", param="messages")
     if f.data.get("tool_choice") != "none":
@@ -247,6 +247,9 @@ def chat_stream(plan: Plan, events: Iterator[tuple[Choice, Event]], response_id:
     opened = {plan.choices[0].index}
     yield role_chunk(plan.choices[0].index)
     for choice, event in events:
+        if isinstance(event, KeepAlive):
+            yield SSE_KEEPALIVE
+            continue
         if choice.index not in opened:
             opened.add(choice.index)
             yield role_chunk(choice.index)
@@ -268,6 +271,9 @@ def completion_stream(plan: Plan, events: Iterator[tuple[Choice, Event]], respon
     finishes: list[tuple[Choice, Finish]] = []
     offsets: dict[int, CompletionLogprobs] = {}
     for choice, event in events:
+        if isinstance(event, KeepAlive):
+            yield SSE_KEEPALIVE
+            continue
         if choice.index not in offsets:
             prefix = plan.echo.get(choice.prompt_index, "")
             offsets[choice.index] = CompletionLogprobs(len(prefix))

@@ -249,9 +249,18 @@ def _openai_schemas(limits: ServerSettings) -> dict[str, Schema]:
     chat_request = _obj(
         {
             **_openai_generation_common(limits),
-            "messages": _array(_ref("ChatMessage"), minItems=1),
-            "max_tokens": _nullable(_integer("Most tokens to generate; absent: until a stop or the context is full.", minimum=0)),
-            "max_completion_tokens": _nullable(_integer("The newer name of max_tokens; it wins when both are given.", minimum=0)),
+            "messages": _array(_ref("ChatMessage"), minItems=1, maxItems=limits.max_messages),
+            "max_tokens": _nullable(
+                _integer(
+                    f"Most tokens to generate (at most {limits.max_tokens}); absent: until a stop, the context is full or "
+                    f"{limits.max_tokens} tokens.",
+                    minimum=0,
+                    maximum=limits.max_tokens,
+                )
+            ),
+            "max_completion_tokens": _nullable(
+                _integer("The newer name of max_tokens; it wins when both are given.", minimum=0, maximum=limits.max_tokens)
+            ),
             "logprobs": _nullable(_boolean("Return the log-probability of each generated token.", default=False)),
             "top_logprobs": _nullable(
                 _integer(
@@ -278,7 +287,7 @@ def _openai_schemas(limits: ServerSettings) -> dict[str, Schema]:
         {
             **_openai_generation_common(limits),
             "prompt": prompt,
-            "max_tokens": _nullable(_integer(minimum=0, default=16)),
+            "max_tokens": _nullable(_integer(f"At most {limits.max_tokens}.", minimum=0, maximum=limits.max_tokens, default=16)),
             "logprobs": _nullable(
                 _integer(
                     "Return log-probabilities with this many alternatives per token.", minimum=0, maximum=MAX_COMPLETION_LOGPROBS
@@ -468,7 +477,15 @@ def _ollama_schemas(limits: ServerSettings) -> dict[str, Schema]:
     options = _obj(
         {
             **_sampling_fields(OLLAMA_DEFAULTS),
-            "num_predict": _nullable(_integer("Most tokens to generate; -1 or -2: no limit.", minimum=-2, default=-1)),
+            "num_predict": _nullable(
+                _integer(
+                    f"Most tokens to generate, at most {limits.max_tokens}; -1 or -2: until a stop, the context is full or "
+                    f"{limits.max_tokens} tokens.",
+                    minimum=-2,
+                    maximum=limits.max_tokens,
+                    default=-1,
+                )
+            ),
             "num_ctx": _nullable(_integer("Use a smaller context than the model's.", minimum=1)),
             "stop": _string_or_strings("Strings that end the generation; they are not part of the output."),
         },
@@ -487,7 +504,9 @@ def _ollama_schemas(limits: ServerSettings) -> dict[str, Schema]:
     chat_request = _obj(
         {
             **_ollama_generation_common(),
-            "messages": _nullable(_array(_ref("OllamaMessage"), "None (or an empty list) only loads the model.")),
+            "messages": _nullable(
+                _array(_ref("OllamaMessage"), "None (or an empty list) only loads the model.", maxItems=limits.max_messages)
+            ),
         },
         ["model"],
     )
@@ -648,6 +667,23 @@ def _extras_schemas() -> dict[str, Schema]:
                 "status": _string(enum=_HEALTH_STATES),
                 "models": _array(_string(), "The models served (when ready)."),
                 "reason": _string("Why the server is not ready."),
+                "pid": _integer("The worker process that answered (each has its own engines)."),
+                "generators": _described(
+                    {
+                        "type": "object",
+                        "additionalProperties": _obj(
+                            {
+                                "slots": _integer(minimum=1),
+                                "active": _integer("Requests holding a slot.", minimum=0),
+                                "waiting": _integer("Requests queued for a slot.", minimum=0),
+                                "steps": _integer("Batched decode steps so far.", minimum=0),
+                                "tokens": _integer("Tokens generated so far.", minimum=0),
+                            },
+                            ["slots", "active", "waiting", "steps", "tokens"],
+                        ),
+                    },
+                    "This worker's schedulers, by text model.",
+                ),
             },
             ["status"],
         ),
@@ -673,16 +709,22 @@ def _extras_schemas() -> dict[str, Schema]:
 
 _ERROR_DESCRIPTIONS = {
     400: "The body is not a JSON object, or a field is missing, of the wrong type, out of range or not supported.",
+    401: "The server has API keys and the request carries none, or not one of them (`Authorization: Bearer <key>`).",
     404: "No model of that name is loaded.",
-    413: "The request body is larger than the server's limit (APPLIANCE_MAX_BODY_BYTES; 16 MiB by default).",
+    413: "The request body is larger than the server's limit (--max-body-bytes; 16 MiB by default).",
+    429: "Every slot of the engine is generating and its queue is full (--queue-limit); retry after `Retry-After` seconds.",
     500: "An unexpected error; the server log has the details.",
-    503: "The engines are still loading or failed to load, or the server is shutting down.",
+    503: "The engines are still loading or failed to load, the server is shutting down, or the request waited its whole "
+    "time limit for a slot.",
+    504: "The request ran past the server's time limit per request (--request-timeout).",
 }
 _RETRY_AFTER = {
-    "Retry-After": {"description": "Seconds to wait before retrying (while loading or draining).", "schema": _string()}
+    "Retry-After": {"description": "Seconds to wait before retrying.", "schema": _string()}
 }
-_WITH_BODY = (400, 404, 413, 500, 503)
-_WITHOUT_BODY = (500, 503)
+_WWW_AUTHENTICATE = {"WWW-Authenticate": {"description": "`Bearer realm=\"appliance\"`, and why the key was refused.", "schema": _string()}}
+_ERROR_HEADERS = {401: _WWW_AUTHENTICATE, 429: _RETRY_AFTER, 503: _RETRY_AFTER}
+_WITH_BODY = (400, 401, 404, 413, 429, 500, 503, 504)
+_WITHOUT_BODY = (401, 500, 503)
 
 
 def _content(schema: Schema, media_type: str = _JSON) -> dict[str, Any]:
@@ -694,8 +736,8 @@ def _errors(dialect: str, statuses: Iterable[int]) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status in statuses:
         response: dict[str, Any] = {"description": _ERROR_DESCRIPTIONS[status], "content": _content(_ref(dialect))}
-        if status == 503:
-            response["headers"] = _RETRY_AFTER
+        if status in _ERROR_HEADERS:
+            response["headers"] = _ERROR_HEADERS[status]
         responses[str(status)] = response
     return responses
 
@@ -805,7 +847,7 @@ def _openai_paths() -> dict[str, Any]:
                 "Describe one model",
                 "OpenAI",
                 _ok("The model.", "Model"),
-                _errors("OpenAIError", (404, 500, 503)),
+                _errors("OpenAIError", (401, 404, 500, 503)),
             ),
         },
     }
@@ -932,12 +974,14 @@ def _extras_paths() -> dict[str, Any]:
                 "operationId": "health",
                 "summary": "Readiness",
                 "tags": ["Extras"],
+                "security": [],
                 "responses": {**health, "503": unhealthy},
             },
             "head": {
                 "operationId": "healthHead",
                 "summary": "Readiness, status only",
                 "tags": ["Extras"],
+                "security": [],
                 "responses": {"200": bare, "503": {**bare, "headers": _RETRY_AFTER}},
             },
         },
@@ -953,14 +997,22 @@ def _extras_paths() -> dict[str, Any]:
                 "operationId": "rootHead",
                 "summary": "Is the server up? (status only)",
                 "tags": ["Extras"],
-                "responses": {"200": bare, "503": {"description": "The server is shutting down.", "headers": _RETRY_AFTER}},
+                "responses": {
+                    "200": bare,
+                    "401": {"description": _ERROR_DESCRIPTIONS[401], "headers": _WWW_AUTHENTICATE},
+                    "503": {"description": "The server is shutting down.", "headers": _RETRY_AFTER},
+                },
             },
         },
     }
 
 
-def openapi_document(limits: ServerSettings = ServerSettings()) -> dict[str, Any]:
-    """The whole OpenAPI 3.1.0 document for a server with `limits`: every route, its request and response schemas."""
+def openapi_document(limits: ServerSettings = ServerSettings(), authenticated: bool = False) -> dict[str, Any]:
+    """The whole OpenAPI 3.1.0 document for a server with `limits`: every route, its request and response schemas.
+
+    With `authenticated` (the server has API keys) every operation but the health check requires the bearer key.
+    """
+    security = {"security": [{"apiKey": []}]} if authenticated else {}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -974,8 +1026,17 @@ def openapi_document(limits: ServerSettings = ServerSettings()) -> dict[str, Any
             {"name": "Ollama", "description": 'Ollama\'s API under /api; errors are `{"error": "..."}`.'},
             {"name": "Extras", "description": "Tokenizer, health, metrics and this document; errors are OpenAI error objects."},
         ],
+        **security,
         "paths": {**_openai_paths(), **_ollama_paths(), **_extras_paths()},
         "components": {
+            "securitySchemes": {
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "One of the server's API keys (--api-key-file); required on every route but /health when the "
+                    "server has keys.",
+                }
+            },
             "schemas": {**_logprob_schemas(), **_openai_schemas(limits), **_ollama_schemas(limits), **_extras_schemas()},
         },
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import falcon
@@ -78,7 +79,13 @@ class Health:
             if registry.state == "loading":
                 resp.set_header("Retry-After", "5")
         else:
-            send_json(resp, {"status": "ok", "models": [m.name for m in registry.models()]})
+            models = registry.models()
+            slots = {}
+            for model in models:
+                if model.generator is not None:
+                    stats = model.generator.stats()
+                    slots[model.name] = {"slots": stats.slots, "active": stats.active, "waiting": stats.waiting, "steps": stats.steps, "tokens": stats.tokens}
+            send_json(resp, {"status": "ok", "models": [m.name for m in models], "pid": os.getpid(), "generators": slots})
 
     on_head = on_get
 

@@ -26,7 +26,7 @@ class _Generation:
         ctx = self.ctx
         body = read_body(req, ctx.settings)
         model = ctx.registry.get(Fields(body).string("model", required=True), TASK_TEXT_GENERATION)
-        plan = self.parse(body, model.generator)
+        plan = self.parse(body, model.generator, ctx.settings)
         if plan.choice is None:
             loaded = protocol.load_response(plan, protocol.timestamp(ctx.clock()))
             if plan.stream:
@@ -36,7 +36,7 @@ class _Generation:
             return
         prepare(model, [plan.choice])
         if plan.stream:
-            frames = protocol.stream(plan, stream_events(model, [plan.choice], ctx.metrics), ctx.clock)
+            frames = protocol.stream(plan, stream_events(model, [plan.choice], ctx.metrics, ctx.settings.stream_keepalive_s), ctx.clock)
             send_stream(resp, guarded(frames, ollama_error_line, ctx.log), NDJSON_CONTENT_TYPE)
         else:
             (result,) = collect(model, [plan.choice], ctx.metrics)

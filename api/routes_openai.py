@@ -32,7 +32,7 @@ class _Generation:
         prepare(model, plan.choices, self.prompt_param)
         response_id, created = ctx.new_id(self.id_prefix), int(ctx.clock())
         if plan.stream:
-            events = stream_events(model, plan.choices, ctx.metrics)
+            events = stream_events(model, plan.choices, ctx.metrics, ctx.settings.stream_keepalive_s)
             frames = self.render_stream(plan, events, response_id, created, model.info.digest)
             send_stream(resp, guarded(frames, openai_error_frames, ctx.log), SSE_CONTENT_TYPE)
         else:

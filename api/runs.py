@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 from api.metrics import Metrics
 from api.models import LoadedModel
 from runtime.errors import ContextLengthError
-from runtime.events import Delta, Event, Finish, Usage
+from runtime.events import Delta, Event, Finish, KeepAlive, Usage
 from runtime.generation import GenerationRequest
 
 
@@ -49,16 +49,21 @@ def tracked(model: LoadedModel, events: Iterator[Event], metrics: Metrics) -> It
     name = model.name
     submitted = time.perf_counter()
     first_token_at = None
+    ended = "cancelled"  # unless a Finish or an error comes: the client went away
     metrics.queue_depth.labels(name).inc()
     try:
         with closing(events):
             for event in events:
+                if isinstance(event, KeepAlive):
+                    yield event
+                    continue
                 if first_token_at is None:
                     first_token_at = time.perf_counter()
                     metrics.queue_depth.labels(name).dec()
                     metrics.active.labels(name).inc()
                     metrics.time_to_first_token.labels(name).observe(first_token_at - submitted)
                 if isinstance(event, Finish):
+                    ended = event.reason
                     usage = event.usage
                     metrics.prompt_tokens.labels(name).inc(usage.prompt_tokens)
                     metrics.completion_tokens.labels(name).inc(usage.completion_tokens)
@@ -66,19 +71,29 @@ def tracked(model: LoadedModel, events: Iterator[Event], metrics: Metrics) -> It
                     if usage.completion_tokens > 1 and usage.eval_duration_ns > 0:
                         metrics.decode_rate.labels(name).observe((usage.completion_tokens - 1) / (usage.eval_duration_ns / 1e9))
                 yield event
+    except Exception:
+        ended = "error"
+        raise
     finally:
+        if ended in ("cancelled", "error"):
+            metrics.finished.labels(name, ended).inc()
         if first_token_at is None:
             metrics.queue_depth.labels(name).dec()
         else:
             metrics.active.labels(name).dec()
 
 
-def stream_events(model: LoadedModel, choices: Sequence[Choice], metrics: Metrics) -> Iterator[tuple[Choice, Event]]:
-    """Submit every choice now (QueueFullError comes from here), then their events, interleaved."""
+def stream_events(
+    model: LoadedModel, choices: Sequence[Choice], metrics: Metrics, heartbeat_s: float | None = None
+) -> Iterator[tuple[Choice, Event]]:
+    """Submit every choice now (QueueFullError comes from here), then their events, interleaved.
+
+    With `heartbeat_s`, a KeepAlive comes whenever a choice produced nothing for that long.
+    """
     submitted: list[tuple[Choice, Iterator[Event]]] = []
     try:
         for choice in choices:
-            submitted.append((choice, model.generator.generate(choice.request)))
+            submitted.append((choice, model.generator.generate(choice.request, heartbeat_s=heartbeat_s)))
     except BaseException:
         for _, events in submitted:
             events.close()

@@ -17,15 +17,16 @@ class ServerSettings:
 
     # Where engine directories are found (each subdirectory with a manifest.json), or one engine.
     engines: Path = Path("engines")
-    # Loopback by default: the server has no authentication yet, so it must be exposed on purpose.
+    # Loopback by default: exposing the server beyond this machine is a decision (api/auth.py).
     host: str = "127.0.0.1"
     port: int = 8000
     # gunicorn worker processes; each loads its own copy of every engine (memory × workers).
     workers: int = 1
     # Request threads per worker (gthread). A streaming request holds a thread to its end, so
-    # this bounds concurrent streams per worker; keep it above `slots` so that health checks,
-    # embeddings and queued requests still find a thread (docs/performance.md).
-    threads: int = 32
+    # this bounds concurrent requests per worker; keep it above `slots` + `queue_limit`, so
+    # that every request the engine would queue gets a thread (and a 429 beyond the queue
+    # rather than silence), and health checks and embeddings still find one.
+    threads: int = 96
     # On SIGTERM, in-flight requests get this long to finish; new ones are answered 503.
     drain_timeout_s: float = 30.0
     # Largest accepted request body; larger ones get 413.
@@ -33,14 +34,34 @@ class ServerSettings:
     # Most choices per request (`n`) and most prompts or inputs per request.
     max_n: int = 16
     max_inputs: int = 2048
+    # Most messages in one chat request.
+    max_messages: int = 1024
+    # Most tokens one request may generate (max_tokens / num_predict); requests that set no
+    # limit stop there too.
+    max_tokens: int = 4096
+    # Wall-clock limit of one generation request, waiting for a slot included: a request still
+    # waiting then gets 503 with Retry-After, a running one ends with a timeout error (504).
+    request_timeout_s: float = 600.0
+    # While a streamed request produces nothing (queued, or a long prompt being evaluated), an
+    # SSE comment goes out this often, so a client that went away is noticed and its request ends.
+    stream_keepalive_s: float = 5.0
+    # API keys: `Authorization: Bearer <key>` is required on every route but /health when any
+    # is set. Keys given directly (APPLIANCE_API_KEYS, comma-separated) and files with one key
+    # per line (APPLIANCE_API_KEY_FILES, comma-separated paths).
+    api_keys: tuple[str, ...] = ()
+    api_key_files: tuple[str, ...] = ()
+    # Listen beyond loopback without API keys: only when asked for in so many words.
+    insecure_no_auth: bool = False
+    # Origins (scheme://host[:port]) browsers may call the server from; "*" for any. None by default.
+    cors_origins: tuple[str, ...] = ()
     # ONNX Runtime intra-op threads per engine; 0: one per physical core.
     intra_op_threads: int = 0
     # Prompt tokens evaluated per scheduler tick, between batched decode steps: smaller keeps
     # running streams smoother while a long prompt arrives, larger gives a faster first token.
     prefill_chunk: int = 512
     # Sequences each decoder engine generates at once (one batched decode step for all). Each
-    # slot reserves KV cache for the full context (SmolLM2 fp32: 94 MB of address space, only
-    # the positions used become resident).
+    # slot reserves KV cache for the full context (SmolLM2 fp32: 94 MB), and it is all resident
+    # once a batched step has run over the slot (the warm-up runs every batch size).
     slots: int = 16
     # Requests that may wait for a free slot per engine; beyond it they are refused (429).
     queue_limit: int = 64
@@ -59,7 +80,9 @@ class ServerSettings:
                 continue
             kind = type(getattr(cls(), spec.name))
             try:
-                if kind is bool:
+                if kind is tuple:
+                    values[spec.name] = split_list(raw)
+                elif kind is bool:
                     values[spec.name] = raw.strip().lower() in ("1", "true", "yes", "on")
                 else:
                     values[spec.name] = kind(raw)
@@ -69,4 +92,13 @@ class ServerSettings:
 
     def to_env(self) -> dict[str, str]:
         """The APPLIANCE_* variables that reproduce these settings in a worker."""
-        return {ENV_PREFIX + spec.name.upper(): str(getattr(self, spec.name)) for spec in fields(self)}
+        env = {}
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            env[ENV_PREFIX + spec.name.upper()] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return env
+
+
+def split_list(raw: str) -> tuple[str, ...]:
+    """A comma- (or newline-) separated list, blanks dropped."""
+    return tuple(item.strip() for item in raw.replace("\n", ",").split(",") if item.strip())

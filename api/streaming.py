@@ -19,6 +19,11 @@ from runtime.errors import ApplianceError
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 NDJSON_CONTENT_TYPE = "application/x-ndjson"
 SSE_DONE = b"data: [DONE]\n\n"
+# An SSE comment: clients ignore it; writing it is how a dead connection is noticed while a request waits.
+SSE_KEEPALIVE = b": keep-alive\n\n"
+# NDJSON has no comments; a space is JSON whitespace, so it only prefixes the next line (which
+# every JSON parser reads as before), and it still reaches the socket at once.
+NDJSON_KEEPALIVE = b" "
 
 
 def dumps(value: Any) -> str:

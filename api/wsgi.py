@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from api.app import create_app
+from api.auth import describe, load_api_keys
 from api.context import ServerContext
 from api.models import ModelRegistry, load_models
 from api.settings import ServerSettings
@@ -19,13 +20,17 @@ from runtime.settings import RuntimeSettings
 logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
 
 settings = ServerSettings.from_env()
-context = ServerContext(ModelRegistry(), settings)
+context = ServerContext(ModelRegistry(), settings, auth=load_api_keys(settings))
 application = create_app(context)
+context.log.info("%s", describe(settings, context.auth))
 
 
 def _load() -> list:
     runtime = RuntimeSettings(intra_op_threads=settings.intra_op_threads)
-    models = load_models(settings.engines, runtime, prefill_chunk=settings.prefill_chunk, slots=settings.slots, queue_limit=settings.queue_limit, warm=settings.warm)
+    models = load_models(
+        settings.engines, runtime, prefill_chunk=settings.prefill_chunk, slots=settings.slots, queue_limit=settings.queue_limit,
+        warm=settings.warm, max_tokens_limit=settings.max_tokens, request_timeout_s=settings.request_timeout_s,
+    )
     for model in models:
         info = model.info
         context.log.info(

@@ -9,6 +9,7 @@ import falcon.testing
 import pytest
 
 from api.app import create_app
+from api.auth import load_api_keys
 from api.context import ServerContext
 from api.models import ModelRegistry
 from api.settings import ServerSettings
@@ -19,9 +20,11 @@ FIXED_TIME = 1_750_000_000.25
 
 def make_context(generator: FakeGenerator | None = None, registry: ModelRegistry | None = None, **settings: object) -> ServerContext:
     counter = itertools.count(1)
+    server_settings = ServerSettings(**settings)
     return ServerContext(
         registry or ModelRegistry.of(fake_models(generator)),
-        ServerSettings(**settings),
+        server_settings,
+        auth=load_api_keys(server_settings),
         clock=lambda: FIXED_TIME,
         new_id=lambda prefix: f"{prefix}{next(counter):04d}",
     )

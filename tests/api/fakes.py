@@ -17,9 +17,10 @@ from api.models import LoadedModel, ModelInfo
 from runtime.chat import normalise_messages
 from runtime.embeddings import EmbeddingResult
 from runtime.errors import ContextLengthError, InferenceError
-from runtime.events import FINISH_LENGTH, FINISH_STOP, Delta, Finish, TokenChoice, TokenLogprobs, Usage
+from runtime.events import FINISH_LENGTH, FINISH_STOP, KEEP_ALIVE, Delta, Finish, KeepAlive, TokenChoice, TokenLogprobs, Usage
 from runtime.generation import FittedPrompt, GenerationRequest, fit_context
 from runtime.manifest import TASK_EMBEDDING, TASK_TEXT_GENERATION
+from runtime.scheduler import SchedulerStats
 
 REPLY = ("Hello", ",", " wor", "ld", " – ", "ça", " va", "?")
 EOS = 0
@@ -28,8 +29,10 @@ EOS = 0
 class FakeGenerator:
     """Text 'model' whose vocabulary is the reply's pieces plus one id per character of prompts."""
 
-    def __init__(self, context_length: int = 64, reply: Sequence[str] = REPLY, fail_after: int | None = None) -> None:
+    def __init__(self, context_length: int = 64, reply: Sequence[str] = REPLY, fail_after: int | None = None, stalls: int = 0) -> None:
         self.context_length = context_length
+        # Heartbeat intervals that pass before the first token (as if queued), for streams that ask for them.
+        self.stalls = stalls
         self.reply = tuple(reply)
         self.fail_after = fail_after
         self.has_chat_template = True
@@ -55,10 +58,13 @@ class FakeGenerator:
         context = min(self.context_length, request.context_length or self.context_length)
         return fit_context(request.prompt_ids, request.max_tokens, context, request.context_policy, request.prompt_truncate_len)
 
-    def generate(self, request: GenerationRequest) -> Iterator[Delta | Finish]:
+    def generate(self, request: GenerationRequest, heartbeat_s: float | None = None) -> Iterator[Delta | Finish | KeepAlive]:
         fitted = self.prepare(request)
         self.requests.append(request)
         try:
+            if heartbeat_s is not None:
+                for _ in range(self.stalls):
+                    yield KEEP_ALIVE
             text_so_far, reason, count = "", FINISH_STOP, 0
             for index, piece in enumerate(self.reply):
                 if count >= fitted.max_new_tokens:
@@ -86,6 +92,9 @@ class FakeGenerator:
             yield self._finish(fitted, count, reason, seed=request.sampling.seed)
         finally:
             self.closed += 1
+
+    def stats(self) -> SchedulerStats:
+        return SchedulerStats(slots=1, active=0, waiting=0, steps=0, tokens=0)
 
     @staticmethod
     def _finish(fitted: FittedPrompt, count: int, reason: str, **extra: Any) -> Finish:
