@@ -139,3 +139,105 @@ def test_a_cancelled_request_leaves_the_others_untouched(tiny):
     streams[0].close()
     rest = [[t for e in s if isinstance(e, Delta) for t in e.token_ids] for s in (streams[2], streams[3])]
     assert [list(firsts[2].token_ids) + rest[0], list(firsts[3].token_ids) + rest[1]] == alone[2:]
+
+
+# -- faults, time limits, keep-alives (tiny engine, real ONNX Runtime errors) -----------------
+
+
+def _poison(generator: TextGenerator, monkeypatch, marker: int) -> None:
+    """Make the decoder feed an id outside the vocabulary wherever `marker` is fed: a real session error."""
+    real = generator.decoder.decode
+    bad = generator.manifest.vocab_size + 1000
+
+    def decode(slots, tokens):
+        return real(slots, [bad if int(t) == marker else t for t in tokens])
+
+    monkeypatch.setattr(generator.decoder, "decode", decode)
+
+
+def test_a_session_error_ends_only_its_request(tiny_llama_engine, monkeypatch):
+    from runtime.errors import InferenceError
+
+    generator = TextGenerator(load_engine(tiny_llama_engine.directory), prefill_chunk=64, slots=4)
+    try:
+        healthy = requests_for(generator, [25, 25, 25])
+        alone = [tokens_of(generator, r)[0] for r in healthy]
+        marker = 5
+        # This request's first token is forced to `marker`; the batched step that feeds it fails.
+        doomed = GenerationRequest(healthy[0].prompt_ids, SamplingParams(temperature=0, logit_bias={marker: 100.0}), max_tokens=25, ignore_eos=True)
+        assert all(marker not in tokens for tokens in alone)
+        _poison(generator, monkeypatch, marker)
+        streams = [generator.generate(r) for r in [healthy[0], doomed, healthy[1], healthy[2]]]
+        outcomes = []
+        for stream in streams:
+            try:
+                outcomes.append([t for e in stream if isinstance(e, Delta) for t in e.token_ids])
+            except InferenceError as exc:
+                outcomes.append(exc)
+        assert isinstance(outcomes[1], InferenceError) and "failed" in str(outcomes[1])
+        assert [outcomes[0], outcomes[2], outcomes[3]] == alone
+        # A prompt the session cannot evaluate ends alone too, and the engine goes on.
+        from runtime.generation import FittedPrompt, SequenceState
+        from runtime.scheduler import Job
+
+        bad_prompt = (1, 2, generator.manifest.vocab_size + 5)
+        job = Job(SequenceState(healthy[0], FittedPrompt(bad_prompt, 5, 0), generator.eos_ids, generator), time.perf_counter_ns())
+        generator.scheduler.submit(job)
+        with pytest.raises(InferenceError):
+            list(job.events_until_finish())
+        assert tokens_of(generator, healthy[2])[0] == alone[2]
+        assert generator.stats().active == 0
+    finally:
+        generator.close()
+
+
+def test_time_limit_ends_running_and_waiting_requests(tiny_llama_engine):
+    from runtime.errors import QueueTimeoutError, RequestTimeoutError
+
+    generator = TextGenerator(load_engine(tiny_llama_engine.directory), slots=1, request_timeout_s=0.5)
+    try:
+        endless = GenerationRequest(requests_for(generator, [1])[0].prompt_ids, GREEDY, max_tokens=None, ignore_eos=True)
+        running, waiting = generator.generate(endless), generator.generate(endless)
+        started = time.monotonic()
+        with pytest.raises(RequestTimeoutError, match="time limit of 0.5 s"):
+            list(running)
+        with pytest.raises(QueueTimeoutError) as error:
+            list(waiting)
+        assert error.value.status == 503 and error.value.headers["Retry-After"]
+        assert time.monotonic() - started < 5
+        assert generator.stats().active == generator.stats().waiting == 0
+    finally:
+        generator.close()
+
+
+def test_the_server_limit_on_tokens(tiny_llama_engine):
+    from runtime.errors import RequestError
+
+    generator = TextGenerator(load_engine(tiny_llama_engine.directory), slots=1, max_tokens_limit=12)
+    try:
+        prompt = requests_for(generator, [1])[0].prompt_ids
+        with pytest.raises(RequestError, match="at most 12") as error:
+            generator.generate(GenerationRequest(prompt, GREEDY, max_tokens=13))
+        assert error.value.param == "max_tokens"
+        # A request that names no limit stops at the server's.
+        assert tokens_of(generator, GenerationRequest(prompt, GREEDY, max_tokens=None, ignore_eos=True))[1].usage.completion_tokens == 12
+    finally:
+        generator.close()
+
+
+def test_a_waiting_stream_hears_keep_alives(tiny_llama_engine):
+    from runtime.events import KeepAlive
+
+    generator = TextGenerator(load_engine(tiny_llama_engine.directory), slots=1)
+    try:
+        endless = GenerationRequest(requests_for(generator, [1])[0].prompt_ids, GREEDY, max_tokens=None, ignore_eos=True)
+        holder = generator.generate(endless)
+        next(holder)  # the only slot is taken
+        queued = generator.generate(endless, heartbeat_s=0.01)
+        assert isinstance(next(queued), KeepAlive) and isinstance(next(queued), KeepAlive)
+        assert generator.stats().waiting == 1
+        holder.close()  # the slot frees; the waiting request starts
+        assert isinstance(next(e for e in queued if not isinstance(e, KeepAlive)), Delta)
+        queued.close()
+    finally:
+        generator.close()
