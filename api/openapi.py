@@ -775,9 +775,22 @@ def _sse(whole: str, chunk: str, description: str) -> dict[str, Any]:
         "ends with `data: [DONE]`. An error after the stream began arrives as one `data:` line holding an OpenAIError, "
         "then `data: [DONE]`."
     )
+    event = _obj(
+        {
+            "data": {
+                "anyOf": [
+                    _const("[DONE]"),
+                    {"contentMediaType": _JSON, "contentSchema": _ref(chunk)},
+                    {"contentMediaType": _JSON, "contentSchema": _ref("OpenAIError")},
+                ]
+            }
+        },
+        ["data"],
+        description="One server-sent event (keep-alive comments, lines starting with ':', carry none).",
+    )
     return {
         "description": f"{description} {stream}",
-        "content": {_JSON: {"schema": _ref(whole)}, "text/event-stream": {"schema": _string(stream)}},
+        "content": {_JSON: {"schema": _ref(whole)}, "text/event-stream": {"schema": event}},
     }
 
 
