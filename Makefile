@@ -12,7 +12,7 @@ ENGINES := engines
 DECODER := $(ENGINES)/smollm2-135m-instruct-int4
 ENCODER := $(ENGINES)/all-minilm-l6-v2
 
-.PHONY: install models engines serve test test-unit bench bench-peers bench-serving clean-engines
+.PHONY: install models engines serve test test-unit bench bench-peers bench-serving soak clean-engines
 
 # The venv is rebuilt when the declared dependencies change.
 $(STAMP): setup.cfg pyproject.toml
@@ -76,6 +76,15 @@ bench: engines
 	$(PY) bench/decode_speed.py $(DECODER)
 	$(PY) bench/api_overhead.py $(DECODER)
 	$(APPLIANCE) bench --json $(PEERS)/serving.json
+
+# Soak: 64 streaming clients for 5 minutes against a real server with an API key, mixing chat,
+# completions, Ollama chat, embeddings and cancellations (loopback only; stops by itself).
+# Not part of `make test`; docs/reliability.md has a run.
+SOAK_KEYS := $(PEERS)/soak-api-keys
+soak: engines
+	mkdir -p $(PEERS)
+	umask 077 && $(PY) -c "import secrets; print('sk-soak-' + secrets.token_hex(24))" > $(SOAK_KEYS)
+	$(PY) bench/soak.py --engines $(ENGINES) --clients 64 --duration 300 --api-key-file $(SOAK_KEYS) --json $(PEERS)/soak.json
 
 clean-engines:
 	rm -rf $(DECODER) $(ENCODER) $(ENGINES)/smollm2-135m-instruct-fp32
