@@ -36,7 +36,7 @@ $(ENCODER)/manifest.json: | models
 engines: $(DECODER)/manifest.json $(ENCODER)/manifest.json
 
 # Serves every engine under engines/ on http://127.0.0.1:8000 (README: curl examples).
-# Arguments pass through: make serve SERVE_ARGS="--host 0.0.0.0 --port 9000 --workers 2"
+# Arguments pass through: make serve SERVE_ARGS="--host 0.0.0.0 --api-key-file keys.txt --workers 2"
 SERVE_ARGS ?=
 serve: engines
 	$(APPLIANCE) serve --engines $(ENGINES) $(SERVE_ARGS)

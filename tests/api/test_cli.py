@@ -134,3 +134,16 @@ def test_verify_refuses_a_tampered_engine(tmp_path: Path, tiny_llama_engine, cha
 def test_serve_without_engines_says_how_to_build_them(tmp_path: Path) -> None:
     assert_user_error(appliance("serve", "--engines", str(tmp_path)), "no engine directories", "make engines")
     assert appliance("serve", "--workers", "0").returncode == 2
+
+
+def test_serve_refuses_open_servers_beyond_loopback_and_bad_keys(tmp_path: Path) -> None:
+    engine = tmp_path / "engines" / "some-engine"
+    engine.mkdir(parents=True)
+    (engine / "manifest.json").write_text("{}")  # found as an engine; these checks come before it is read
+    engines = str(tmp_path / "engines")
+    assert_user_error(appliance("serve", "--engines", engines, "--host", "0.0.0.0"), "refusing to listen on 0.0.0.0 without an API key", "--insecure-no-auth")
+    assert_user_error(appliance("serve", "--engines", engines, "--api-key-file", str(tmp_path / "missing")), "cannot read the API key file")
+    assert_user_error(appliance("serve", "--engines", engines, "--api-key", "short"), "at least 16 characters")
+    empty = tmp_path / "keys"
+    empty.write_text("# no key yet\n")
+    assert_user_error(appliance("serve", "--engines", engines, "--host", "0.0.0.0", "--api-key-file", str(empty)), "holds no key")

@@ -43,13 +43,14 @@ def wait_for(condition, timeout: float, what: str):
     raise AssertionError(f"not within {timeout} s: {what}")
 
 
-def open_raw_stream(port: int, body: dict) -> socket.socket:
+def open_raw_stream(port: int, body: dict, key: str | None = None) -> socket.socket:
     """A streaming request on a bare socket, read until its first SSE frame: a client we can drop."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=60)
     payload = json.dumps(body).encode()
+    authorization = f"Authorization: Bearer {key}\r\n" if key else ""
     sock.sendall(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + f"{authorization}Content-Length: {len(payload)}\r\n\r\n".encode()
         + payload
     )
     received = b""
@@ -107,12 +108,25 @@ def test_disconnected_streams_free_their_slots(busy_server: Server) -> None:
 
 
 def test_a_queued_stream_hears_keep_alives(default_engines: dict[str, Path], tmp_path: Path) -> None:
-    """One slot held by a long stream: a second streamed request gets SSE comments while it waits."""
-    server = Server(default_engines["int4"], tmp_path / "server.log", "--slots", "1", "--stream-keepalive", "0.2")
+    """One slot held by a long stream: a second streamed request gets SSE comments while it waits.
+
+    The server requires an API key; the official clients send it as their users would.
+    """
+    key = "sk-appliance-reliability-0001"
+    (tmp_path / "keys").write_text(f"# test key\n{key}\n")
+    server = Server(default_engines["int4"], tmp_path / "server.log", "--slots", "1", "--stream-keepalive", "0.2", "--api-key-file", str(tmp_path / "keys"))
     try:
+        import openai
+
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-not-a-key-of-this-server").models.list()
+        assert [m.id for m in openai.OpenAI(base_url=f"{server.url}/v1", api_key=key).models.list()] == [DECODER]
+        with pytest.raises(ollama.ResponseError) as refused:
+            ollama.Client(host=server.url).list()
+        assert refused.value.status_code == 401
         chat = {"model": DECODER, "messages": [{"role": "user", "content": "hi"}], "stream": True}
-        holder = open_raw_stream(server.port, {**chat, "max_tokens": 2000, "ignore_eos": True})
-        waiting = open_raw_stream(server.port, {**chat, "max_tokens": 4})
+        holder = open_raw_stream(server.port, {**chat, "max_tokens": 2000, "ignore_eos": True}, key)
+        waiting = open_raw_stream(server.port, {**chat, "max_tokens": 4}, key)
         waiting.settimeout(30)
         received = b""
         while received.count(b": keep-alive\n\n") < 2:
@@ -124,7 +138,7 @@ def test_a_queued_stream_hears_keep_alives(default_engines: dict[str, Path], tmp
         parts: list = []
 
         def ollama_chat() -> None:
-            client = ollama.Client(host=server.url)
+            client = ollama.Client(host=server.url, headers={"Authorization": f"Bearer {key}"})
             try:
                 parts.extend(client.chat(model=DECODER, messages=[{"role": "user", "content": "hi"}], options={"num_predict": 4}, stream=True))
             except Exception as exc:  # surfaced below
