@@ -117,7 +117,7 @@ class _DecoderBase(ABC):
         if ids.shape[1] == 0:
             raise ValueError("prefill needs at least one token")
         keep = max(1, min(int(logits_to_keep), ids.shape[1]))
-        return self._step(slot, ids, keep)[0]
+        return self._step(slot, ids, keep)[0].copy()  # a one-token prefill runs the decode binding, whose buffer is shared
 
     def _decode_groups(self, slots: Sequence[int]) -> list[tuple[int, int]]:
         return [(i, 1) for i in range(len(slots))]
@@ -149,6 +149,11 @@ class SharedKVDecoder(_DecoderBase):
         self._host = host if self.device == "cpu" else None
         self._pointers = [(k.data_ptr(), v.data_ptr()) for k, v in self._pool]
         self._bindings: dict[tuple[int, int], tuple] = {}
+        # One logits buffer for every cached decode binding: a run of slots [first, first+count)
+        # writes rows [0, count). A binding per (first, count) with its own buffer would hold up
+        # to 136 buffers for 16 slots (160 MB of SmolLM2 logits), filling up as prefills leave
+        # gaps between decoding slots. Callers copy the rows out before the next step.
+        self._decode_logits = np.empty((self.slots, 1, self.vocab_size), dtype=np.float32)
 
     def cache_view(self, layer: int, kind: str) -> np.ndarray:
         """The live pool memory of one layer's keys or values (CPU pools only; for inspection)."""
@@ -242,7 +247,7 @@ class SharedKVDecoder(_DecoderBase):
         for name, value in zip((self._ids, self._seqlens, self._total, self._keep), values):
             binding.bind_ortvalue_input(name, value)
         self._bind_cache(binding, first_slot, count)
-        logits = np.empty((count, 1, self.vocab_size), dtype=np.float32)
+        logits = self._decode_logits[:count]
         binding.bind_output(self._logits, "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
         # Keep the OrtValues (and through them the arrays) alive as long as the binding.
         return binding, arrays[0], arrays[1], arrays[2], logits, values

@@ -193,18 +193,26 @@ def test_a_session_error_ends_only_its_request(tiny_llama_engine, monkeypatch):
 
 def test_time_limit_ends_running_and_waiting_requests(tiny_llama_engine):
     from runtime.errors import QueueTimeoutError, RequestTimeoutError
+    from runtime.generation import SequenceState
+    from runtime.scheduler import Job
 
-    generator = TextGenerator(load_engine(tiny_llama_engine.directory), slots=1, request_timeout_s=0.5)
+    generator = TextGenerator(load_engine(tiny_llama_engine.directory), slots=1, request_timeout_s=0.05)  # the endless request needs ~10× longer
     try:
         endless = GenerationRequest(requests_for(generator, [1])[0].prompt_ids, GREEDY, max_tokens=None, ignore_eos=True)
-        running, waiting = generator.generate(endless), generator.generate(endless)
         started = time.monotonic()
-        with pytest.raises(RequestTimeoutError, match="time limit of 0.5 s"):
-            list(running)
+        with pytest.raises(RequestTimeoutError, match="time limit of 0.05 s"):
+            list(generator.generate(endless))
+        # A holder without a time limit takes the only slot; a request behind it times out waiting.
+        holder = Job(SequenceState(endless, generator.prepare(endless), generator.eos_ids, generator), time.perf_counter_ns())
+        generator.scheduler.submit(holder)
         with pytest.raises(QueueTimeoutError) as error:
-            list(waiting)
+            list(generator.generate(endless))
         assert error.value.status == 503 and error.value.headers["Retry-After"]
-        assert time.monotonic() - started < 5
+        generator.scheduler.cancel(holder)
+        assert time.monotonic() - started < 10
+        deadline = time.monotonic() + 10
+        while generator.stats().active + generator.stats().waiting and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert generator.stats().active == generator.stats().waiting == 0
     finally:
         generator.close()
