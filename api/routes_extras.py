@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from typing import Any
 
 import falcon
@@ -80,12 +81,8 @@ class Health:
                 resp.set_header("Retry-After", "5")
         else:
             models = registry.models()
-            slots = {}
-            for model in models:
-                if model.generator is not None:
-                    stats = model.generator.stats()
-                    slots[model.name] = {"slots": stats.slots, "active": stats.active, "waiting": stats.waiting, "steps": stats.steps, "tokens": stats.tokens}
-            send_json(resp, {"status": "ok", "models": [m.name for m in models], "pid": os.getpid(), "generators": slots})
+            generators = {m.name: asdict(m.generator.stats()) for m in models if m.generator is not None}
+            send_json(resp, {"status": "ok", "models": [m.name for m in models], "pid": os.getpid(), "generators": generators})
 
     on_head = on_get
 

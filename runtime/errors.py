@@ -72,29 +72,30 @@ class ChatTemplateError(ApplianceError):
     code = "invalid_request_error"
 
 
-class QueueFullError(ApplianceError):
+class _RetryLater(ApplianceError):
+    """The engine is too busy for this request now; the client should retry after `retry_after_s`."""
+
+    code = "server_busy"
+    retry_after_default_s = 1
+
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = self.retry_after_default_s if retry_after_s is None else retry_after_s
+        # The API sends these headers with the error (OpenAI's clients retry a 429 or 503 after it).
+        self.headers = {"Retry-After": str(self.retry_after_s)}
+
+
+class QueueFullError(_RetryLater):
     """Every slot of the engine is busy and its waiting queue is at its limit."""
 
     status = 429
-    code = "server_busy"
-
-    def __init__(self, message: str, retry_after_s: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-        # The API sends these headers with the error (OpenAI's clients retry a 429 after it).
-        self.headers = {"Retry-After": str(retry_after_s)}
 
 
-class QueueTimeoutError(ApplianceError):
+class QueueTimeoutError(_RetryLater):
     """The request's time limit passed while it still waited for a slot: the engine is overloaded."""
 
     status = 503
-    code = "server_busy"
-
-    def __init__(self, message: str, retry_after_s: int = 5) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-        self.headers = {"Retry-After": str(retry_after_s)}
+    retry_after_default_s = 5
 
 
 class RequestTimeoutError(ApplianceError):

@@ -20,7 +20,7 @@ active request in one batched decode step; `SequenceState` is the per-request pa
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 
@@ -300,7 +300,7 @@ class TextGenerator:
         bos = self.manifest.bos_token_id if self.manifest.add_bos_token else None
         fitted = fit_context(request.prompt_ids, request.max_tokens, context, request.context_policy, request.prompt_truncate_len, bos)
         if limit is not None and fitted.max_new_tokens > limit:  # no max_tokens given: the server's limit applies
-            fitted = FittedPrompt(fitted.ids, limit, fitted.dropped)
+            fitted = replace(fitted, max_new_tokens=limit)
         return fitted
 
     def generate(self, request: GenerationRequest, heartbeat_s: float | None = None) -> "EventStream":
