@@ -70,6 +70,11 @@ def session_options(settings: RuntimeSettings) -> ort.SessionOptions:
     # One graph runs at a time per engine (the scheduler thread owns it): no inter-op pool.
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # ONNX Runtime keeps a memory plan per distinct set of input shapes, and every prompt length
+    # is a new one: with it on, a serving process's memory creeps up with the lengths it has
+    # seen. The CPU arena reuses its blocks without a plan; paired A/B of decode and prefill
+    # showed no change in speed (wall time 0.97x with it off, the machine's noise).
+    options.enable_mem_pattern = False
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.allow_spinning else "0")
     options.log_severity_level = 3
     return options
