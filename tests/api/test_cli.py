@@ -147,3 +147,27 @@ def test_serve_refuses_open_servers_beyond_loopback_and_bad_keys(tmp_path: Path)
     empty = tmp_path / "keys"
     empty.write_text("# no key yet\n")
     assert_user_error(appliance("serve", "--engines", engines, "--host", "0.0.0.0", "--api-key-file", str(empty)), "holds no key")
+
+
+@pytest.mark.parametrize("operator_value", [None, "4"])
+def test_serve_limits_malloc_arenas_unless_the_operator_chose(tmp_path: Path, tiny_llama_engine, monkeypatch, operator_value):
+    import shutil
+
+    from api import cli
+
+    shutil.copytree(tiny_llama_engine.directory, tmp_path / "engines" / "tiny")
+    if operator_value is None:
+        monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    else:
+        monkeypatch.setenv("MALLOC_ARENA_MAX", operator_value)
+    started = {}
+
+    def exec_gunicorn(file, argv, env):  # stands in for the exec: records what gunicorn would get
+        started.update(argv=argv, env=env)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("os.execvpe", exec_gunicorn)
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--engines", str(tmp_path / "engines")])
+    assert "gunicorn" in started["argv"]
+    assert started["env"]["MALLOC_ARENA_MAX"] == (operator_value or "2")
