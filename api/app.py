@@ -17,14 +17,14 @@ from typing import Any
 
 import falcon
 
-from api import routes_extras as extras
-from api import routes_ollama as ollama
-from api import routes_openai as openai
+from api.extras import routes as extras
+from api.ollama import routes as ollama
+from api.openai import routes as openai
 from api.context import ServerContext
 from api.cors import Cors
 from api.errors import ApiError, MethodNotAllowed, RouteNotFound, Unavailable, ollama_error_body, openai_error_body
 from api.openapi import openapi_document
-from api.streaming import describe_error, dumps
+from api.framing import describe_error, dumps
 from runtime.errors import ApplianceError
 
 OLLAMA_PREFIX = "/api/"

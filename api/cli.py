@@ -80,7 +80,7 @@ def _serve(args: argparse.Namespace) -> int:
     import os
 
     from api.auth import ApiKeyError, describe, exposure_problem, load_api_keys
-    from api.models import find_engine_dirs
+    from api.registry import find_engine_dirs
     from api.settings import ServerSettings, split_list
     from runtime.manifest import read_manifest, verify_files
 

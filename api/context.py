@@ -13,7 +13,7 @@ from typing import Callable
 
 from api.auth import ApiKeys
 from api.metrics import Metrics
-from api.models import ModelRegistry
+from api.registry import ModelRegistry
 from api.settings import ServerSettings
 
 

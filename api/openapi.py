@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from api import __version__
-from api.ollama_protocol import NEVER, OLLAMA_DEFAULTS
-from api.openai_protocol import MAX_COMPLETION_LOGPROBS, OPENAI_DEFAULTS
+from api.ollama.protocol import NEVER, OLLAMA_DEFAULTS
+from api.openai.protocol import MAX_COMPLETION_LOGPROBS, OPENAI_DEFAULTS
 from api.sampling_fields import LOGPROB_FLOOR, MAX_STOP_STRINGS
 from api.settings import ServerSettings
 from runtime.chat import ROLES

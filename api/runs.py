@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from api.metrics import Metrics
-from api.models import LoadedModel
+from api.registry import LoadedModel
 from runtime.errors import ContextLengthError
 from runtime.events import Delta, Event, Finish, KeepAlive, Usage
 from runtime.generation import GenerationRequest

@@ -13,7 +13,7 @@ import logging
 from api.app import create_app
 from api.auth import describe, load_api_keys
 from api.context import ServerContext
-from api.models import ModelRegistry, load_models
+from api.registry import ModelRegistry, load_models
 from api.settings import ServerSettings
 from runtime.settings import RuntimeSettings
 

@@ -345,7 +345,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=PEERS / "serving.json")
     args = parser.parse_args()
 
-    from api.models import find_engine_dirs
+    from api.registry import find_engine_dirs
     from export.pull import resolve_default
     from export.sources import resolve_source
     from runtime.manifest import TASK_EMBEDDING, read_manifest

@@ -13,7 +13,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from api.models import LoadedModel, ModelInfo
+from api.registry import LoadedModel, ModelInfo
 from runtime.chat import normalise_messages
 from runtime.embeddings import EmbeddingResult
 from runtime.errors import ContextLengthError, InferenceError

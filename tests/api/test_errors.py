@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from api.app import create_app
-from api.models import ModelRegistry
+from api.registry import ModelRegistry
 from tests.api.conftest import make_context
 
 CHAT = [{"role": "user", "content": "Hi"}]

@@ -11,7 +11,7 @@ import pytest
 from api import __version__
 from api.app import routes
 from api.context import ServerContext
-from api.models import ModelRegistry
+from api.registry import ModelRegistry
 from api.openapi import openapi_document
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")

@@ -31,7 +31,7 @@ from schemathesis.checks import (
 from api.app import create_app, routes
 from api.auth import load_api_keys
 from api.context import ServerContext
-from api.models import ModelRegistry, load_models
+from api.registry import ModelRegistry, load_models
 from api.openapi import openapi_document
 from api.settings import ServerSettings
 from runtime.manifest import TASK_EMBEDDING, TASK_TEXT_GENERATION

@@ -6,13 +6,13 @@ import time
 
 import falcon
 
-from api import ollama_protocol as protocol
+from api.ollama import protocol
 from api.body import Fields
 from api.context import ServerContext
 from api.errors import BadRequest
-from api.responses import read_body, send_json, send_stream
+from api.framing import read_body, send_json, send_stream
 from api.runs import collect, prepare, stream_events
-from api.streaming import NDJSON_CONTENT_TYPE, guarded, ndjson_line, ollama_error_line
+from api.framing import NDJSON_CONTENT_TYPE, guarded, ndjson_line, ollama_error_line
 from runtime.manifest import TASK_EMBEDDING, TASK_TEXT_GENERATION
 
 

@@ -13,7 +13,11 @@ import json
 import logging
 from typing import Any, Callable, Iterator
 
+import falcon
+
+from api.body import read_json_object
 from api.errors import ApiError, ollama_error_body, openai_error_body
+from api.settings import ServerSettings
 from runtime.errors import ApplianceError
 
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
@@ -64,3 +68,23 @@ def guarded(frames: Iterator[bytes], error_frame: Callable[[BaseException], byte
     except Exception as exc:
         log.error("stream ended by an error: %s", exc, exc_info=not isinstance(exc, (ApiError, ApplianceError)))
         yield error_frame(exc)
+
+
+# -- answers ------------------------------------------------------------------------------
+def read_body(req: falcon.Request, settings: ServerSettings) -> dict[str, Any]:
+    return read_json_object(req.bounded_stream, req.content_length, settings.max_body_bytes)
+
+
+def send_json(resp: falcon.Response, value: Any, status: int = 200) -> None:
+    resp.status = status
+    resp.content_type = "application/json"
+    resp.text = dumps(value)
+
+
+def send_stream(resp: falcon.Response, frames: Iterator[bytes], content_type: str) -> None:
+    """Stream `frames` as they come: no length, no caching, no proxy buffering."""
+    resp.status = 200
+    resp.content_type = content_type
+    resp.set_header("Cache-Control", "no-cache")
+    resp.set_header("X-Accel-Buffering", "no")
+    resp.stream = frames

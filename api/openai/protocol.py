@@ -28,7 +28,7 @@ from api.sampling_fields import (
     with_choice_seed,
 )
 from api.settings import ServerSettings
-from api.streaming import SSE_DONE, SSE_KEEPALIVE, sse_frame
+from api.framing import SSE_DONE, SSE_KEEPALIVE, sse_frame
 from runtime.events import Delta, Event, Finish, KeepAlive, TokenChoice, TokenLogprobs, Usage
 from runtime.sampling import MAX_TOP_LOGPROBS, SamplingParams
 

@@ -25,7 +25,7 @@ from api.errors import BadRequest, NotSupported
 from api.runs import Choice, Collected
 from api.sampling_fields import finite_logprob, generation_request, reject_present, sampling_params
 from api.settings import ServerSettings
-from api.streaming import NDJSON_KEEPALIVE, ndjson_line
+from api.framing import NDJSON_KEEPALIVE, ndjson_line
 from runtime.events import Delta, Event, Finish, KeepAlive, TokenChoice, TokenLogprobs
 from runtime.generation import CONTEXT_ERROR, CONTEXT_TRUNCATE
 from runtime.sampling import MAX_TOP_LOGPROBS, SamplingParams

@@ -11,8 +11,8 @@ import falcon
 from api.body import Fields
 from api.context import ServerContext
 from api.errors import BadRequest
-from api.models import LoadedModel
-from api.responses import read_body, send_json
+from api.registry import LoadedModel
+from api.framing import read_body, send_json
 
 
 def _model(ctx: ServerContext, f: Fields) -> LoadedModel:

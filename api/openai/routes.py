@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import falcon
 
-from api import openai_protocol as protocol
+from api.openai import protocol
 from api.context import ServerContext
-from api.responses import read_body, send_json, send_stream
+from api.framing import read_body, send_json, send_stream
 from api.runs import collect, prepare, stream_events
-from api.streaming import SSE_CONTENT_TYPE, guarded, openai_error_frames
+from api.framing import SSE_CONTENT_TYPE, guarded, openai_error_frames
 from runtime.manifest import TASK_EMBEDDING, TASK_TEXT_GENERATION
 
 
