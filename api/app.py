@@ -24,7 +24,8 @@ from api.context import ServerContext
 from api.cors import Cors
 from api.errors import ApiError, MethodNotAllowed, RouteNotFound, Unavailable, ollama_error_body, openai_error_body
 from api.openapi import openapi_document
-from api.framing import describe_error, dumps
+from api.framing import describe_error
+from api.wire import encode
 from runtime.errors import ApplianceError
 
 OLLAMA_PREFIX = "/api/"
@@ -87,7 +88,7 @@ def _send_error(req: falcon.Request, resp: falcon.Response, status: int, message
     body = ollama_error_body(message) if req.path.startswith(OLLAMA_PREFIX) else openai_error_body(status, message, param, code)
     resp.status = status
     resp.content_type = "application/json"
-    resp.text = dumps(body)
+    resp.data = encode(body)
     resp.stream = None
 
 

@@ -21,7 +21,7 @@ handler, into the dialect of the route that failed: OpenAI routes (and the extra
 
 from __future__ import annotations
 
-from typing import Any
+import msgspec
 
 # OpenAI's error "type" for each status we answer with.
 _OPENAI_TYPES = {
@@ -109,11 +109,29 @@ class Unavailable(ApiError):
     code = "service_unavailable"
 
 
-def openai_error_body(status: int, message: str, param: str | None, code: str | None) -> dict[str, Any]:
+class OpenAIErrorDetail(msgspec.Struct, kw_only=True):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIError(msgspec.Struct, kw_only=True):
+    """OpenAI's error body."""
+
+    error: OpenAIErrorDetail
+
+
+class OllamaError(msgspec.Struct, kw_only=True):
+    """Ollama's error body: the message alone."""
+
+    error: str
+
+
+def openai_error_body(status: int, message: str, param: str | None, code: str | None) -> OpenAIError:
     """OpenAI's error object."""
-    return {"error": {"message": message, "type": _OPENAI_TYPES.get(status, "server_error"), "param": param, "code": code}}
+    return OpenAIError(error=OpenAIErrorDetail(message=message, type=_OPENAI_TYPES.get(status, "server_error"), param=param, code=code))
 
 
-def ollama_error_body(message: str) -> dict[str, Any]:
-    """Ollama's error object: the message alone."""
-    return {"error": message}
+def ollama_error_body(message: str) -> OllamaError:
+    return OllamaError(error=message)

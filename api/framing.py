@@ -9,15 +9,14 @@ streaming into one error frame in the stream's own format, logs it, and ends the
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import falcon
 
-from api.body import read_json_object
-from api.errors import ApiError, ollama_error_body, openai_error_body
+from api.errors import ApiError, BodyTooLarge, ollama_error_body, openai_error_body
 from api.settings import ServerSettings
+from api.wire import B, decode, encode
 from runtime.errors import ApplianceError
 
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
@@ -30,17 +29,13 @@ SSE_KEEPALIVE = b": keep-alive\n\n"
 NDJSON_KEEPALIVE = b" "
 
 
-def dumps(value: Any) -> str:
-    """Compact JSON that keeps non-ASCII text readable, as both peers send it."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+def sse_frame(value: object) -> bytes:
+    """One SSE event: `data: {json}` and a blank line."""
+    return b"data: " + encode(value) + b"\n\n"
 
 
-def sse_frame(value: Any) -> bytes:
-    return f"data: {dumps(value)}\n\n".encode()
-
-
-def ndjson_line(value: Any) -> bytes:
-    return f"{dumps(value)}\n".encode()
+def ndjson_line(value: object) -> bytes:
+    return encode(value) + b"\n"
 
 
 def describe_error(exc: BaseException) -> tuple[int, str, str | None, str | None]:
@@ -71,14 +66,26 @@ def guarded(frames: Iterator[bytes], error_frame: Callable[[BaseException], byte
 
 
 # -- answers ------------------------------------------------------------------------------
-def read_body(req: falcon.Request, settings: ServerSettings) -> dict[str, Any]:
-    return read_json_object(req.bounded_stream, req.content_length, settings.max_body_bytes)
+def read_body(req: falcon.Request, settings: ServerSettings) -> bytes:
+    """The request body's bytes, refused (413) beyond the size limit without reading it all."""
+    limit = settings.max_body_bytes
+    if req.content_length is not None and req.content_length > limit:
+        raise BodyTooLarge(f"the request body has {req.content_length} bytes; the limit is {limit}")
+    raw: bytes = req.bounded_stream.read(limit + 1)
+    if len(raw) > limit:
+        raise BodyTooLarge(f"the request body is larger than the limit of {limit} bytes")
+    return raw
 
 
-def send_json(resp: falcon.Response, value: Any, status: int = 200) -> None:
+def read_request(req: falcon.Request, settings: ServerSettings, model: type[B]) -> B:
+    """The request body decoded and validated as `model` (a 400 naming the field otherwise)."""
+    return decode(read_body(req, settings), model)
+
+
+def send_json(resp: falcon.Response, value: object, status: int = 200) -> None:
     resp.status = status
     resp.content_type = "application/json"
-    resp.text = dumps(value)
+    resp.data = encode(value)
 
 
 def send_stream(resp: falcon.Response, frames: Iterator[bytes], content_type: str) -> None:

@@ -14,10 +14,18 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Iterator, Mapping, Protocol, Sequence
 
 from api.errors import BadRequest, ModelNotFound, Unavailable
 from runtime.manifest import MANIFEST_FILE, TASK_EMBEDDING, TASK_TEXT_GENERATION
+
+if TYPE_CHECKING:  # the runtime's types, without importing ONNX Runtime before the engines load
+    from runtime.embeddings import EmbeddingResult
+    from runtime.engine import Engine
+    from runtime.events import Event
+    from runtime.generation import FittedPrompt, GenerationRequest
+    from runtime.scheduler import SchedulerStats
+    from runtime.settings import RuntimeSettings
 
 # Bytes per weight of each precision, to state a parameter count from the engine's size.
 _BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
@@ -58,21 +66,63 @@ class ModelInfo:
         return {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}.get(self.precision, self.precision.upper())
 
 
+class TextModel(Protocol):
+    """What the API needs of a text generator: `runtime.generation.TextGenerator` (or a test fake)."""
+
+    @property
+    def has_chat_template(self) -> bool: ...
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+
+    def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
+
+    def chat_prompt_ids(self, messages: Sequence[Mapping[str, str]]) -> list[int]: ...
+
+    def prepare(self, request: GenerationRequest) -> FittedPrompt: ...
+
+    def generate(self, request: GenerationRequest, heartbeat_s: float | None = None) -> Iterator[Event]: ...
+
+    def stats(self) -> SchedulerStats: ...
+
+
+class EmbeddingModel(Protocol):
+    """What the API needs of an embedder: `runtime.embeddings.Embedder` (or a test fake)."""
+
+    def encode(self, texts: Sequence[str], truncate: bool = True) -> EmbeddingResult: ...
+
+    def encode_ids(self, inputs: Sequence[Sequence[int]], truncate: bool = False) -> EmbeddingResult: ...
+
+    def token_ids(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
 @dataclass
 class LoadedModel:
     """A model ready to serve: a generator (text) or an embedder (vectors)."""
 
     info: ModelInfo
-    generator: Any = None  # runtime.generation.TextGenerator, or a test fake with its interface
-    embedder: Any = None  # runtime.embeddings.Embedder, or a test fake
+    generator: TextModel | None = None
+    embedder: EmbeddingModel | None = None
     load_duration_ns: int = 0
 
     @property
     def name(self) -> str:
         return self.info.name
 
+    def text(self) -> TextModel:
+        """The generator; the registry's task check has made sure there is one."""
+        if self.generator is None:
+            raise BadRequest(f"model '{self.name}' cannot generate text", param="model")
+        return self.generator
 
-def describe_engine(engine: Any) -> ModelInfo:
+    def embeddings(self) -> EmbeddingModel:
+        if self.embedder is None:
+            raise BadRequest(f"model '{self.name}' cannot embed text", param="model")
+        return self.embedder
+
+
+def describe_engine(engine: Engine) -> ModelInfo:
     """A ModelInfo from a loaded runtime Engine."""
     manifest = engine.manifest
     directory = Path(engine.directory)
@@ -122,7 +172,7 @@ class ModelRegistry:
 
     def __init__(self) -> None:
         self._models: dict[str, LoadedModel] = {}
-        self._state = "loading"
+        self._state: Literal["loading", "ready", "failed"] = "loading"
         self._reason = "engines are loading"
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -137,7 +187,7 @@ class ModelRegistry:
     # -- state --------------------------------------------------------------------------
 
     @property
-    def state(self) -> str:
+    def state(self) -> Literal["loading", "ready", "failed"]:
         """'loading', 'ready' or 'failed'."""
         return self._state
 
@@ -201,7 +251,7 @@ class ModelRegistry:
 
 def load_models(
     engines_dir: Path,
-    settings: Any,
+    settings: RuntimeSettings,
     prefill_chunk: int = 512,
     slots: int = 1,
     queue_limit: int = 64,
@@ -224,9 +274,10 @@ def load_models(
         engine = load_engine(directory, settings)
         info = describe_engine(engine)
         if info.task == TASK_EMBEDDING:
-            model = LoadedModel(info, embedder=Embedder(engine))
+            embedder = Embedder(engine)
+            model = LoadedModel(info, embedder=embedder)
             if warm:
-                model.embedder.encode(["warming up the engine"])
+                embedder.encode(["warming up the engine"])
         else:
             generator = TextGenerator(
                 engine, prefill_chunk=prefill_chunk, slots=slots, queue_limit=queue_limit,
@@ -234,9 +285,9 @@ def load_models(
             )
             model = LoadedModel(info, generator=generator)
             if warm:  # the first run of a session allocates its buffers; do it before the first user
-                model.generator.warm_up()
-                ids = tuple(model.generator.tokenize("Hello"))
-                model.generator.complete(GenerationRequest(ids, SamplingParams(temperature=0), max_tokens=2))
+                generator.warm_up()
+                ids = tuple(generator.tokenize("Hello"))
+                generator.complete(GenerationRequest(ids, SamplingParams(temperature=0), max_tokens=2))
         model.load_duration_ns = time.perf_counter_ns() - started
         models.append(model)
     names = [m.name for m in models]

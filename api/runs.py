@@ -38,7 +38,7 @@ def prepare(model: LoadedModel, choices: Sequence[Choice], prompt_param: str | N
     """
     for choice in choices:
         try:
-            model.generator.prepare(choice.request)
+            model.text().prepare(choice.request)
         except ContextLengthError as exc:
             exc.param = getattr(exc, "param", None) or prompt_param
             raise
@@ -93,7 +93,7 @@ def stream_events(
     submitted: list[tuple[Choice, Iterator[Event]]] = []
     try:
         for choice in choices:
-            submitted.append((choice, model.generator.generate(choice.request, heartbeat_s=heartbeat_s)))
+            submitted.append((choice, model.text().generate(choice.request, heartbeat_s=heartbeat_s)))
     except BaseException:
         for _, events in submitted:
             events.close()

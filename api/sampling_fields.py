@@ -1,74 +1,160 @@
-"""Request fields shared by both dialects: sampling controls and the generation request around them.
+"""Request fields both dialects share: the sampling controls, the generation extras, and the runtime request.
 
 OpenAI and Ollama name most controls alike (Ollama nests them in `options`); the defaults
-differ and are passed in by each dialect.
+differ and are passed in by each dialect. The extras are llama.cpp's, vLLM's and
+Fireworks' names that OpenAI-style clients send at the top level.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any
+from typing import Annotated, ClassVar, Literal
 
-from api.body import Fields
-from api.errors import NotSupported
+from msgspec import Meta
+
+from api.errors import BadRequest
+from api.wire import (
+    Body,
+    LogitBias,
+    MinP,
+    Penalty,
+    Refused,
+    RepeatLastN,
+    RepeatPenalty,
+    Temperature,
+    TokenIds,
+    TopK,
+    TopP,
+    TypicalP,
+    logit_bias_map,
+)
 from runtime.generation import CONTEXT_ERROR, GenerationRequest
 from runtime.sampling import MAX_TOP_LOGPROBS, SamplingParams
 
-# Most stop strings per request (OpenAI allows 4; llama.cpp-style servers accept more).
-MAX_STOP_STRINGS = 32
 # Stand-in for a log-probability of minus infinity, which JSON cannot carry (OpenAI does the same).
 LOGPROB_FLOOR = -9999.0
+
+ContextPolicy = Literal["error", "truncate"]
 
 
 def finite_logprob(value: float) -> float:
     return value if math.isfinite(value) else LOGPROB_FLOOR
 
 
-def sampling_params(f: Fields, defaults: SamplingParams, logprobs: bool = False, top_logprobs: int = 0) -> SamplingParams:
-    """Sampling controls read from `f` (a body or Ollama's `options`), falling back to `defaults`."""
-    top_k = f.integer("top_k", defaults.top_k, minimum=-1)
-    seed = f.integer("seed", defaults.seed)
-    return SamplingParams(
-        temperature=f.number("temperature", defaults.temperature, 0),
-        top_k=0 if top_k == -1 else top_k,  # vLLM spells "off" as -1
-        top_p=f.number("top_p", defaults.top_p),
-        min_p=f.number("min_p", defaults.min_p),
-        typical_p=f.number("typical_p", defaults.typical_p),
-        repeat_penalty=f.number("repeat_penalty", defaults.repeat_penalty),
-        repeat_last_n=f.integer("repeat_last_n", defaults.repeat_last_n),
-        presence_penalty=f.number("presence_penalty", defaults.presence_penalty),
-        frequency_penalty=f.number("frequency_penalty", defaults.frequency_penalty),
-        logit_bias=f.logit_bias("logit_bias") if f.has("logit_bias") else dict(defaults.logit_bias),
-        # Any 64-bit seed is accepted; negative ones (Ollama's -1 means "random") wrap around.
-        seed=None if seed is None or seed == -1 else seed % 2**64,
-        logprobs=logprobs,
-        top_logprobs=min(top_logprobs, MAX_TOP_LOGPROBS),
-    )
+def _mirostat_off(value: object) -> bool:
+    return value == 0
 
 
-def generation_request(
-    f: Fields,
-    prompt_ids: tuple[int, ...],
-    sampling: SamplingParams,
-    max_tokens: int | None,
-    stop: tuple[str, ...],
-    context_length: int | None = None,
-) -> GenerationRequest:
-    """The runtime request; the extra fields (vLLM's and ours) are read from the top level of `f`."""
-    return GenerationRequest(
-        prompt_ids=prompt_ids,
-        sampling=sampling,
-        max_tokens=max_tokens,
-        min_tokens=f.integer("min_tokens", 0, minimum=0),
-        stop=stop,
-        stop_token_ids=f.token_ids("stop_token_ids"),
-        ignore_eos=f.boolean("ignore_eos", False),
-        context_policy=f.string("context_length_exceeded_behavior", CONTEXT_ERROR),
-        prompt_truncate_len=f.integer("prompt_truncate_len", None, minimum=1),
-        context_length=context_length,
-        skip_special_tokens=f.boolean("skip_special_tokens", True),
-    )
+class SamplingFields(Body, kw_only=True):
+    """The sampling controls (OpenAI's at the top level, Ollama's in `options`)."""
+
+    temperature: Temperature | None = None
+    top_k: TopK | None = None
+    top_p: TopP | None = None
+    min_p: MinP | None = None
+    typical_p: TypicalP | None = None
+    repeat_penalty: RepeatPenalty | None = None
+    repeat_last_n: RepeatLastN | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: LogitBias | None = None
+    seed: Annotated[int, Meta(description="Any integer; negative ones wrap around (Ollama's -1 draws one).")] | None = None
+    # Declared so that asking for them is a clear 400, not silence (llama.cpp's samplers we lack).
+    mirostat: int | None = None
+    mirostat_mode: int | None = None
+    mirostat_tau: float | None = None
+    mirostat_eta: float | None = None
+    tfs_z: float | None = None
+
+    refused: ClassVar[dict[str, Refused]] = {
+        "mirostat": Refused("mirostat sampling is not implemented; use temperature, top_k, top_p, min_p or typical_p", allows=_mirostat_off),
+        "mirostat_mode": Refused("mirostat sampling is not implemented; use temperature, top_k, top_p, min_p or typical_p", allows=_mirostat_off),
+        "tfs_z": Refused("tail-free sampling is not implemented (1 disables it)", harmless=(1, 1.0)),
+    }
+
+    def sampling(self, defaults: SamplingParams, logprobs: bool = False, top_logprobs: int = 0) -> SamplingParams:
+        """These controls over one dialect's `defaults`."""
+        seed = self.seed if self.seed is not None else defaults.seed
+        top_k = self.top_k if self.top_k is not None else defaults.top_k
+        return SamplingParams(
+            temperature=_given(self.temperature, defaults.temperature),
+            top_k=0 if top_k == -1 else top_k,
+            top_p=_given(self.top_p, defaults.top_p),
+            min_p=_given(self.min_p, defaults.min_p),
+            typical_p=_given(self.typical_p, defaults.typical_p),
+            repeat_penalty=_given(self.repeat_penalty, defaults.repeat_penalty),
+            repeat_last_n=self.repeat_last_n if self.repeat_last_n is not None else defaults.repeat_last_n,
+            presence_penalty=_given(self.presence_penalty, defaults.presence_penalty),
+            frequency_penalty=_given(self.frequency_penalty, defaults.frequency_penalty),
+            logit_bias=logit_bias_map(self.logit_bias) if self.logit_bias is not None else dict(defaults.logit_bias),
+            # Any 64-bit seed is accepted; negative ones (Ollama's -1 means "random") wrap around.
+            seed=None if seed is None or seed == -1 else seed % 2**64,
+            logprobs=logprobs,
+            top_logprobs=min(top_logprobs, MAX_TOP_LOGPROBS),
+        )
+
+
+def _given(value: float | None, default: float) -> float:
+    return float(value) if value is not None else default
+
+
+class GenerationExtras(SamplingFields, kw_only=True):
+    """Top-level fields of llama.cpp-, vLLM- and Fireworks-style servers, beside the sampling controls."""
+
+    min_tokens: Annotated[int, Meta(ge=0, description="End-of-sequence and stop strings are ignored until this many tokens exist.")] | None = None
+    stop_token_ids: TokenIds | None = None
+    ignore_eos: bool | None = None
+    skip_special_tokens: bool | None = None
+    context_length_exceeded_behavior: ContextPolicy | None = None
+    prompt_truncate_len: Annotated[int, Meta(ge=1)] | None = None
+    # vLLM's and Fireworks' name of the repetition penalty, over the whole sequence.
+    repetition_penalty: RepeatPenalty | None = None
+    grammar: str | None = None
+    logit_bias_type: Literal["input_ids", "tokens"] | None = None
+    mirostat_target: float | None = None
+    mirostat_lr: float | None = None
+
+    refused: ClassVar[dict[str, Refused]] = {
+        **SamplingFields.refused,
+        "grammar": Refused("grammar-constrained decoding is not implemented in this version"),
+        "logit_bias_type": Refused("logit_bias keys are token ids ('input_ids'); token strings are not supported", harmless=("input_ids",)),
+        "mirostat_target": Refused("mirostat sampling is not implemented"),
+        "mirostat_lr": Refused("mirostat sampling is not implemented"),
+    }
+
+    def sampling(self, defaults: SamplingParams, logprobs: bool = False, top_logprobs: int = 0) -> SamplingParams:
+        params = super().sampling(defaults, logprobs, top_logprobs)
+        if self.repetition_penalty is None:
+            return params
+        if self.repeat_penalty is not None:
+            raise BadRequest("give 'repeat_penalty' or 'repetition_penalty', not both", param="repetition_penalty")
+        window = self.repeat_last_n if self.repeat_last_n is not None else -1
+        return replace(params, repeat_penalty=float(self.repetition_penalty), repeat_last_n=window)
+
+    def request(
+        self,
+        prompt_ids: tuple[int, ...],
+        sampling: SamplingParams,
+        max_tokens: int | None,
+        stop: tuple[str, ...],
+        context_length: int | None = None,
+        context_policy: str | None = None,
+    ) -> GenerationRequest:
+        """The runtime request for one prompt."""
+        return GenerationRequest(
+            prompt_ids=prompt_ids,
+            sampling=sampling,
+            max_tokens=max_tokens,
+            min_tokens=self.min_tokens or 0,
+            stop=stop,
+            stop_token_ids=tuple(self.stop_token_ids or ()),
+            ignore_eos=bool(self.ignore_eos),
+            context_policy=context_policy or self.context_length_exceeded_behavior or CONTEXT_ERROR,
+            prompt_truncate_len=self.prompt_truncate_len,
+            context_length=context_length,
+            skip_special_tokens=self.skip_special_tokens is not False,
+        )
 
 
 def with_choice_seed(request: GenerationRequest, choice: int) -> GenerationRequest:
@@ -79,9 +165,7 @@ def with_choice_seed(request: GenerationRequest, choice: int) -> GenerationReque
     return replace(request, sampling=replace(request.sampling, seed=(seed + choice) % 2**64))
 
 
-def reject_present(f: Fields, key: str, what: str, unless: Any = None) -> None:
-    """A known field we cannot honour yet: a clear 400 rather than silently ignoring it."""
-    value = f.data.get(key)
-    if value in (None, "", [], {}) or value == unless:
-        return
-    raise NotSupported(f"'{f.name(key)}' is not supported yet: {what}", param=f.name(key))
+def check_limit(param: str, count: int, limit: int, what: str = "entries") -> None:
+    """A server limit (messages, inputs, n, max_tokens): a 400 naming the field beyond it."""
+    if count > limit:
+        raise BadRequest(f"'{param}' has {count} {what}; at most {limit} are accepted", param=param)

@@ -95,6 +95,10 @@ class Embedder:
         """All of `text`'s token ids, never cut (for counting; the model reads at most max_tokens)."""
         return self._exact.encode(text, add_special_tokens=add_special_tokens).ids
 
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of token ids, special tokens left out."""
+        return self.engine.tokenizer.decode(list(ids), skip_special_tokens=True)
+
     def encode(self, texts: Sequence[str], truncate: bool = True) -> EmbeddingResult:
         """Embed `texts` (shortest first in batches, returned in input order)."""
         return self.encode_ids([e.ids for e in self.tokenize(texts, truncate)])

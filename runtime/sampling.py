@@ -40,6 +40,37 @@ _NUCLEUS_PRESELECT = 512
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a sampling control accepts: the runtime checks them, the HTTP models declare them."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    rule: str = ""
+    description: str | None = None
+
+    def contains(self, value: float) -> bool:
+        if self.minimum is not None and (value <= self.minimum if self.exclusive_minimum else value < self.minimum):
+            return False
+        return self.maximum is None or value <= self.maximum
+
+
+# The one table of sampling ranges (the API's request models are built from it too).
+SAMPLING_RANGES = {
+    "temperature": Range(0, 100, rule="must be between 0 and 100", description="0 is greedy decoding."),
+    "top_k": Range(0, rule="must be 0 (off) or positive", description="Keep the k most likely tokens; 0 disables."),
+    "top_p": Range(0, 1, True, "must be greater than 0 and at most 1", "Nucleus sampling mass; 1 disables."),
+    "min_p": Range(0, 1, rule="must be between 0 and 1", description="Drop tokens less likely than min_p times the most likely one."),
+    "typical_p": Range(0, 1, True, "must be greater than 0 and at most 1", "Locally typical sampling mass; 1 disables."),
+    "repeat_penalty": Range(0, None, True, "must be positive (1 disables it)", "llama.cpp's repetition penalty; 1 disables."),
+    "repeat_last_n": Range(-1, rule="must be -1 (whole sequence), 0 (off) or positive", description="Tokens the repetition penalty looks back over; -1 the whole sequence, 0 none."),
+    "presence_penalty": Range(-2, 2, rule="must be between -2 and 2"),
+    "frequency_penalty": Range(-2, 2, rule="must be between -2 and 2"),
+    "top_logprobs": Range(0, MAX_TOP_LOGPROBS, rule=f"must be between 0 and {MAX_TOP_LOGPROBS}"),
+}
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """How one request chooses its tokens. Defaults are OpenAI's where OpenAI has the field."""
 
@@ -73,22 +104,11 @@ class SamplingParams:
         return self.temperature == 0 or self.top_k == 1
 
     def validate(self, vocab_size: int) -> None:
-        """Raise RequestError naming the first parameter out of range."""
-        checks = (
-            ("temperature", 0 <= self.temperature <= 100, "must be between 0 and 100"),
-            ("top_k", self.top_k >= 0, "must be 0 (off) or positive"),
-            ("top_p", 0 < self.top_p <= 1, "must be greater than 0 and at most 1"),
-            ("min_p", 0 <= self.min_p <= 1, "must be between 0 and 1"),
-            ("typical_p", 0 < self.typical_p <= 1, "must be greater than 0 and at most 1"),
-            ("repeat_penalty", self.repeat_penalty > 0, "must be positive (1 disables it)"),
-            ("repeat_last_n", self.repeat_last_n >= -1, "must be -1 (whole sequence), 0 (off) or positive"),
-            ("presence_penalty", -2 <= self.presence_penalty <= 2, "must be between -2 and 2"),
-            ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "must be between -2 and 2"),
-            ("top_logprobs", 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS, f"must be between 0 and {MAX_TOP_LOGPROBS}"),
-        )
-        for name, ok, rule in checks:
-            if not ok:
-                raise RequestError(f"{name} {rule} (got {getattr(self, name)!r})", param=name)
+        """Raise RequestError naming the first parameter out of range (`SAMPLING_RANGES`)."""
+        for name, allowed in SAMPLING_RANGES.items():
+            value = getattr(self, name)
+            if not allowed.contains(value):
+                raise RequestError(f"{name} {allowed.rule} (got {value!r})", param=name)
         if self.seed is not None and not 0 <= self.seed < 2**64:
             raise RequestError(f"seed must be between 0 and 2**64 - 1 (got {self.seed})", param="seed")
         for token, bias in self.logit_bias.items():

@@ -8,16 +8,15 @@ from typing import Any
 
 import falcon
 
-from api.body import Fields
 from api.context import ServerContext
 from api.errors import BadRequest
+from api.extras import models
+from api.framing import read_request, send_json
 from api.registry import LoadedModel
-from api.framing import read_body, send_json
 
 
-def _model(ctx: ServerContext, f: Fields) -> LoadedModel:
+def _model(ctx: ServerContext, name: str | None) -> LoadedModel:
     """The named model, or the only text model when the body names none (llama-cpp-python serves one)."""
-    name = f.string("model")
     if name is not None:
         return ctx.registry.get(name)
     text_models = [m for m in ctx.registry.models() if m.generator is not None]
@@ -29,13 +28,7 @@ def _model(ctx: ServerContext, f: Fields) -> LoadedModel:
 def _tokenize(model: LoadedModel, text: str, add_special: bool) -> list[int]:
     if model.generator is not None:
         return list(model.generator.tokenize(text, add_special_tokens=add_special))
-    return list(model.embedder.token_ids(text, add_special_tokens=add_special))
-
-
-def _text(f: Fields) -> str:
-    # llama-cpp-python sends `input`; llama.cpp's own server sends `content`.
-    text = f.string("input")
-    return text if text is not None else f.string("content", required=True)
+    return list(model.embeddings().token_ids(text, add_special_tokens=add_special))
 
 
 class Tokenize:
@@ -44,10 +37,12 @@ class Tokenize:
         self.count_only = count_only
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        f = Fields(read_body(req, self.ctx.settings))
-        model = _model(self.ctx, f)
-        tokens = _tokenize(model, _text(f), f.boolean("add_special", True))
-        send_json(resp, {"count": len(tokens)} if self.count_only else {"tokens": tokens})
+        body = read_request(req, self.ctx.settings, models.TokenizeRequest)
+        text = body.input if body.input is not None else body.content
+        if text is None:
+            raise BadRequest("'content' (or 'input') is required", param="content")
+        tokens = _tokenize(_model(self.ctx, body.model), text, body.add_special is not False)
+        send_json(resp, models.TokenCount(count=len(tokens)) if self.count_only else models.Tokens(tokens=tokens))
 
 
 class Detokenize:
@@ -55,14 +50,11 @@ class Detokenize:
         self.ctx = ctx
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        f = Fields(read_body(req, self.ctx.settings))
-        model = _model(self.ctx, f)
-        tokens = f.token_ids("tokens")
-        if model.generator is not None:
-            text = model.generator.detokenize(tokens)
-        else:
-            text = model.embedder.engine.tokenizer.decode(list(tokens), skip_special_tokens=True)
-        send_json(resp, {"text": text})
+        body = read_request(req, self.ctx.settings, models.DetokenizeRequest)
+        model = _model(self.ctx, body.model)
+        tokens = body.tokens or []
+        text = model.generator.detokenize(tokens) if model.generator is not None else model.embeddings().decode(tokens)
+        send_json(resp, models.Text(text=text))
 
 
 class Health:
@@ -74,15 +66,16 @@ class Health:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         registry = self.ctx.registry
         if self.ctx.draining:
-            send_json(resp, {"status": "draining", "reason": "the server is shutting down"}, 503)
+            send_json(resp, models.Health(status="draining", reason="the server is shutting down"), 503)
         elif registry.state != "ready":
-            send_json(resp, {"status": registry.state, "reason": registry.reason}, 503)
+            state = registry.state
+            send_json(resp, models.Health(status="failed" if state == "failed" else "loading", reason=registry.reason), 503)
             if registry.state == "loading":
                 resp.set_header("Retry-After", "5")
         else:
-            models = registry.models()
-            generators = {m.name: asdict(m.generator.stats()) for m in models if m.generator is not None}
-            send_json(resp, {"status": "ok", "models": [m.name for m in models], "pid": os.getpid(), "generators": generators})
+            loaded = registry.models()
+            generators = {m.name: models.GeneratorStats(**asdict(m.generator.stats())) for m in loaded if m.generator is not None}
+            send_json(resp, models.Health(status="ok", models=[m.name for m in loaded], pid=os.getpid(), generators=generators))
 
     on_head = on_get
 

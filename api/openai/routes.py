@@ -2,54 +2,66 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
 import falcon
 
-from api.openai import protocol
 from api.context import ServerContext
-from api.framing import read_body, send_json, send_stream
-from api.runs import collect, prepare, stream_events
-from api.framing import SSE_CONTENT_TYPE, guarded, openai_error_frames
+from api.framing import SSE_CONTENT_TYPE, guarded, openai_error_frames, read_request, send_json, send_stream
+from api.openai import models, protocol
+from api.registry import LoadedModel
+from api.runs import Choice, Collected, collect, prepare, stream_events
+from api.wire import Reply
+from runtime.events import Event
 from runtime.manifest import TASK_EMBEDDING, TASK_TEXT_GENERATION
 
 
-class _Generation:
-    """Shared by chat completions and completions: parse, validate, run, render."""
+def _answer(ctx: ServerContext, resp: falcon.Response, model: LoadedModel, plan: protocol.Plan, kind: _Kind) -> None:
+    """Validate every choice, then run them: one JSON answer, or an SSE stream."""
+    prepare(model, plan.choices, kind.prompt_param)
+    response_id, created = ctx.new_id(kind.id_prefix), int(ctx.clock())
+    if plan.stream:
+        events = stream_events(model, plan.choices, ctx.metrics, ctx.settings.stream_keepalive_s)
+        frames = kind.render_stream(plan, events, response_id, created, model.info.digest)
+        send_stream(resp, guarded(frames, openai_error_frames, ctx.log), SSE_CONTENT_TYPE)
+    else:
+        results = collect(model, plan.choices, ctx.metrics)
+        send_json(resp, kind.render(plan, results, response_id, created, model.info.digest))
 
-    parse = staticmethod(protocol.parse_chat)
-    render = staticmethod(protocol.chat_response)
-    render_stream = staticmethod(protocol.chat_stream)
-    id_prefix = "chatcmpl-"
-    prompt_param = "messages"
 
+@dataclass(frozen=True)
+class _Kind:
+    """How chat completions and completions differ once parsed."""
+
+    id_prefix: str
+    prompt_param: str
+    render: Callable[[protocol.Plan, Sequence[Collected], str, int, str], Reply]
+    render_stream: Callable[[protocol.Plan, Iterator[tuple[Choice, Event]], str, int, str], Iterator[bytes]]
+
+
+_CHAT = _Kind("chatcmpl-", "messages", protocol.chat_response, protocol.chat_stream)
+_COMPLETION = _Kind("cmpl-", "prompt", protocol.completion_response, protocol.completion_stream)
+
+
+class ChatCompletions:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        ctx = self.ctx
-        body = read_body(req, ctx.settings)
-        model = ctx.registry.get(protocol.model_name(body), TASK_TEXT_GENERATION)
-        plan = self.parse(body, model.generator, ctx.settings)
-        prepare(model, plan.choices, self.prompt_param)
-        response_id, created = ctx.new_id(self.id_prefix), int(ctx.clock())
-        if plan.stream:
-            events = stream_events(model, plan.choices, ctx.metrics, ctx.settings.stream_keepalive_s)
-            frames = self.render_stream(plan, events, response_id, created, model.info.digest)
-            send_stream(resp, guarded(frames, openai_error_frames, ctx.log), SSE_CONTENT_TYPE)
-        else:
-            results = collect(model, plan.choices, ctx.metrics)
-            send_json(resp, self.render(plan, results, response_id, created, model.info.digest))
+        body = read_request(req, self.ctx.settings, models.ChatCompletionRequest)
+        model = self.ctx.registry.get(body.model, TASK_TEXT_GENERATION)
+        _answer(self.ctx, resp, model, protocol.parse_chat(body, model.text(), self.ctx.settings), _CHAT)
 
 
-class ChatCompletions(_Generation):
-    pass
+class Completions:
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
 
-
-class Completions(_Generation):
-    parse = staticmethod(protocol.parse_completion)
-    render = staticmethod(protocol.completion_response)
-    render_stream = staticmethod(protocol.completion_stream)
-    id_prefix = "cmpl-"
-    prompt_param = "prompt"
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_request(req, self.ctx.settings, models.CompletionRequest)
+        model = self.ctx.registry.get(body.model, TASK_TEXT_GENERATION)
+        _answer(self.ctx, resp, model, protocol.parse_completion(body, model.text(), self.ctx.settings), _COMPLETION)
 
 
 class Embeddings:
@@ -58,13 +70,14 @@ class Embeddings:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         ctx = self.ctx
-        body = read_body(req, ctx.settings)
-        model = ctx.registry.get(protocol.model_name(body), TASK_EMBEDDING)
+        body = read_request(req, ctx.settings, models.EmbeddingRequest)
+        model = ctx.registry.get(body.model, TASK_EMBEDDING)
         plan = protocol.parse_embeddings(body, ctx.settings, model.info.embedding_dimension)
+        embedder = model.embeddings()
         if plan.texts is not None:
-            result = model.embedder.encode(plan.texts, truncate=plan.truncate)
+            result = embedder.encode(plan.texts, truncate=plan.truncate)
         else:
-            result = model.embedder.encode_ids(plan.token_ids, truncate=plan.truncate)
+            result = embedder.encode_ids(plan.token_ids or [], truncate=plan.truncate)
         ctx.metrics.embedded(model.name, len(result.token_counts), result.total_tokens)
         send_json(resp, protocol.embeddings_response(plan, result.vectors, result.total_tokens))
 
@@ -74,8 +87,7 @@ class Models:
         self.ctx = ctx
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        models = self.ctx.registry.models()
-        send_json(resp, {"object": "list", "data": [protocol.model_object(m.info) for m in models]})
+        send_json(resp, models.ModelList(data=[protocol.model_object(m.info) for m in self.ctx.registry.models()]))
 
 
 class Model:

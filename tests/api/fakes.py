@@ -108,6 +108,12 @@ class FakeEmbedder:
     dimension = 4
     max_tokens = 8
 
+    def token_ids(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [ord(c) for c in text]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(chr(i) for i in ids)
+
     def encode(self, texts: Sequence[str], truncate: bool = True) -> EmbeddingResult:
         return self.encode_ids([[ord(c) for c in t] or [0] for t in texts], truncate)
 
