@@ -44,6 +44,8 @@ class Refused:
     harmless: tuple[object, ...] = ()
     # Or a test of the value, for values that are objects (response_format {"type": "text"}).
     allows: Callable[[object], bool] | None = None
+    # An empty object still asks (OpenAI's web_search_options {} turns search on).
+    empty_asks: bool = False
 
 
 class Body(msgspec.Struct, kw_only=True):
@@ -174,7 +176,9 @@ def _name_dict_key(path: str, raw: bytes) -> str:
 
 
 def _asks_for_something(value: object, refusal: Refused) -> bool:
-    if value is None or value is UNSET or value in ("", [], {}):
+    if value is None or value is UNSET:
+        return False
+    if value in ("", [], {}) and not (refusal.empty_asks and value == {}):
         return False
     if refusal.allows is not None and refusal.allows(value):
         return False

@@ -159,7 +159,7 @@ class ChatCompletionRequest(_Generation, kw_only=True):
         "audio": Refused("this server produces text only"),
         "modalities": Refused("this server produces text only", allows=_text_only),
         "prediction": Refused("predicted outputs are not implemented"),
-        "web_search_options": Refused("this server has no web search"),
+        "web_search_options": Refused("this server has no web search", empty_asks=True),
         "reasoning_effort": Refused("this model has no reasoning mode"),
         "verbosity": Refused("this model has no verbosity control"),
         "store": Refused("this server does not store completions", harmless=(False,)),
