@@ -17,14 +17,14 @@ from typing import Any
 
 import falcon
 
-from api.extras import routes as extras
-from api.ollama import routes as ollama
-from api.openai import routes as openai
 from api.context import ServerContext
 from api.cors import Cors
 from api.errors import ApiError, MethodNotAllowed, RouteNotFound, Unavailable, ollama_error_body, openai_error_body
-from api.openapi import openapi_document
+from api.extras import routes as extras
 from api.framing import describe_error
+from api.ollama import routes as ollama
+from api.openai import routes as openai
+from api.openapi import openapi_document
 from api.wire import encode
 from runtime.errors import ApplianceError
 
@@ -93,7 +93,9 @@ def _send_error(req: falcon.Request, resp: falcon.Response, status: int, message
 
 
 def create_app(ctx: ServerContext) -> falcon.App:
-    app = falcon.App(middleware=[Cors(ctx.settings.cors_origins), _Boundary(ctx)])
+    app = falcon.App()
+    app.add_middleware(Cors(ctx.settings.cors_origins))
+    app.add_middleware(_Boundary(ctx))
     app.req_options.strip_url_path_trailing_slash = True
     for path, resource in routes(ctx):
         app.add_route(path, resource)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from api.errors import Unauthorized
 from api.settings import ServerSettings

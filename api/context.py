@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from api.auth import ApiKeys
 from api.metrics import Metrics

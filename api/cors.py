@@ -17,7 +17,8 @@ offered: `*` stays a true wildcard.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import falcon
 

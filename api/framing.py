@@ -10,7 +10,7 @@ streaming into one error frame in the stream's own format, logs it, and ends the
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import falcon
 

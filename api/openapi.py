@@ -499,7 +499,7 @@ def openapi_document(limits: ServerSettings = ServerSettings(), authenticated: b
 
     With `authenticated` (the server has API keys) every operation but the health check requires the bearer key.
     """
-    security = {"security": [{"apiKey": []}]} if authenticated else {}
+    security: dict[str, list[dict[str, list[str]]]] = {"security": [{"apiKey": []}]} if authenticated else {}
     return {
         "openapi": "3.1.0",
         "info": {

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Literal, Iterator, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from api.errors import BadRequest, ModelNotFound, Unavailable
 from runtime.manifest import MANIFEST_FILE, TASK_EMBEDDING, TASK_TEXT_GENERATION
@@ -66,6 +67,16 @@ class ModelInfo:
         return {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}.get(self.precision, self.precision.upper())
 
 
+class Events(Protocol):
+    """A generation's events as the runtime yields them; closing it cancels the generation."""
+
+    def __iter__(self) -> Iterator[Event]: ...
+
+    def __next__(self) -> Event: ...
+
+    def close(self) -> None: ...
+
+
 class TextModel(Protocol):
     """What the API needs of a text generator: `runtime.generation.TextGenerator` (or a test fake)."""
 
@@ -80,7 +91,7 @@ class TextModel(Protocol):
 
     def prepare(self, request: GenerationRequest) -> FittedPrompt: ...
 
-    def generate(self, request: GenerationRequest, heartbeat_s: float | None = None) -> Iterator[Event]: ...
+    def generate(self, request: GenerationRequest, heartbeat_s: float | None = None) -> Events: ...
 
     def stats(self) -> SchedulerStats: ...
 
@@ -131,6 +142,8 @@ def describe_engine(engine: Engine) -> ModelInfo:
     created = _parse_time(manifest.created) or int((directory / MANIFEST_FILE).stat().st_mtime)
     weights = sum((directory / name).stat().st_size for name in manifest.files if name.startswith(manifest.graph_file))
     if manifest.task == TASK_EMBEDDING:
+        if manifest.embedding is None:
+            raise ValueError(f"engine {manifest.name!r} is an embedding engine without an 'embedding' section in its manifest")
         context, dimension = manifest.embedding.max_input_tokens, manifest.embedding.dimension
     else:
         context, dimension = manifest.context_length, None
@@ -178,7 +191,7 @@ class ModelRegistry:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def of(cls, models: Sequence[LoadedModel]) -> "ModelRegistry":
+    def of(cls, models: Sequence[LoadedModel]) -> ModelRegistry:
         """A registry that is ready at once with `models` (tests, library use)."""
         registry = cls()
         registry._finish(list(models))

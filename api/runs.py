@@ -11,12 +11,12 @@ iterator (a client went away) cancels every generation, which frees their slots.
 from __future__ import annotations
 
 import time
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 from api.metrics import Metrics
-from api.registry import LoadedModel
+from api.registry import Events, LoadedModel
 from runtime.errors import ContextLengthError
 from runtime.events import Delta, Event, Finish, KeepAlive, Usage
 from runtime.generation import GenerationRequest
@@ -40,11 +40,11 @@ def prepare(model: LoadedModel, choices: Sequence[Choice], prompt_param: str | N
         try:
             model.text().prepare(choice.request)
         except ContextLengthError as exc:
-            exc.param = getattr(exc, "param", None) or prompt_param
+            exc.param = exc.param or prompt_param
             raise
 
 
-def tracked(model: LoadedModel, events: Iterator[Event], metrics: Metrics) -> Iterator[Event]:
+def tracked(model: LoadedModel, events: Events, metrics: Metrics) -> Generator[Event, None, None]:
     """One generation's events, counted in the metrics."""
     name = model.name
     submitted = time.perf_counter()
@@ -90,7 +90,7 @@ def stream_events(
 
     With `heartbeat_s`, a KeepAlive comes whenever a choice produced nothing for that long.
     """
-    submitted: list[tuple[Choice, Iterator[Event]]] = []
+    submitted: list[tuple[Choice, Events]] = []
     try:
         for choice in choices:
             submitted.append((choice, model.text().generate(choice.request, heartbeat_s=heartbeat_s)))
@@ -101,7 +101,7 @@ def stream_events(
     return _interleave([(choice, tracked(model, events, metrics)) for choice, events in submitted], [e for _, e in submitted])
 
 
-def _interleave(streams: list[tuple[Choice, Iterator[Event]]], raw: list[Iterator[Event]]) -> Iterator[tuple[Choice, Event]]:
+def _interleave(streams: list[tuple[Choice, Generator[Event, None, None]]], raw: list[Events]) -> Generator[tuple[Choice, Event], None, None]:
     """One event of each choice in turn: they advance together in the engine's batched steps.
 
     `raw` are the engine's own streams, closed at the end too: a tracked stream that never
@@ -118,8 +118,10 @@ def _interleave(streams: list[tuple[Choice, Iterator[Event]]], raw: list[Iterato
                 else:
                     yield choice, event
     finally:
-        for events in [e for _, e in streams] + raw:
-            events.close()
+        for _, tracked_events in streams:
+            tracked_events.close()
+        for engine_events in raw:
+            engine_events.close()
 
 
 @dataclass
@@ -139,7 +141,7 @@ def collect(model: LoadedModel, choices: Sequence[Choice], metrics: Metrics) -> 
     for choice, event in stream_events(model, choices, metrics):
         if isinstance(event, Delta):
             deltas[choice.index].append(event)
-        else:
+        elif isinstance(event, Finish):
             parts = deltas[choice.index]
             results.append(Collected(choice, "".join(d.text for d in parts), parts, event))
     return results
@@ -158,4 +160,5 @@ def total_usage(finishes: Sequence[tuple[Choice, Finish]]) -> Usage:
         truncated = max(truncated, usage.prompt_tokens_truncated)
         for i, value in enumerate((usage.load_duration_ns, usage.prompt_eval_duration_ns, usage.eval_duration_ns, usage.total_duration_ns)):
             durations[i] += value
-    return Usage(sum(prompts.values()), completion, *durations, prompt_tokens_truncated=truncated)
+    load, prompt_eval, evaluation, total = durations
+    return Usage(sum(prompts.values()), completion, load, prompt_eval, evaluation, total, prompt_tokens_truncated=truncated)

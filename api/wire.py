@@ -18,8 +18,9 @@ Conventions of every request model:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Callable, ClassVar, TypeVar
+from typing import Annotated, ClassVar, TypeVar
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
@@ -61,12 +62,9 @@ class Reply(msgspec.Struct, kw_only=True):
 def bounded(name: str) -> Meta:
     """msgspec constraints of one sampling control, from the runtime's own table of ranges."""
     r: Range = SAMPLING_RANGES[name]
-    return Meta(
-        ge=None if r.minimum is None or r.exclusive_minimum else r.minimum,
-        gt=r.minimum if r.exclusive_minimum else None,
-        le=r.maximum,
-        description=r.description,
-    )
+    if r.exclusive_minimum:
+        return Meta(gt=r.minimum, le=r.maximum, description=r.description)
+    return Meta(ge=r.minimum, le=r.maximum, description=r.description)
 
 
 # Shared field types ------------------------------------------------------------------------

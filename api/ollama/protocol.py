@@ -16,9 +16,9 @@ Differences from OpenAI that clients rely on:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Iterator, Sequence
 
 from api.errors import NotSupported
 from api.framing import NDJSON_KEEPALIVE, ndjson_line

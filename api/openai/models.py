@@ -294,9 +294,15 @@ class Completion(Reply, kw_only=True):
     usage: Usage | UnsetType = UNSET
 
 
-class CompletionChunk(Completion, kw_only=True):
+class CompletionChunk(Reply, kw_only=True):
     """A streamed completion frame: same object name, `usage` only with include_usage."""
 
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[CompletionChoice]
     usage: Usage | None | UnsetType = UNSET
 
 

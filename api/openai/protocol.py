@@ -11,8 +11,8 @@ last chunk with empty `choices` carries the usage; `data: [DONE]` ends the strea
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -133,7 +133,8 @@ def parse_completion(body: m.CompletionRequest, generator: TextModel, settings: 
         raise BadRequest(f"{len(prompts)} prompts × n={n} is more than {settings.max_inputs} completions in one request", param="n")
     wants_logprobs = body.logprobs is not None
     sampling = body.sampling(OPENAI_DEFAULTS, wants_logprobs, body.logprobs or 0)
-    choices, texts = [], {}
+    choices: list[Choice] = []
+    texts: dict[int, str] = {}
     for p, (ids, text) in enumerate(prompts):
         request = body.request(ids, sampling, body.max_tokens, stop_tuple(body.stop))
         choices.extend(Choice(p * n + i, p, with_choice_seed(request, i)) for i in range(n))

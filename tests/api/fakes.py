@@ -9,7 +9,8 @@ generator does.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -7,7 +7,8 @@ the runtime request (or on the answer) is checked.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 

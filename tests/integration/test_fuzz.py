@@ -31,8 +31,8 @@ from schemathesis.checks import (
 from api.app import create_app, routes
 from api.auth import load_api_keys
 from api.context import ServerContext
-from api.registry import ModelRegistry, load_models
 from api.openapi import openapi_document
+from api.registry import ModelRegistry, load_models
 from api.settings import ServerSettings
 from runtime.manifest import TASK_EMBEDDING, TASK_TEXT_GENERATION
 from runtime.settings import RuntimeSettings
