@@ -10,6 +10,10 @@ chat prompts, greedy, exactly N new tokens (EOS ignored), in interleaved rounds:
 Time to first token is measured from sending the request to the first text; decode tokens/s
 over the remaining tokens, up to the last one's arrival.
 
+First it times what one token costs the HTTP layer to write: building and encoding one SSE
+chunk and one NDJSON line, with the wire models (msgspec structs, what the server runs) and
+as the previous version did it (a dict per frame, `json.dumps`), same text, same fields.
+
     python bench/api_overhead.py engines/smollm2-135m-instruct-fp32 [--tokens 128 --rounds 3]
 """
 
@@ -25,6 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import httpx
 
@@ -104,12 +109,68 @@ def run_http(url: str, route: str, model: str, prompt: str, tokens: int) -> tupl
     return first - started, (count - 1) / (last - first), count
 
 
+def frame_encoding_cost(frames: int = 20_000) -> dict[str, float]:
+    """Microseconds to build and encode one per-token frame: the wire models against dicts + json.dumps."""
+    from api.ollama import protocol as ollama
+    from api.openai import protocol as openai
+    from api.runs import Choice
+    from runtime.events import Delta as RuntimeDelta
+
+    text = " ça"
+    choice = Choice(0, 0, GenerationRequest((1, 2, 3)))
+    chat_plan = openai.Plan("smollm2-135m-instruct-int4", [choice], stream=True)
+    ndjson_plan = ollama.Plan("smollm2-135m-instruct-int4", choice, stream=True, logprobs=False, top_logprobs=0, chat=True)
+    events = [(choice, RuntimeDelta(text, (7,)))] * frames
+
+    def models_sse() -> None:
+        stream = openai.chat_stream(chat_plan, iter(events), "chatcmpl-0123456789abcdef01234567", 1750000000, "ab" * 32)
+        for _ in stream:
+            pass
+
+    def models_ndjson() -> None:
+        for _ in ollama.stream(ndjson_plan, iter(events), lambda: 1750000000.25):
+            pass
+
+    def dumps(value: object) -> str:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+    def dicts_sse() -> None:
+        head = {"id": "chatcmpl-0123456789abcdef01234567", "object": "chat.completion.chunk", "created": 1750000000, "model": chat_plan.model, "system_fingerprint": "fp_abababab"}
+        for _, event in events:
+            chunk = {**head, "choices": [{"index": 0, "delta": {"content": event.text}, "logprobs": None, "finish_reason": None}]}
+            f"data: {dumps(chunk)}\n\n".encode()
+
+    def dicts_ndjson() -> None:
+        for _, event in events:
+            created_at = ollama.timestamp(1750000000.25)
+            line = {"model": ndjson_plan.model, "created_at": created_at, "message": {"role": "assistant", "content": event.text}, "done": False}
+            f"{dumps(line)}\n".encode()
+
+    results = {}
+    for name, run in (("sse, wire models", models_sse), ("sse, dicts + json", dicts_sse), ("ndjson, wire models", models_ndjson), ("ndjson, dicts + json", dicts_ndjson)):
+        best = min(_timed(run) for _ in range(5))
+        results[name] = best / frames * 1e6
+    return results
+
+
+def _timed(run: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("engine", type=Path)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--encode-only", action="store_true", help="only time the per-token frame encoding")
     args = parser.parse_args()
+    print(f"{'per-token frame':22} {'µs':>6}   (build + encode, best of 5 × 20,000 frames)")
+    for name, micros in frame_encoding_cost().items():
+        print(f"{name:22} {micros:6.2f}")
+    if args.encode_only:
+        return
     process, url = start_server(args.engine.resolve())
     try:
         generator = TextGenerator(load_engine(args.engine))
