@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine (see README.md):
 #   make serve   venv + install + default models + default engines, then the server
-#   make test    venv + install + the whole test suite
+#   make test    venv + install + lint and type checks + the whole test suite
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,7 +12,7 @@ ENGINES := engines
 DECODER := $(ENGINES)/smollm2-135m-instruct-int4
 ENCODER := $(ENGINES)/all-minilm-l6-v2
 
-.PHONY: install models engines serve test test-unit bench bench-peers bench-serving soak clean-engines
+.PHONY: install models engines serve lint test test-unit bench bench-peers bench-serving soak clean-engines
 
 # The venv is rebuilt when the declared dependencies change.
 $(STAMP): setup.cfg pyproject.toml
@@ -41,7 +41,12 @@ SERVE_ARGS ?=
 serve: engines
 	$(APPLIANCE) serve --engines $(ENGINES) $(SERVE_ARGS)
 
-test: $(STAMP)
+# Lint and type checks (configured in pyproject.toml and setup.cfg); `make test` runs them first.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest tests
 
 test-unit: $(STAMP)

@@ -527,3 +527,50 @@ def openapi_document(limits: ServerSettings = ServerSettings(), authenticated: b
             "schemas": _schemas(limits),
         },
     }
+
+
+# -- the field reference of docs/serving.md ---------------------------------------------------
+
+_BODIES: tuple[tuple[str, type[Body]], ...] = (
+    ("POST /v1/chat/completions", openai.ChatCompletionRequest),
+    ("  messages[]", openai.ChatMessage),
+    ("  stream_options", openai.StreamOptions),
+    ("POST /v1/completions", openai.CompletionRequest),
+    ("POST /v1/embeddings", openai.EmbeddingRequest),
+    ("POST /api/generate", ollama.GenerateRequest),
+    ("POST /api/chat", ollama.ChatRequest),
+    ("  messages[]", ollama.Message),
+    ("  options (generate, chat)", ollama.Options),
+    ("POST /api/embed", ollama.EmbedRequest),
+    ("POST /api/embeddings", ollama.EmbeddingsRequest),
+    ("POST /api/show", ollama.ShowRequest),
+    ("POST /tokenize, /extras/tokenize[/count]", extras.TokenizeRequest),
+    ("POST /detokenize, /extras/detokenize", extras.DetokenizeRequest),
+)
+
+
+def fields_reference() -> str:
+    """A Markdown table per body: the honoured fields, then the refused ones and why."""
+    lines = []
+    for title, model in _BODIES:
+        conditional = {"tools"} if model is openai.ChatCompletionRequest else set()
+        honoured = [f"`{name}`" for name in model.__struct_fields__ if name not in model.refused and name not in conditional]
+        lines.append(f"**{title.strip()}**" + (" (nested)" if title.startswith("  ") else ""))
+        lines.append("")
+        lines.append(f"- Honoured: {', '.join(honoured)}")
+        for name, refusal in model.refused.items():
+            harmless = f" (accepted: {', '.join(msgspec.json.encode(h).decode() for h in refusal.harmless)})" if refusal.harmless else ""
+            lines.append(f"- Refused: `{name}`{harmless} — {refusal.why}")
+        if model is openai.ChatCompletionRequest:
+            lines.append("- Refused: `tools` unless `tool_choice` is \"none\" — tool calling needs constrained decoding, which this version does not have")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--fields"]:
+        print(fields_reference(), end="")
+    else:
+        print(msgspec.json.format(msgspec.json.encode(openapi_document()), indent=2).decode())

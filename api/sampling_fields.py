@@ -71,6 +71,9 @@ class SamplingFields(Body, kw_only=True):
         "mirostat": Refused("mirostat sampling is not implemented; use temperature, top_k, top_p, min_p or typical_p", allows=_mirostat_off),
         "mirostat_mode": Refused("mirostat sampling is not implemented; use temperature, top_k, top_p, min_p or typical_p", allows=_mirostat_off),
         "tfs_z": Refused("tail-free sampling is not implemented (1 disables it)", harmless=(1, 1.0)),
+        # Ollama's defaults ask for nothing while mirostat is off; any other value is meant for it.
+        "mirostat_tau": Refused("it only steers mirostat sampling, which is not implemented", harmless=(5, 5.0)),
+        "mirostat_eta": Refused("it only steers mirostat sampling, which is not implemented", harmless=(0.1,)),
     }
 
     def sampling(self, defaults: SamplingParams, logprobs: bool = False, top_logprobs: int = 0) -> SamplingParams:

@@ -73,6 +73,7 @@ class ChatMessage(Body, kw_only=True):
         "tool_call_id": Refused(_TOOLS),
         "function_call": Refused(_TOOLS),
         "audio": Refused("this server produces and reads text only"),
+        "refusal": Refused("an earlier assistant refusal cannot be rendered by the chat template; send it as content"),
     }
 
     def content_parts(self) -> list[ContentPart]:

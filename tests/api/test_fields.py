@@ -47,7 +47,7 @@ ASKING: dict[str, Any] = {
     "num_keep": 4, "penalize_newline": True, "num_batch": 8, "num_gpu": 1, "main_gpu": 0, "num_thread": 4, "low_vram": True,
     "f16_kv": True, "logits_all": True, "vocab_only": True, "use_mmap": False, "use_mlock": True, "numa": True,
     "tool_calls": [{"function": {"name": "f", "arguments": {}}}], "tool_call_id": "call_1", "tool_name": "f", "thinking": "hmm",
-    "include_obfuscation": True,
+    "include_obfuscation": True, "mirostat_tau": 3.0, "mirostat_eta": 0.5, "refusal": "I cannot help with that.",
 }
 # Where a refused field lives inside the body, for the nested models.
 NESTED: dict[type[Body], Callable[[dict[str, Any], str, Any], tuple[dict[str, Any], str]]] = {
@@ -164,7 +164,7 @@ OLLAMA_OPTIONS: list[tuple[str, Any, Check]] = [
     ("num_predict", 3, lambda r: r.max_tokens == 3),
     ("num_ctx", 40, lambda r: r.context_length == 40),
     ("stop", ["va"], lambda r: r.stop == ("va",)),
-    ("mirostat_tau", 5.0, lambda r: True),  # without mirostat it asks for nothing, in Ollama too
+    ("mirostat_tau", 5.0, lambda r: True),  # Ollama's default, which asks for nothing while mirostat is off
 ]
 
 

@@ -199,11 +199,12 @@ def test_metrics_after_traffic(server: Server) -> None:
 
 
 def readme_curl_examples() -> list[str]:
-    """The curl commands of the README's Serving section, continuation lines joined."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme.split("## Serving", 1)[1].split("\n## ", 1)[0]
+    """The curl commands of the README's Serving section and of docs/serving.md, continuation lines joined."""
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    text = readme.split("## Serving", 1)[1].split("\n## ", 1)[0] + (root / "docs" / "serving.md").read_text()
     commands = []
-    for block in section.split("```sh\n")[1:]:
+    for block in text.split("```sh\n")[1:]:
         script = block.split("```", 1)[0].replace("\\\n", " ")
         commands.extend(line for line in script.splitlines() if line.startswith("curl "))
     return commands
