@@ -308,3 +308,11 @@ def load_models(
     if duplicates:
         raise ValueError(f"two engine directories declare the same model name(s) {duplicates}; rename one (its manifest 'name')")
     return models
+
+
+if TYPE_CHECKING:  # mypy holds the runtime to the seam the API relies on
+    from runtime.embeddings import Embedder
+    from runtime.generation import TextGenerator
+
+    _text_model: type[TextModel] = TextGenerator
+    _embedding_model: type[EmbeddingModel] = Embedder
