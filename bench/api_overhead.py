@@ -53,7 +53,7 @@ def start_server(engine: Path) -> tuple[subprocess.Popen, str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--engines", str(engine), "--port", str(port)],
+        [sys.executable, "-m", "appliance", "serve", "--engines", str(engine), "--port", str(port)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"

@@ -361,7 +361,7 @@ def main() -> int:
     results["ours_engine"] = {"name": decoder.name, "precision": decoder.precision}
 
     port = free_port()
-    ours = Server("ours", [sys.executable, "-m", "api.cli", "serve", "--engines", str(args.engines), "--port", str(port)], port, decoder.name)
+    ours = Server("ours", [sys.executable, "-m", "appliance", "serve", "--engines", str(args.engines), "--port", str(port)], port, decoder.name)
     figures = run_server(ours, args, encoder if "embeddings" not in args.skip else None)
     if "embeddings" in figures:
         results["embeddings"]["ours (HTTP)"] = figures.pop("embeddings")

@@ -82,12 +82,12 @@ class BackPressure(Exception):
 
 
 class ManagedServer:
-    """`python -m api.cli serve` on a free loopback port, logging to a temp file."""
+    """`python -m appliance serve` on a free loopback port, logging to a temp file."""
 
     def __init__(self, engines: Path, serve_args: list[str], api_key_file: Path | None) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log_path = Path(tempfile.mkstemp(prefix="soak-server-", suffix=".log")[1])
-        command = [sys.executable, "-m", "api.cli", "serve", "--engines", str(engines), "--port", self.url.rsplit(":", 1)[1], *serve_args]
+        command = [sys.executable, "-m", "appliance", "serve", "--engines", str(engines), "--port", self.url.rsplit(":", 1)[1], *serve_args]
         if api_key_file:
             command += ["--api-key-file", str(api_key_file)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -57,7 +57,7 @@ def tiny_gpt2_engine(tiny_gpt2_dir: Path, tmp_path_factory: pytest.TempPathFacto
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     """Run the `appliance` command line; fail the test with its stderr if it fails."""
-    result = subprocess.run([sys.executable, "-m", "api.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    result = subprocess.run([sys.executable, "-m", "appliance", *args], cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def appliance(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "api.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "appliance", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -153,7 +153,7 @@ def test_serve_refuses_open_servers_beyond_loopback_and_bad_keys(tmp_path: Path)
 def test_serve_limits_malloc_arenas_unless_the_operator_chose(tmp_path: Path, tiny_llama_engine, monkeypatch, operator_value):
     import shutil
 
-    from api import cli
+    from appliance import cli
 
     shutil.copytree(tiny_llama_engine.directory, tmp_path / "engines" / "tiny")
     if operator_value is None:

@@ -32,7 +32,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
-        command = [sys.executable, "-m", "api.cli", "serve", "--engines", str(engines), "--port", str(self.port), *args]
+        command = [sys.executable, "-m", "appliance", "serve", "--engines", str(engines), "--port", str(self.port), *args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self._log = open(log, "wb")

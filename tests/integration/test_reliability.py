@@ -201,7 +201,7 @@ def test_an_altered_engine_is_refused_at_start(tiny_llama_engine, tmp_path: Path
     target = copy / "tokenizer.json"
     target.write_bytes(target.read_bytes().replace(b'"', b" ", 1)[:-1] + b'"')
     result = subprocess.run(
-        [sys.executable, "-m", "api.cli", "serve", "--engines", str(copy), "--port", str(free_port())],
+        [sys.executable, "-m", "appliance", "serve", "--engines", str(copy), "--port", str(free_port())],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2
