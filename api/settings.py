@@ -1,14 +1,89 @@
-"""Server configuration: one frozen dataclass; only the CLI and the WSGI entry point read the environment."""
+"""Server configuration: one frozen dataclass; only the CLI and the WSGI entry point read the environment.
+
+The dataclass is also the one table of `appliance serve`'s options: each field's metadata names
+its flag, help text, help group and parser (`option(...)`), or says it has no flag
+(`env_only(...)`). The CLI builds its serve options from it; every field can also be set as
+APPLIANCE_<FIELD> in the environment, read with the same parser.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Mapping
+from typing import Any
 
 # Environment variables the WSGI entry point reads (the CLI sets them for gunicorn's workers).
 ENV_PREFIX = "APPLIANCE_"
+
+
+def whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"not a whole number: {text!r}") from None
+
+
+def positive(text: str) -> int:
+    value = whole_number(text)
+    if value < 1:
+        raise ValueError(f"must be at least 1 (got {value})")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"not a number of seconds: {text!r}") from None
+
+
+def positive_seconds(text: str) -> float:
+    value = seconds(text)
+    if not value > 0:
+        raise ValueError(f"must be more than 0 seconds (got {text})")
+    return value
+
+
+def switch(text: str) -> bool:
+    """An environment variable's yes or no."""
+    word = text.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a yes or no: {text!r} (1/true/yes/on or 0/false/no/off)")
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one ServerSettings field is set: its `serve` flag (None: environment only) and parser."""
+
+    flag: str | None
+    help: str
+    # One value from text (for list fields: one item); raises ValueError with the reason.
+    parse: Callable[[str], Any] = str
+    # The help group of `appliance serve --help`: None (the main one), "access" or "limits".
+    group: str | None = None
+    metavar: str | None = None
+    # List fields only: values given as flags are added to the environment's, not put in their place.
+    adds_to_env: bool = False
+
+
+def option(flag: str, help: str, *, parse: Callable[[str], Any] = str, group: str | None = None, metavar: str | None = None, adds_to_env: bool = False) -> dict[str, Option]:
+    """A field's metadata: settable as `flag` on `appliance serve` and as APPLIANCE_<FIELD>."""
+    return {"option": Option(flag, help, parse, group, metavar, adds_to_env)}
+
+
+def env_only(help: str, *, parse: Callable[[str], Any] = str) -> dict[str, Option]:
+    """A field's metadata: no `serve` flag; APPLIANCE_<FIELD> only."""
+    return {"option": Option(None, help, parse)}
+
+
+def split_list(raw: str) -> tuple[str, ...]:
+    """A comma- (or newline-) separated list, blanks dropped."""
+    return tuple(item.strip() for item in raw.replace("\n", ",").split(",") if item.strip())
 
 
 @dataclass(frozen=True)
@@ -16,78 +91,90 @@ class ServerSettings:
     """How the HTTP server runs. Each field can be set as APPLIANCE_<FIELD> in the environment."""
 
     # Where engine directories are found (each subdirectory with a manifest.json), or one engine.
-    engines: Path = Path("engines")
+    engines: Path = field(default=Path("engines"), metadata=option("--engines", "a directory of engine directories, or one engine", parse=Path))
     # Loopback by default: exposing the server beyond this machine is a decision (api/auth.py).
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = field(default="127.0.0.1", metadata=option("--host", "address to listen on; 0.0.0.0 for every interface"))
+    port: int = field(default=8000, metadata=option("--port", "port", parse=whole_number))
     # gunicorn worker processes; each loads its own copy of every engine (memory × workers).
-    workers: int = 1
+    workers: int = field(default=1, metadata=option("--workers", "worker processes, each with its own copy of the engines", parse=positive))
     # Request threads per worker (gthread). A streaming request holds a thread to its end, so
     # this bounds concurrent requests per worker; keep it above `slots` + `queue_limit`, so
     # that every request the engine would queue gets a thread (and a 429 beyond the queue
     # rather than silence), and health checks and embeddings still find one.
-    threads: int = 96
+    threads: int = field(default=96, metadata=option("--threads", "request threads per worker", parse=positive))
     # On SIGTERM, in-flight requests get this long to finish; new ones are answered 503.
-    drain_timeout_s: float = 30.0
-    # Largest accepted request body; larger ones get 413.
-    max_body_bytes: int = 16 * 1024 * 1024
-    # Most choices per request (`n`) and most prompts or inputs per request.
-    max_n: int = 16
-    max_inputs: int = 2048
-    # Most messages in one chat request.
-    max_messages: int = 1024
-    # Most tokens one request may generate (max_tokens / num_predict); requests that set no
-    # limit stop there too.
-    max_tokens: int = 4096
-    # Wall-clock limit of one generation request, waiting for a slot included: a request still
-    # waiting then gets 503 with Retry-After, a running one ends with a timeout error (504).
-    request_timeout_s: float = 600.0
-    # While a streamed request produces nothing (queued, or a long prompt being evaluated), an
-    # SSE comment goes out this often, so a client that went away is noticed and its request ends.
-    stream_keepalive_s: float = 5.0
-    # API keys: `Authorization: Bearer <key>` is required on every route but /health when any
-    # is set. Keys given directly (APPLIANCE_API_KEYS, comma-separated) and files with one key
-    # per line (APPLIANCE_API_KEY_FILES, comma-separated paths).
-    api_keys: tuple[str, ...] = ()
-    api_key_files: tuple[str, ...] = ()
-    # Listen beyond loopback without API keys: only when asked for in so many words.
-    insecure_no_auth: bool = False
-    # Origins (scheme://host[:port]) browsers may call the server from; "*" for any. None by default.
-    cors_origins: tuple[str, ...] = ()
+    drain_timeout_s: float = field(default=30.0, metadata=option("--drain-timeout", "seconds in-flight requests get to finish on SIGTERM", parse=seconds))
     # ONNX Runtime intra-op threads per engine; 0: one per physical core.
-    intra_op_threads: int = 0
-    # Prompt tokens evaluated per scheduler tick, between batched decode steps: smaller keeps
-    # running streams smoother while a long prompt arrives, larger gives a faster first token.
-    prefill_chunk: int = 512
+    intra_op_threads: int = field(default=0, metadata=option("--intra-op-threads", "ONNX Runtime threads per engine; 0: one per core", parse=whole_number))
     # Sequences each decoder engine generates at once (one batched decode step for all). Each
     # slot reserves KV cache for the full context (SmolLM2 fp32: 94 MB), and it is all resident
     # once a batched step has run over the slot (the warm-up runs every batch size).
-    slots: int = 16
+    slots: int = field(default=16, metadata=option("--slots", "sequences each text engine generates at once, batched", parse=positive))
     # Requests that may wait for a free slot per engine; beyond it they are refused (429).
-    queue_limit: int = 64
+    queue_limit: int = field(default=64, metadata=option("--queue-limit", "requests that may wait for a slot per engine before 429s", parse=whole_number))
+    # Prompt tokens evaluated per scheduler tick, between batched decode steps: smaller keeps
+    # running streams smoother while a long prompt arrives, larger gives a faster first token.
+    prefill_chunk: int = field(default=512, metadata=option("--prefill-chunk", "prompt tokens evaluated per scheduler tick", parse=positive))
+
+    # API keys: `Authorization: Bearer <key>` is required on every route but /health when any
+    # is set. Keys given directly (APPLIANCE_API_KEYS, comma-separated) and files with one key
+    # per line (APPLIANCE_API_KEY_FILES, comma-separated paths). Flags add to the environment's.
+    api_key_files: tuple[str, ...] = field(default=(), metadata=option(
+        "--api-key-file", "file of API keys, one per line; requests then need 'Authorization: Bearer <key>'", group="access", metavar="FILE", adds_to_env=True,
+    ))
+    api_keys: tuple[str, ...] = field(default=(), metadata=option(
+        "--api-key", "an API key; it shows in the process list, so prefer a file or the variable", group="access", metavar="KEY", adds_to_env=True,
+    ))
+    # Listen beyond loopback without API keys: only when asked for in so many words.
+    insecure_no_auth: bool = field(default=False, metadata=option("--insecure-no-auth", "allow listening beyond loopback without any API key", parse=switch, group="access"))
+    # Origins (scheme://host[:port]) browsers may call the server from; "*" for any. None by default.
+    cors_origins: tuple[str, ...] = field(default=(), metadata=option(
+        "--cors-origin", "browser origin allowed to call the server, e.g. https://app.example, or *", group="access", metavar="ORIGIN",
+    ))
+
+    # Most tokens one request may generate (max_tokens / num_predict); requests that set no
+    # limit stop there too.
+    max_tokens: int = field(default=4096, metadata=option("--max-tokens", "most tokens one request may generate", parse=positive, group="limits"))
+    # Most messages in one chat request.
+    max_messages: int = field(default=1024, metadata=option("--max-messages", "most messages in one chat request", parse=positive, group="limits"))
+    # Most choices per request (`n`) and most prompts or inputs per request.
+    max_n: int = field(default=16, metadata=option("--max-n", "most choices (n) in one request", parse=positive, group="limits"))
+    max_inputs: int = field(default=2048, metadata=option("--max-inputs", "most prompts or embedding inputs in one request", parse=positive, group="limits"))
+    # Largest accepted request body; larger ones get 413.
+    max_body_bytes: int = field(default=16 * 1024 * 1024, metadata=option("--max-body-bytes", "largest request body; larger ones get 413", parse=positive, group="limits"))
+    # While a streamed request produces nothing (queued, or a long prompt being evaluated), an
+    # SSE comment goes out this often, so a client that went away is noticed and its request ends.
+    stream_keepalive_s: float = field(default=5.0, metadata=option(
+        "--stream-keepalive", "seconds between SSE keep-alive comments while a stream waits", parse=positive_seconds, group="limits",
+    ))
+    # Wall-clock limit of one generation request, waiting for a slot included: a request still
+    # waiting then gets 503 with Retry-After, a running one ends with a timeout error (504).
+    request_timeout_s: float = field(default=600.0, metadata=option(
+        "--request-timeout", "seconds one generation request may take, queueing included", parse=positive_seconds, group="limits",
+    ))
+
     # Run one short generation / embedding per engine before reporting healthy.
-    warm: bool = True
+    warm: bool = field(default=True, metadata=env_only("run one short generation or embedding per engine before reporting healthy", parse=switch))
     # Seconds an idle kept-alive HTTP connection stays open.
-    keepalive_s: float = 5.0
+    keepalive_s: float = field(default=5.0, metadata=env_only("seconds an idle kept-alive HTTP connection stays open", parse=seconds))
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "ServerSettings":
-        """Settings from APPLIANCE_* variables; unset ones keep their defaults."""
-        values = {}
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> ServerSettings:
+        """Settings from APPLIANCE_* variables; unset ones keep their defaults.
+
+        A value its field's parser refuses raises ValueError naming the variable and why.
+        """
+        values: dict[str, Any] = {}
         for spec in fields(cls):
-            raw = environ.get(ENV_PREFIX + spec.name.upper())
+            name = env_name(spec.name)
+            raw = environ.get(name)
             if raw is None:
                 continue
-            kind = type(getattr(cls(), spec.name))
+            parse = option_of(spec.name).parse
             try:
-                if kind is tuple:
-                    values[spec.name] = split_list(raw)
-                elif kind is bool:
-                    values[spec.name] = raw.strip().lower() in ("1", "true", "yes", "on")
-                else:
-                    values[spec.name] = kind(raw)
-            except ValueError:
-                raise ValueError(f"{ENV_PREFIX}{spec.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+                values[spec.name] = tuple(parse(item) for item in split_list(raw)) if isinstance(spec.default, tuple) else parse(raw)
+            except ValueError as exc:
+                raise ValueError(f"{name}={raw!r}: {exc}") from None
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
@@ -95,10 +182,26 @@ class ServerSettings:
         env = {}
         for spec in fields(self):
             value = getattr(self, spec.name)
-            env[ENV_PREFIX + spec.name.upper()] = ",".join(value) if isinstance(value, tuple) else str(value)
+            env[env_name(spec.name)] = ",".join(value) if isinstance(value, tuple) else str(value)
         return env
 
 
-def split_list(raw: str) -> tuple[str, ...]:
-    """A comma- (or newline-) separated list, blanks dropped."""
-    return tuple(item.strip() for item in raw.replace("\n", ",").split(",") if item.strip())
+def env_name(field_name: str) -> str:
+    """The environment variable of one ServerSettings field."""
+    return ENV_PREFIX + field_name.upper()
+
+
+def option_of(field_name: str) -> Option:
+    """One ServerSettings field's row of the table."""
+    return _OPTIONS[field_name]
+
+
+def _table() -> dict[str, Option]:
+    rows = {spec.name: spec.metadata.get("option") for spec in fields(ServerSettings)}
+    missing = [name for name, row in rows.items() if not isinstance(row, Option)]
+    if missing:  # a field added without its row fails here, at import
+        raise TypeError(f"ServerSettings fields without option(...) or env_only(...) metadata: {missing}")
+    return {name: row for name, row in rows.items() if isinstance(row, Option)}
+
+
+_OPTIONS = _table()

@@ -9,8 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from api.settings import ServerSettings
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -81,37 +86,18 @@ def _serve(args: argparse.Namespace) -> int:
 
     from api.auth import ApiKeyError, describe, exposure_problem, load_api_keys
     from api.registry import find_engine_dirs
-    from api.settings import ServerSettings, split_list
     from runtime.manifest import read_manifest, verify_files
 
-    engines = args.engines.resolve()
+    try:
+        settings = settings_from(args, os.environ)
+    except ValueError as exc:
+        print(f"appliance: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    engines = settings.engines
     directories = find_engine_dirs(engines) if engines.is_dir() else []
     if not directories:
         print(f"appliance: error: no engine directories in {engines}; build the defaults with `make engines` or export one with `appliance export`", file=sys.stderr)
         return EXIT_USER_ERROR
-    settings = ServerSettings(
-        engines=engines,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        threads=args.threads,
-        drain_timeout_s=args.drain_timeout,
-        intra_op_threads=args.intra_op_threads,
-        slots=args.slots,
-        queue_limit=args.queue_limit,
-        prefill_chunk=args.prefill_chunk,
-        max_n=args.max_n,
-        max_inputs=args.max_inputs,
-        max_messages=args.max_messages,
-        max_tokens=args.max_tokens,
-        max_body_bytes=args.max_body_bytes,
-        request_timeout_s=args.request_timeout,
-        stream_keepalive_s=args.stream_keepalive,
-        api_keys=tuple(args.api_key) + split_list(os.environ.get("APPLIANCE_API_KEYS", "")),
-        api_key_files=tuple(str(Path(p).resolve()) for p in args.api_key_file + list(split_list(os.environ.get("APPLIANCE_API_KEY_FILES", "")))),
-        insecure_no_auth=args.insecure_no_auth,
-        cors_origins=tuple(args.cors_origin),
-    )
     try:
         keys = load_api_keys(settings)
     except ApiKeyError as exc:
@@ -125,9 +111,13 @@ def _serve(args: argparse.Namespace) -> int:
     for directory in directories:
         verify_files(directory, read_manifest(directory))
     names = ", ".join(p.name for p in directories)
-    print(f"appliance: serving {names} on http://{args.host}:{args.port} ({args.workers} worker(s) × {args.threads} threads, {args.slots} slots per engine)", file=sys.stderr)
+    print(
+        f"appliance: serving {names} on http://{settings.host}:{settings.port} "
+        f"({settings.workers} worker(s) × {settings.threads} threads, {settings.slots} slots per engine)",
+        file=sys.stderr,
+    )
     print(f"appliance: {describe(settings, keys)}", file=sys.stderr)
-    if args.api_key:
+    if args.api_keys:
         print("appliance: note: keys given with --api-key show in the process list; prefer --api-key-file or APPLIANCE_API_KEYS", file=sys.stderr)
     env = {**os.environ, **settings.to_env()}
     # glibc gives each of up to 8 x cores threads its own malloc arena; the request threads'
@@ -140,11 +130,15 @@ def _serve(args: argparse.Namespace) -> int:
     os.execvpe(command[0], command, env)  # gunicorn's master takes this process (and its signals)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(width: int | None = None) -> argparse.ArgumentParser:
+    """The command line; `width` fixes the help's line length (default: the terminal's)."""
     from export.pipeline import BACKENDS, BUILDERS, DEFAULT_MAX_CONTEXT, PRECISIONS, ExportOptions
 
-    parser = argparse.ArgumentParser(prog="appliance", description="Export Hugging Face models to ONNX engines and serve them.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    def formatter(prog: str) -> argparse.HelpFormatter:
+        return argparse.HelpFormatter(prog, width=width)
+
+    parser = argparse.ArgumentParser(prog="appliance", description="Export Hugging Face models to ONNX engines and serve them.", formatter_class=formatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_parser_with(formatter))
 
     def cache_and_pip(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--cache-dir", type=Path, default=None, help="model cache (default: $APPLIANCE_CACHE or ~/.cache/appliance)")
@@ -175,36 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=_export)
 
     verify = commands.add_parser("verify", help="check an engine directory's files against its manifest")
-    verify.add_argument("engine", type=Path, metavar="ENGINE_DIR")
+    verify.add_argument("engine", type=Path, metavar="ENGINE_DIR", help="the engine directory to check")
     verify.set_defaults(handler=_verify)
 
-    from api.settings import ServerSettings
-
-    defaults = ServerSettings()
     serve = commands.add_parser("serve", help="serve engines over HTTP: OpenAI and Ollama APIs (gunicorn)")
-    serve.add_argument("--engines", type=Path, default=defaults.engines, help="a directory of engine directories, or one engine (default: engines)")
-    serve.add_argument("--host", default=defaults.host, help=f"address to listen on (default: {defaults.host}; 0.0.0.0 for every interface)")
-    serve.add_argument("--port", type=int, default=defaults.port, help=f"port (default: {defaults.port})")
-    serve.add_argument("--workers", type=_positive, default=defaults.workers, help="worker processes, each with its own copy of the engines (default: 1)")
-    serve.add_argument("--threads", type=_positive, default=defaults.threads, help=f"request threads per worker (default: {defaults.threads})")
-    serve.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout_s, help="seconds in-flight requests get to finish on SIGTERM (default: 30)")
-    serve.add_argument("--intra-op-threads", type=int, default=defaults.intra_op_threads, help="ONNX Runtime threads per engine (default: 0, one per core)")
-    serve.add_argument("--slots", type=_positive, default=defaults.slots, help=f"sequences each text engine generates at once, batched (default: {defaults.slots})")
-    serve.add_argument("--queue-limit", type=int, default=defaults.queue_limit, help=f"requests that may wait for a slot per engine before 429s (default: {defaults.queue_limit})")
-    serve.add_argument("--prefill-chunk", type=_positive, default=defaults.prefill_chunk, help=f"prompt tokens evaluated per scheduler tick (default: {defaults.prefill_chunk})")
-    access = serve.add_argument_group("access")
-    access.add_argument("--api-key-file", action="append", default=[], metavar="FILE", help="file of API keys, one per line; requests then need 'Authorization: Bearer <key>' (repeatable; also APPLIANCE_API_KEY_FILES)")
-    access.add_argument("--api-key", action="append", default=[], metavar="KEY", help="an API key (repeatable; visible in the process list: prefer a file or APPLIANCE_API_KEYS)")
-    access.add_argument("--insecure-no-auth", action="store_true", help="allow listening beyond loopback without any API key")
-    access.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", help="browser origin allowed to call the server, e.g. https://app.example, or * (repeatable; default: none)")
-    limits = serve.add_argument_group("limits")
-    limits.add_argument("--max-tokens", type=_positive, default=defaults.max_tokens, help=f"most tokens one request may generate (default: {defaults.max_tokens})")
-    limits.add_argument("--max-messages", type=_positive, default=defaults.max_messages, help=f"most messages in one chat request (default: {defaults.max_messages})")
-    limits.add_argument("--max-n", type=_positive, default=defaults.max_n, help=f"most choices (n) in one request (default: {defaults.max_n})")
-    limits.add_argument("--max-inputs", type=_positive, default=defaults.max_inputs, help=f"most prompts or embedding inputs in one request (default: {defaults.max_inputs})")
-    limits.add_argument("--max-body-bytes", type=_positive, default=defaults.max_body_bytes, help=f"largest request body; larger ones get 413 (default: {defaults.max_body_bytes})")
-    limits.add_argument("--stream-keepalive", type=_positive_seconds, default=defaults.stream_keepalive_s, help=f"seconds between SSE keep-alive comments while a stream waits (default: {defaults.stream_keepalive_s:g})")
-    limits.add_argument("--request-timeout", type=_positive_seconds, default=defaults.request_timeout_s, help=f"seconds one generation request may take, queueing included (default: {defaults.request_timeout_s:g})")
+    _add_settings_options(serve)
     serve.set_defaults(handler=_serve)
 
     bench = commands.add_parser(
@@ -228,18 +197,136 @@ def _bench(args: argparse.Namespace) -> int:
     os.execv(sys.executable, [sys.executable, str(script), *args.bench_args])
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
-    return value
+def _add_settings_options(serve: argparse.ArgumentParser) -> None:
+    """serve's options, one per ServerSettings field with a flag (api/settings.py holds the table).
+
+    Every default is None, so that settings_from can tell a flag given from one left out.
+    """
+    from api.settings import ServerSettings, env_name, option_of
+
+    defaults = ServerSettings()
+    env_only = [f"{env_name(spec.name)} ({option_of(spec.name).help}; default: {_shown(getattr(defaults, spec.name))})" for spec in fields(ServerSettings) if option_of(spec.name).flag is None]
+    serve.description = (
+        "Serve engines over HTTP: OpenAI and Ollama APIs (gunicorn). Every option can also be set as the APPLIANCE_* environment variable its help names: "
+        "a flag given wins over the variable, which wins over the default; --api-key and --api-key-file add to their variables' lists. "
+        f"Without a flag, only as variables: {'; '.join(env_only)}."
+    )
+    groups: dict[str | None, argparse._ActionsContainer] = {None: serve}
+    for spec in fields(ServerSettings):
+        row = option_of(spec.name)
+        if row.flag is None:
+            continue
+        if row.group not in groups:
+            groups[row.group] = serve.add_argument_group(row.group)
+        default = getattr(defaults, spec.name)
+        env = env_name(spec.name)
+        if isinstance(default, bool):
+            notes = f"or {env}=1"
+            kwargs: dict[str, Any] = {"action": "store_true", "default": None}
+        elif isinstance(default, tuple):
+            if row.adds_to_env:
+                notes = f"repeatable; added to {env}, comma-separated"
+            else:
+                notes = f"repeatable; default: {', '.join(default) or 'none'}; or {env}, comma-separated"
+            kwargs = {"action": "append", "type": _argument_type(row.parse)}
+        else:
+            notes = f"default: {_shown(default)}; or {env}"
+            kwargs = {"type": _argument_type(row.parse)}
+        if not isinstance(default, bool):
+            kwargs["metavar"] = row.metavar or row.flag.lstrip("-").upper().replace("-", "_")
+        help_text = f"{row.help} ({notes})".replace("%", "%%")
+        groups[row.group].add_argument(row.flag, dest=spec.name, help=help_text, **kwargs)
 
 
-def _positive_seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds (got {text})")
-    return value
+def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> ServerSettings:
+    """serve's settings: a flag given wins over its APPLIANCE_* variable, which wins over the default.
+
+    --api-key and --api-key-file add to their variables' lists. Raises ValueError, with the
+    variable's name, for a value its parser refuses.
+    """
+    from api.settings import ServerSettings, option_of
+
+    settings = ServerSettings.from_env(environ)
+    given: dict[str, Any] = {}
+    for spec in fields(ServerSettings):
+        value = getattr(args, spec.name, None)
+        if value is None:
+            continue
+        if isinstance(spec.default, tuple):
+            value = tuple(value) + (getattr(settings, spec.name) if option_of(spec.name).adds_to_env else ())
+        given[spec.name] = value
+    settings = replace(settings, **given)
+    # Workers may start elsewhere than the current directory: paths reach them absolute.
+    return replace(settings, engines=settings.engines.resolve(), api_key_files=tuple(str(Path(p).resolve()) for p in settings.api_key_files))
+
+
+def _shown(default: object) -> str:
+    if isinstance(default, bool):
+        return "1" if default else "0"
+    return f"{default:g}" if isinstance(default, float) else str(default)
+
+
+def _parser_with(formatter: Callable[[str], argparse.HelpFormatter]) -> type[argparse.ArgumentParser]:
+    """Subcommand parsers that format their help as the main one does."""
+
+    class Parser(argparse.ArgumentParser):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("formatter_class", formatter)
+            super().__init__(*args, **kwargs)
+
+    return Parser
+
+
+# docs/cli.md: each command's --help at this width, generated here and checked by tests/api/test_cli.py.
+REFERENCE_WIDTH = 100
+REFERENCE_COMMANDS = ("pull", "export", "verify", "serve")
+
+
+def cli_reference() -> str:
+    """docs/cli.md: a short introduction, then `--help` of appliance and of each command."""
+    parser = build_parser(width=REFERENCE_WIDTH)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    parts = [
+        "# Command line",
+        "",
+        "`appliance` is installed with the package (`make serve` or `pip install -e .`); from a source checkout `python -m appliance` is the same command. "
+        "Errors the user can fix print one line, `appliance: error: ...`, and exit with status 2.",
+        "",
+        "`appliance serve`'s options, the server's settings and their `APPLIANCE_*` environment variables are one table, "
+        "the fields of `ServerSettings` in [api/settings.py](../api/settings.py): each field names its flag, help, group and parser. "
+        "A flag given on the command line wins over its variable, which wins over the default; "
+        "`--api-key` and `--api-key-file` add to the lists in `APPLIANCE_API_KEYS` and `APPLIANCE_API_KEY_FILES`. "
+        "A variable the option's parser refuses is an error (exit 2), as a bad flag is.",
+        "",
+        "`appliance bench` runs [bench/serving.py](../bench/serving.py) and passes every option after it through; `appliance bench --help` lists them.",
+        "",
+        "This file is generated from the parser, and `tests/api/test_cli.py` checks that it is current. After changing an option, regenerate it:",
+        "",
+        "```sh",
+        "python -m appliance --print-cli-reference > docs/cli.md",
+        "```",
+        "",
+        "## appliance",
+        "",
+        "```text",
+        parser.format_help().rstrip("\n"),
+        "```",
+    ]
+    for name in REFERENCE_COMMANDS:
+        parts += ["", f"## appliance {name}", "", "```text", commands[name].format_help().rstrip("\n"), "```"]
+    return "\n".join(parts) + "\n"
+
+
+def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A table parser for argparse: its ValueError's reason becomes the argument error."""
+
+    def argument(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return argument
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -247,6 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from runtime.errors import ApplianceError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--print-cli-reference"]:  # docs/cli.md; not in --help
+        sys.stdout.write(cli_reference())
+        return 0
     parser = build_parser()
     if argv[:1] == ["bench"]:
         # Everything after `bench` belongs to bench/serving.py, options included.
