@@ -171,3 +171,69 @@ def test_serve_limits_malloc_arenas_unless_the_operator_chose(tmp_path: Path, ti
         cli.main(["serve", "--engines", str(tmp_path / "engines")])
     assert "gunicorn" in started["argv"]
     assert started["env"]["MALLOC_ARENA_MAX"] == (operator_value or "2")
+
+
+def serve_settings(*flags: str, **environ: str):
+    """The settings `appliance serve <flags>` would hand its workers, under `environ`."""
+    from appliance.cli import build_parser, settings_from
+
+    return settings_from(build_parser().parse_args(["serve", *flags]), environ)
+
+
+def test_serve_flag_wins_over_variable_which_wins_over_default() -> None:
+    from api.settings import ServerSettings
+
+    default = ServerSettings()
+    assert (serve_settings().slots, serve_settings().max_tokens) == (default.slots, default.max_tokens)
+    from_env = serve_settings(APPLIANCE_SLOTS="3", APPLIANCE_MAX_TOKENS="77", APPLIANCE_HOST="::1")
+    assert (from_env.slots, from_env.max_tokens, from_env.host) == (3, 77, "::1")
+    flagged = serve_settings("--slots", "5", "--max-tokens", "9", APPLIANCE_SLOTS="3", APPLIANCE_MAX_TOKENS="77", APPLIANCE_HOST="::1")
+    assert (flagged.slots, flagged.max_tokens, flagged.host) == (5, 9, "::1")
+    # A list flag replaces its variable, but for the keys, which add to it.
+    assert serve_settings("--cors-origin", "https://a.example", APPLIANCE_CORS_ORIGINS="https://b.example").cors_origins == ("https://a.example",)
+    assert serve_settings(APPLIANCE_INSECURE_NO_AUTH="yes").insecure_no_auth and serve_settings("--insecure-no-auth").insecure_no_auth
+
+
+def test_serve_key_flags_add_to_the_key_variables(tmp_path: Path) -> None:
+    settings = serve_settings(
+        "--api-key", "sk-flag-key-of-enough-length", "--api-key-file", "flag-keys",
+        APPLIANCE_API_KEYS="sk-env-key-of-enough-length,sk-env-key-two-of-length", APPLIANCE_API_KEY_FILES=str(tmp_path / "env-keys"),
+    )
+    assert settings.api_keys == ("sk-flag-key-of-enough-length", "sk-env-key-of-enough-length", "sk-env-key-two-of-length")
+    assert settings.api_key_files == (str(Path("flag-keys").resolve()), str(tmp_path / "env-keys"))  # absolute, for the workers
+
+
+def test_serve_hands_flags_and_variables_to_the_workers(tmp_path: Path, tiny_llama_engine, monkeypatch) -> None:
+    import shutil
+
+    from appliance import cli
+
+    shutil.copytree(tiny_llama_engine.directory, tmp_path / "engines" / "tiny")
+    monkeypatch.setenv("APPLIANCE_SLOTS", "3")
+    monkeypatch.setenv("APPLIANCE_MAX_TOKENS", "77")
+    started = {}
+
+    def exec_gunicorn(file, argv, env):
+        started.update(env=env)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("os.execvpe", exec_gunicorn)
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--engines", str(tmp_path / "engines"), "--max-tokens", "9"])
+    assert (started["env"]["APPLIANCE_SLOTS"], started["env"]["APPLIANCE_MAX_TOKENS"]) == ("3", "9")
+
+
+def test_serve_refuses_a_bad_variable_in_one_line(tmp_path: Path) -> None:
+    import os
+
+    for name, value, reason in [("APPLIANCE_SLOTS", "0", "must be at least 1"), ("APPLIANCE_MAX_TOKENS", "lots", "not a whole number")]:
+        result = subprocess.run(
+            [sys.executable, "-m", "appliance", "serve", "--engines", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, name: value},
+        )
+        assert_user_error(result, f"{name}={value!r}", reason)
+
+
+def test_docs_cli_md_is_the_generated_reference() -> None:
+    from appliance.cli import cli_reference
+
+    assert (ROOT / "docs" / "cli.md").read_text() == cli_reference(), "docs/cli.md is stale: regenerate it with `python -m appliance --print-cli-reference > docs/cli.md`"
