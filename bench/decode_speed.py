@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.decoder import open_decoder  # noqa: E402
-from runtime.engine import load_engine  # noqa: E402
-from runtime.settings import RuntimeSettings  # noqa: E402
+from runtime.decoder import open_decoder
+from runtime.engine import load_engine
+from runtime.settings import RuntimeSettings
 
 
 def read_bandwidth_gbs(megabytes: int = 1024, repeats: int = 7) -> float:

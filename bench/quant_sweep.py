@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from export.quantize import WeightQuantization  # noqa: E402
+from export.quantize import WeightQuantization
 
 DEFAULT_VARIANTS = (
     "int4:32:sym:4:int8:source-blocks",

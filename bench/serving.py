@@ -93,7 +93,7 @@ class Server:
     process: subprocess.Popen | None = None
     log: Path = field(default_factory=lambda: PEERS / "server.log")
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         import httpx
 
         self.log.parent.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving import free_port, process_tree  # noqa: E402  (bench/serving.py, same folder)
+from serving import free_port, process_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = {"chat": 35, "completions": 15, "ollama": 15, "embeddings": 20, "cancel": 15}

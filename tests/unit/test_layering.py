@@ -50,6 +50,6 @@ def test_nothing_imports_api():
 
 
 def test_cli_parser_loads_without_heavy_imports():
-    code = "import sys, appliance.cli; appliance.cli.build_parser(); print(sorted(m for m in sys.modules if m.split('.')[0] in %r))" % (HEAVY,)
+    code = f"import sys, appliance.cli; appliance.cli.build_parser(); print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
