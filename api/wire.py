@@ -163,8 +163,10 @@ def _name_dict_key(path: str, raw: bytes) -> str:
         if name is not None and isinstance(node, dict):
             node, out = node.get(name), f"{out}.{name}"
         elif index == "..." and isinstance(node, dict):
+            # The values we type as dicts are numbers (logit_bias); a number out of range names no key.
             key = next((k for k, v in node.items() if isinstance(v, bool) or not isinstance(v, (int, float))), None)
-            key = key if key is not None else next(iter(node), "")
+            if key is None:
+                return out
             node, out = node.get(key), f"{out}.{key}"
         elif index is not None and index != "..." and isinstance(node, list):
             node, out = node[int(index)], f"{out}[{index}]"
