@@ -21,10 +21,11 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from export.errors import BackendUnavailableError, DestinationExistsError, ExportError, ParityError, UnsupportedModelError
 from export.progress import Progress, Silent
@@ -99,7 +100,7 @@ class ExportOptions:
                 raise ExportError(f"quantization options: {exc}") from None
 
     @property
-    def quantization(self) -> "WeightQuantization | None":
+    def quantization(self) -> WeightQuantization | None:
         """The weight quantization of an int8/int4 export, None for fp32."""
         if self.precision == "fp32":
             return None

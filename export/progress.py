@@ -11,14 +11,15 @@ import itertools
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Iterator
+from typing import IO
 
 
 class Step:
     """One running step; `advance()` moves its counter when it has a total."""
 
-    def __init__(self, progress: "Progress", title: str, total: int | None) -> None:
+    def __init__(self, progress: Progress, title: str, total: int | None) -> None:
         self.progress = progress
         self.title = title
         self.total = total

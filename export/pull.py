@@ -8,8 +8,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import Sequence
 
 from export.errors import FetchError, SourceNotFoundError
 from export.progress import Progress, Silent

@@ -59,7 +59,7 @@ class WeightQuantization:
         if self.method == "source-blocks" and (self.bits, self.block_size) != (4, 32):
             raise ValueError("source-blocks carries GGUF Q4_1 blocks: it needs int4 with blocks of 32")
 
-    def head(self) -> "WeightQuantization | None":
+    def head(self) -> WeightQuantization | None:
         """The quantization of the vocabulary projection, None to keep it fp32."""
         if self.lm_head == "fp32":
             return None

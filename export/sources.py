@@ -12,9 +12,10 @@ import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from export.errors import CorruptSourceError, SourceNotFoundError, UnsupportedModelError
 from export.progress import Progress, Silent

@@ -11,9 +11,10 @@ as transformers' `apply_chat_template` does.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -89,7 +90,7 @@ class ChatTemplate:
     eos_token: str
 
     @classmethod
-    def compile(cls, source: str, bos_token: str = "", eos_token: str = "") -> "ChatTemplate":
+    def compile(cls, source: str, bos_token: str = "", eos_token: str = "") -> ChatTemplate:
         environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
         environment.filters["tojson"] = _tojson
         environment.globals["raise_exception"] = _raise_exception

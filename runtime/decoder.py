@@ -17,7 +17,7 @@ Both keep, per slot, how many positions are in the cache, and return float32 log
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -30,7 +30,7 @@ _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
-def open_decoder(engine: Engine, slots: int = 1) -> "SharedKVDecoder | ConcatKVDecoder":
+def open_decoder(engine: Engine, slots: int = 1) -> SharedKVDecoder | ConcatKVDecoder:
     """The decoder matching the engine's graph style, with room for `slots` sequences."""
     manifest = engine.manifest
     if manifest.task != TASK_TEXT_GENERATION:

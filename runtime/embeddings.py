@@ -7,8 +7,8 @@ sentence-transformers computes for the same model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer

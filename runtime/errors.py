@@ -26,6 +26,8 @@ class ApplianceError(RuntimeError):
 
     status: int = 500
     code: str = "internal_error"
+    # The request field to blame, where there is one (the API's error `param`).
+    param: str | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -20,9 +20,9 @@ active request in one batched decode step; `SequenceState` is the per-request pa
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
-
+from typing import Any
 
 from runtime.decoder import open_decoder
 from runtime.engine import Engine
@@ -130,7 +130,7 @@ def _keep_end(ids: tuple[int, ...], keep: int, bos_token_id: int | None) -> tupl
 class SequenceState:
     """One request's progress: sampler, detokenizer, stop matching, counts."""
 
-    def __init__(self, request: GenerationRequest, fitted: FittedPrompt, eos_ids: Sequence[int], generator: "TextGenerator") -> None:
+    def __init__(self, request: GenerationRequest, fitted: FittedPrompt, eos_ids: Sequence[int], generator: TextGenerator) -> None:
         self.request = request
         self.fitted = fitted
         self.stop_ids = frozenset(request.stop_token_ids) | (frozenset() if request.ignore_eos else frozenset(eos_ids))
@@ -190,7 +190,7 @@ class EventStream:
         self._scheduler = scheduler
         self._events = job.events_until_finish(heartbeat_s)
 
-    def __iter__(self) -> "EventStream":
+    def __iter__(self) -> EventStream:
         return self
 
     def __next__(self) -> Event:
@@ -303,7 +303,7 @@ class TextGenerator:
             fitted = replace(fitted, max_new_tokens=limit)
         return fitted
 
-    def generate(self, request: GenerationRequest, heartbeat_s: float | None = None) -> "EventStream":
+    def generate(self, request: GenerationRequest, heartbeat_s: float | None = None) -> EventStream:
         """Stream the completion of `request` as Delta events, then one Finish.
 
         The request is validated and queued for a slot at once (RequestError, or

@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from runtime.errors import IntegrityError, ManifestError
 
@@ -78,7 +79,7 @@ class TensorSpec:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TensorSpec":
+    def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
         return cls(
             name=data["name"],
             role=data["role"],
@@ -224,7 +225,7 @@ class Manifest:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise ManifestError(

@@ -39,8 +39,8 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 
@@ -61,7 +61,7 @@ class Job:
 
     state: object  # runtime.generation.SequenceState
     submitted_ns: int
-    events: "queue.SimpleQueue[Event | BaseException]" = field(default_factory=queue.SimpleQueue)
+    events: queue.SimpleQueue[Event | BaseException] = field(default_factory=queue.SimpleQueue)
     cancelled: bool = False
     slot: int | None = None
     prefilled: int = 0  # prompt tokens already in the cache

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from tokenizers import Tokenizer
 
