@@ -78,8 +78,7 @@ def unsupported_reason(config: Any, max_context: int) -> str | None:
     if getattr(config, "partial_rotary_factor", 1.0) != 1.0:
         return "partial rotary embeddings are not supported"
     window = getattr(config, "sliding_window", None)
-    uses_window = window is not None and getattr(config, "use_sliding_window", model_type == "mistral")
-    if uses_window and window < max_context:
+    if window is not None and getattr(config, "use_sliding_window", model_type == "mistral") and window < max_context:
         return f"sliding-window attention ({window}) shorter than the context ({max_context})"
     return None
 
@@ -237,6 +236,7 @@ def build_gqa_graph(model: Any, max_context: int, out_dir: Path, quant: WeightQu
         pending = maybe_bias(pending, f"{m}.down_proj", [f"{m}.down_proj.bias"])
 
     # Final norm, keep only the positions whose logits are wanted, project onto the vocabulary.
+    assert pending is not None, f"{config.model_type} with {layers} decoder layers"  # every layer leaves its MLP output pending
     norm = g.const("model.norm.weight", weights["model.norm.weight"])
     final = g.node("SkipSimplifiedLayerNormalization", [pending, residual, norm], ["final_norm"], "final_norm", MS_DOMAIN, epsilon=eps)[0]
     start = g.node("Neg", ["logits_to_keep"], ["keep_start"], "keep_start")[0]

@@ -16,7 +16,7 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from export.errors import UnsupportedModelError
 from runtime.manifest import KVLayout, TensorSpec
@@ -113,7 +113,14 @@ def _describe(graph_path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpe
     return inputs, outputs
 
 
+@overload
+def _spec(arg: Any, is_input: bool, strict: Literal[True] = True) -> TensorSpec: ...
+@overload
+def _spec(arg: Any, is_input: bool, strict: bool) -> TensorSpec | None: ...
+
+
 def _spec(arg: Any, is_input: bool, strict: bool = True) -> TensorSpec | None:
+    """The spec of a graph argument; an unknown one raises if `strict`, else is None."""
     shape = tuple(d if isinstance(d, int) else str(d) for d in arg.shape)
     dtype = _DTYPES.get(arg.type, arg.type)
     match = (_PAST if is_input else _PRESENT).match(arg.name)

@@ -177,7 +177,7 @@ def encoder_parity(model_folder: Path, engine_dir: Path, sentences: Sequence[str
 
     engine = load_engine(engine_dir, RuntimeSettings())
     embedder = Embedder(engine)
-    spec = engine.manifest.embedding
+    spec = embedder.spec
     ours = embedder.encode(list(sentences), truncate=True)
     ref = reference_embeddings(model_folder, spec.pooling, spec.normalize, spec.max_input_tokens, sentences)
     cosines = (ours.vectors * ref).sum(axis=1) / (np.linalg.norm(ours.vectors, axis=1) * np.linalg.norm(ref, axis=1) + 1e-12)

@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -45,6 +45,8 @@ from runtime.manifest import (
 from runtime.session import nvidia_gpu_present
 
 if TYPE_CHECKING:
+    from export.gqa_builder import BuiltGraph
+    from export.optimum_export import OptimumGraph
     from export.quantize import WeightQuantization
 
 PRECISIONS = ("fp32", "int8", "int4")  # int8/int4: weight-only, block-wise (export/quantize.py)
@@ -254,6 +256,9 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
             f"--precision {options.precision} needs our GroupQueryAttention builder, which cannot build "
             f"{source.architecture}: {reason or '--builder optimum was chosen'}; export it with --precision fp32"
         )
+    built: BuiltGraph | OptimumGraph
+    providers: tuple[str, ...]
+    extra: tuple[str, ...]
     if use_gqa:
         kind = "fp32" if quant is None else f"{options.precision} (blocks of {quant.block_size}, lm_head {quant.lm_head})"
         with progress.step(f"building the GroupQueryAttention graph, {kind}, KV buffer of {options.max_context} positions"):
@@ -265,7 +270,7 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
             built = optimum_export.export_concat_decoder(loaded.model, options.max_context, staging)
         style, providers, extra = STYLE_CONCAT_KV, ("CUDAExecutionProvider", "CPUExecutionProvider"), ("optimum", "optimum-onnx")
 
-    def manifest_for(built: Any, precision: str) -> Manifest:
+    def manifest_for(built: BuiltGraph | OptimumGraph, precision: str) -> Manifest:
         return Manifest(
             name=name,
             task=TASK_TEXT_GENERATION,
@@ -302,6 +307,7 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
         )
     parity["precision"] = options.precision
     if quant is not None:
+        assert isinstance(built, gqa_builder.BuiltGraph)  # quantization needs our builder (refused above otherwise)
         parity["weight_quantization"] = dataclasses.asdict(quant)
         parity["matmul_weight_bytes"] = built.matmul_weight_bytes
         if quant.method == "source-blocks":
@@ -317,7 +323,7 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
             f"fp32 engine's greedy tokens differ from PyTorch ({'; '.join(bad)}; max abs logit error "
             f"{parity['max_abs_logit_error']:.3g}); the graph is wrong for this model: try --builder optimum"
         )
-    if quant is not None and built.rounded:
+    if quant is not None and isinstance(built, gqa_builder.BuiltGraph) and built.rounded:
         progress.note(
             f"{len(built.rounded)} of {len(built.rounded) + len(built.carried)} matrices were not on a 4-bit block grid and were "
             f"rounded to nearest instead of carried over (parity.json lists them)"
@@ -331,7 +337,9 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
     return manifest, parity
 
 
-def _compare_with_fp32_engine(loaded: Any, staging: Path, manifest_for: Any, options: ExportOptions, progress: Progress) -> dict:
+def _compare_with_fp32_engine(
+    loaded: Any, staging: Path, manifest_for: Callable[[BuiltGraph, str], Manifest], options: ExportOptions, progress: Progress
+) -> dict:
     """Build the fp32 engine beside the staging folder and measure the quantized one against it."""
     from export import gqa_builder
     from export.parity import quantized_parity, reference_sequences

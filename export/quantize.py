@@ -114,7 +114,8 @@ def quantize_blocks(weight: np.ndarray, bits: int, block_size: int, symmetric: b
         packed = q
     zero_points = None
     if not symmetric:
-        zp = zero.astype(np.uint8)
+        # Plain ndarray: numpy's stubs widen `uint8 << int` to a signed integer; it stays uint8.
+        zp: np.ndarray = zero.astype(np.uint8)
         if bits == 4:
             if blocks % 2:
                 zp = np.concatenate([zp, np.zeros((n, 1), np.uint8)], axis=1)

@@ -22,8 +22,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from runtime.errors import ChatTemplateError, EngineLoadError, RequestError
 
 ROLES = ("system", "user", "assistant", "tool")
-# OpenAI's newer name for the system role; templates only know "system".
-_ROLE_ALIASES = {"developer": "system"}
+# OpenAI's newer name for the system role; templates only know "system". Keyed by object:
+# it is looked up with whatever the client sent as the role, before that is checked.
+_ROLE_ALIASES: dict[object, str] = {"developer": "system"}
 
 
 def _raise_exception(message: str) -> None:

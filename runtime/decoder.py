@@ -67,11 +67,12 @@ class _DecoderBase(ABC):
         self.session = engine.session
         self.manifest = manifest
         self.slots = slots
-        self.max_length = manifest.kv_cache.max_length
+        kv = manifest.require_kv_cache()
+        self.max_length = kv.max_length
         self.vocab_size = manifest.vocab_size
         self.device = _device_of(engine)
         self.lengths = np.zeros(slots, dtype=np.int64)
-        layers = manifest.kv_cache.layers
+        layers = kv.layers
         self._ids = manifest.require_input("token_ids").name
         self._logits = manifest.require_output("logits").name
         self._past = [(manifest.require_input("past_key", i).name, manifest.require_input("past_value", i).name) for i in range(layers)]
@@ -133,7 +134,7 @@ class SharedKVDecoder(_DecoderBase):
     def __init__(self, engine: Engine, slots: int = 1) -> None:
         super().__init__(engine, slots)
         manifest = self.manifest
-        kv = manifest.kv_cache
+        kv = manifest.require_kv_cache()
         if not kv.shared_buffer:
             raise ManifestError(f"engine {manifest.name!r} does not declare a shared KV buffer")
         self._seqlens = manifest.require_input("kv_seqlens").name
@@ -259,7 +260,7 @@ class ConcatKVDecoder(_DecoderBase):
     def __init__(self, engine: Engine, slots: int = 1) -> None:
         super().__init__(engine, slots)
         manifest = self.manifest
-        kv = manifest.kv_cache
+        kv = manifest.require_kv_cache()
         mask = manifest.input("attention_mask")
         positions = manifest.input("position_ids")
         self._mask = mask.name if mask else None

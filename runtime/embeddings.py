@@ -58,7 +58,7 @@ class Embedder:
         if manifest.task != TASK_EMBEDDING:
             raise ManifestError(f"engine {manifest.name!r} is a {manifest.task} engine, not an embedding model")
         self.engine = engine
-        self.spec = manifest.embedding
+        self.spec = manifest.require_embedding()
         self.batch_size = batch_size
         self.max_tokens = self.spec.max_input_tokens
         # Two private copies of the tokenizer: one cuts inputs at the model's limit (keeping

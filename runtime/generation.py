@@ -28,7 +28,7 @@ from runtime.decoder import open_decoder
 from runtime.engine import Engine
 from runtime.errors import ChatTemplateError, ContextLengthError, RequestError
 from runtime.events import FINISH_LENGTH, FINISH_STOP, Delta, Event, Finish, TokenChoice, TokenLogprobs
-from runtime.sampling import Sample, SamplingParams, SequenceSampler
+from runtime.sampling import Sample, SamplingParams, SequenceSampler, TokenLogprob
 from runtime.scheduler import Job, Scheduler, SchedulerStats
 from runtime.text import IncrementalDetokenizer, StopMatcher, TokenBytes
 
@@ -148,7 +148,7 @@ class SequenceState:
         """Take the sampled token: the delta to send, and the finish reason if it ends here."""
         token = sample.token_id
         self.sampler.accept(token)
-        logprobs = (self._logprobs(sample),) if sample.logprob is not None else ()
+        logprobs = (self._logprobs(sample.logprob),) if sample.logprob is not None else ()
         past_minimum = self.generated > self.request.min_tokens
         if token in self.stop_ids and past_minimum:
             # The stop token itself is not text; what was held back is released.
@@ -177,8 +177,7 @@ class SequenceState:
         raw = self._token_bytes(token_id)
         return TokenChoice(token_id, raw.decode("utf-8", errors="replace"), raw, logprob)
 
-    def _logprobs(self, sample: Sample) -> TokenLogprobs:
-        record = sample.logprob
+    def _logprobs(self, record: TokenLogprob) -> TokenLogprobs:
         return TokenLogprobs(self._choice(record.token_id, record.logprob), tuple(self._choice(i, lp) for i, lp in record.top))
 
 
@@ -347,7 +346,7 @@ class TextGenerator:
         for event in self.generate(request):
             if isinstance(event, Delta):
                 parts.append(event.text)
-            else:
+            elif isinstance(event, Finish):  # no KeepAlive: generate() without heartbeat_s sends none
                 finish = event
         assert finish is not None
         return "".join(parts), finish

@@ -192,6 +192,18 @@ class Manifest:
             raise ManifestError(f"engine {self.name!r} has no output with role {role!r} (layer {layer})")
         return spec
 
+    def require_kv_cache(self) -> KVLayout:
+        """The KV cache layout, which every text-generation manifest has."""
+        if self.kv_cache is None:
+            raise ManifestError(f"engine {self.name!r} ({self.task}) has no kv_cache section")
+        return self.kv_cache
+
+    def require_embedding(self) -> EmbeddingSpec:
+        """The embedding section, which every feature-extraction manifest has."""
+        if self.embedding is None:
+            raise ManifestError(f"engine {self.name!r} ({self.task}) has no embedding section")
+        return self.embedding
+
     # -- serialisation ------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

@@ -299,7 +299,8 @@ def sample_batch(logits: np.ndarray, states: Sequence[SequenceSampler]) -> list[
     tokens = np.empty(len(states), dtype=np.int64)
     if greedy.any():
         tokens[greedy] = logits[greedy].argmax(axis=1)
-    for row in np.flatnonzero(~greedy):
+    for drawn in np.flatnonzero(~greedy):
+        row = int(drawn)
         state = states[row]
         tokens[row] = _draw(logits[row] / np.float32(state.params.temperature), state.params, state.rng)
     samples = []

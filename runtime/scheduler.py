@@ -41,12 +41,16 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from runtime.errors import ApplianceError, InferenceError, QueueFullError, QueueTimeoutError, RequestTimeoutError, SchedulerStoppedError
 from runtime.events import FINISH_LENGTH, KEEP_ALIVE, Event, Finish, Usage
 from runtime.sampling import sample_batch
+
+if TYPE_CHECKING:  # runtime.generation imports this module
+    from runtime.generation import SequenceState
 
 log = logging.getLogger("appliance.scheduler")
 
@@ -59,7 +63,7 @@ OVERDUE_GRACE_S = 10.0
 class Job:
     """One generation on its way through the scheduler."""
 
-    state: object  # runtime.generation.SequenceState
+    state: SequenceState
     submitted_ns: int
     events: queue.SimpleQueue[Event | BaseException] = field(default_factory=queue.SimpleQueue)
     cancelled: bool = False
@@ -76,6 +80,12 @@ class Job:
     @property
     def prompt(self) -> tuple[int, ...]:
         return self.state.fitted.ids
+
+    @property
+    def held_slot(self) -> int:
+        """The slot of an admitted job; the scheduler gives it one before any step for it."""
+        assert self.slot is not None, "the job holds no slot"
+        return self.slot
 
     def events_until_finish(self, heartbeat_s: float | None = None) -> Iterator[Event]:
         """The job's events as the scheduler produces them, ending with its Finish.
@@ -200,7 +210,7 @@ class Scheduler:
         # 1. One batched decode step for every sequence with a token to feed.
         decoding = [job for job in self._admitted if job.next_token is not None and not job.cancelled]
         if decoding:
-            decoding.sort(key=lambda job: job.slot)
+            decoding.sort(key=lambda job: job.held_slot)
             try:
                 logits = self.decoder.decode([job.slot for job in decoding], [job.next_token for job in decoding])
             except Exception as exc:
@@ -349,6 +359,7 @@ class Scheduler:
         highest = max((i for i, held in enumerate(self._slots) if held is not None), default=-1)
         if self._can_move and highest > hole:
             mover = self._slots[highest]
+            assert mover is not None  # `highest` is a held slot
             self.decoder.move(highest, hole)
             self._slots[hole], self._slots[highest] = mover, None
             mover.slot = hole
