@@ -227,6 +227,8 @@ class Details(Reply, kw_only=True):
 
 
 class Tag(Reply, kw_only=True):
+    """An /api/tags entry, in Ollama's field order."""
+
     name: str
     model: str
     modified_at: str
@@ -240,6 +242,8 @@ class TagList(Reply, kw_only=True):
 
 
 class Running(Reply, kw_only=True):
+    """An /api/ps entry, in Ollama's field order."""
+
     name: str
     model: str
     size: int

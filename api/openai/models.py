@@ -285,25 +285,22 @@ class CompletionChoice(Reply, kw_only=True):
     finish_reason: FinishReason | None
 
 
-class Completion(Reply, kw_only=True):
+class _CompletionHead(Reply, kw_only=True):
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
     system_fingerprint: str
     choices: list[CompletionChoice]
-    usage: Usage | UnsetType = UNSET
 
 
-class CompletionChunk(Reply, kw_only=True):
+class Completion(_CompletionHead, kw_only=True):
+    usage: Usage
+
+
+class CompletionChunk(_CompletionHead, kw_only=True):
     """A streamed completion frame: same object name, `usage` only with include_usage."""
 
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    system_fingerprint: str
-    choices: list[CompletionChoice]
     usage: Usage | None | UnsetType = UNSET
 
 
