@@ -104,8 +104,15 @@ log "llama.cpp commit: ${LLAMA_COMMIT}"
 #    download of the web UI from Hugging Face; the server is built without an
 #    embedded UI (cmake prints a warning saying so, which is expected);
 #  * LLAMA_BUILD_APP=OFF: skip the unified `llama` binary;
-#  * GGML_CCACHE=OFF: do not look for ccache (not installed; silences a warning).
+#  * GGML_CCACHE=OFF: do not look for ccache (not installed; silences a warning);
+#  * -mno-amx-*: -march=native turns on ggml's AMX kernels on CPUs that list AMX, but a
+#    process may only use AMX tiles once the kernel grants their state (arch_prctl), and in
+#    our VMs llama-server then segfaults right after "threadpool init"; the AVX-512/VNNI
+#    kernels stay on.
+NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 CMAKE_FLAGS=(
+    "-DCMAKE_C_FLAGS=${NO_AMX}"
+    "-DCMAKE_CXX_FLAGS=${NO_AMX}"
     -DCMAKE_BUILD_TYPE=Release
     -DBUILD_SHARED_LIBS=OFF
     -DGGML_NATIVE=ON
