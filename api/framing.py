@@ -65,21 +65,19 @@ def guarded(frames: Iterator[bytes], error_frame: Callable[[BaseException], byte
         yield error_frame(exc)
 
 
-# -- answers ------------------------------------------------------------------------------
-def read_body(req: falcon.Request, settings: ServerSettings) -> bytes:
-    """The request body's bytes, refused (413) beyond the size limit without reading it all."""
-    limit = settings.max_body_bytes
-    if req.content_length is not None and req.content_length > limit:
-        raise BodyTooLarge(f"the request body has {req.content_length} bytes; the limit is {limit}")
-    raw: bytes = req.bounded_stream.read(limit + 1)
-    if len(raw) > limit:
-        raise BodyTooLarge(f"the request body is larger than the limit of {limit} bytes")
-    return raw
+# -- requests and answers -------------------------------------------------------------------
 
 
 def read_request(req: falcon.Request, settings: ServerSettings, model: type[B]) -> B:
-    """The request body decoded and validated as `model` (a 400 naming the field otherwise)."""
-    return decode(read_body(req, settings), model)
+    """The request body decoded and validated as `model`: a 413 beyond the size limit, a 400 naming the field.
+
+    A declared length over the limit is refused before reading; a chunked body is read at most
+    one byte past it, and `decode` judges the length.
+    """
+    limit = settings.max_body_bytes
+    if req.content_length is not None and req.content_length > limit:
+        raise BodyTooLarge(f"the request body has {req.content_length} bytes; the limit is {limit}")
+    return decode(req.bounded_stream.read(limit + 1), model, max_bytes=limit)
 
 
 def send_json(resp: falcon.Response, value: object, status: int = 200) -> None:

@@ -56,51 +56,17 @@ def _any_json(kind: type) -> Schema:
     raise NotImplementedError(kind)
 
 
-def _components(types: Iterable[type], prefix: str = "") -> tuple[dict[str, Schema], dict[type, str]]:
+def _components(types: Iterable[type], prefix: str = "") -> dict[str, Schema]:
     """Schemas of `types` and everything they refer to, named `prefix` + class name."""
-    types = list(types)
-    _, components = msgspec.json.schema_components(types, schema_hook=_any_json, ref_template=_COMPONENTS + prefix + "{name}")
-    names = {}
-    for kind in _walk(types):
-        names[kind] = prefix + kind.__name__
-    return {prefix + name: schema for name, schema in components.items()}, names
+    _, components = msgspec.json.schema_components(list(types), schema_hook=_any_json, ref_template=_COMPONENTS + prefix + "{name}")
+    return {prefix + name: schema for name, schema in components.items()}
 
 
-def _walk(types: Iterable[type]) -> Iterable[type]:
-    """Every Struct class reachable from `types` (to find each one's component)."""
-    seen: set[type] = set()
-    stack = list(types)
-    while stack:
-        kind = stack.pop()
-        if kind in seen:
-            continue
-        seen.add(kind)
-        yield kind
-        info = msgspec.inspect.type_info(kind)
-        stack.extend(_struct_classes(info))
-
-
-def _struct_classes(info: msgspec.inspect.Type) -> Iterable[type]:
-    if isinstance(info, msgspec.inspect.StructType):
-        for field in info.fields:
-            yield from _struct_classes(field.type)
-        return
-    if isinstance(info, msgspec.inspect.UnionType):
-        for item in info.types:
-            if isinstance(item, msgspec.inspect.StructType):
-                yield item.cls
-            else:
-                yield from _struct_classes(item)
-    elif isinstance(info, (msgspec.inspect.ListType, msgspec.inspect.SetType, msgspec.inspect.FrozenSetType, msgspec.inspect.VarTupleType)):
-        if isinstance(info.item_type, msgspec.inspect.StructType):
-            yield info.item_type.cls
-        else:
-            yield from _struct_classes(info.item_type)
-    elif isinstance(info, msgspec.inspect.DictType):
-        if isinstance(info.value_type, msgspec.inspect.StructType):
-            yield info.value_type.cls
-        else:
-            yield from _struct_classes(info.value_type)
+def _request_models(kind: type[Body] = Body) -> Iterable[type[Body]]:
+    """Every request model, each once (the subclasses of Body, however deep)."""
+    for sub in kind.__subclasses__():
+        yield sub
+        yield from _request_models(sub)
 
 
 def _property(schemas: dict[str, Schema], component: str, name: str) -> Schema:
@@ -138,25 +104,20 @@ def _running_limits(schemas: dict[str, Schema], limits: ServerSettings) -> None:
     _limit_union(schemas, OLLAMA_PREFIX + "EmbedRequest", "input", limits.max_inputs)
 
 
-def _refusals(schemas: dict[str, Schema], names: dict[type, str]) -> None:
+def _refusals(schemas: dict[str, Schema]) -> None:
     """Each refused field says so, and why, in its description."""
-    for kind, component in names.items():
-        refused = getattr(kind, "refused", None) if issubclass(kind, Body) else None
-        if not refused or component not in schemas:
-            continue
-        for field, refusal in refused.items():
-            prop = schemas[component]["properties"].get(field)
-            if prop is not None:
-                prop["description"] = f"Not supported yet ({refusal.why}): sending it is a 400, unless it asks for nothing."
+    for kind in _request_models():
+        prefix = OLLAMA_PREFIX if kind.__module__ == ollama.__name__ else ""
+        properties = schemas.get(prefix + kind.__name__, {}).get("properties", {})
+        for field, refusal in kind.refused.items():
+            if field in properties:
+                properties[field]["description"] = f"Not supported yet ({refusal.why}): sending it is a 400, unless it asks for nothing."
 
 
 def _schemas(limits: ServerSettings) -> dict[str, Schema]:
-    schemas, names = _components(_OPENAI_TYPES)
-    ollama_schemas, ollama_names = _components(_OLLAMA_TYPES, OLLAMA_PREFIX)
-    schemas.update(ollama_schemas)
-    names.update(ollama_names)
+    schemas = {**_components(_OPENAI_TYPES), **_components(_OLLAMA_TYPES, OLLAMA_PREFIX)}
     _running_limits(schemas, limits)
-    _refusals(schemas, names)
+    _refusals(schemas)
     return schemas
 
 

@@ -46,6 +46,9 @@ def _mirostat_off(value: object) -> bool:
     return value == 0
 
 
+_MIROSTAT = "mirostat sampling is not implemented; use temperature, top_k, top_p, min_p or typical_p"
+
+
 class SamplingFields(Body, kw_only=True):
     """The sampling controls (OpenAI's at the top level, Ollama's in `options`)."""
 
@@ -68,8 +71,8 @@ class SamplingFields(Body, kw_only=True):
     tfs_z: float | None = None
 
     refused: ClassVar[dict[str, Refused]] = {
-        "mirostat": Refused("mirostat sampling is not implemented; use temperature, top_k, top_p, min_p or typical_p", allows=_mirostat_off),
-        "mirostat_mode": Refused("mirostat sampling is not implemented; use temperature, top_k, top_p, min_p or typical_p", allows=_mirostat_off),
+        "mirostat": Refused(_MIROSTAT, allows=_mirostat_off),
+        "mirostat_mode": Refused(_MIROSTAT, allows=_mirostat_off),
         "tfs_z": Refused("tail-free sampling is not implemented (1 disables it)", harmless=(1, 1.0)),
         # Ollama's defaults ask for nothing while mirostat is off; any other value is meant for it.
         "mirostat_tau": Refused("it only steers mirostat sampling, which is not implemented", harmless=(5, 5.0)),
@@ -122,8 +125,8 @@ class GenerationExtras(SamplingFields, kw_only=True):
         **SamplingFields.refused,
         "grammar": Refused("grammar-constrained decoding is not implemented in this version"),
         "logit_bias_type": Refused("logit_bias keys are token ids ('input_ids'); token strings are not supported", harmless=("input_ids",)),
-        "mirostat_target": Refused("mirostat sampling is not implemented"),
-        "mirostat_lr": Refused("mirostat sampling is not implemented"),
+        "mirostat_target": Refused(_MIROSTAT),
+        "mirostat_lr": Refused(_MIROSTAT),
     }
 
     def sampling(self, defaults: SamplingParams, logprobs: bool = False, top_logprobs: int = 0) -> SamplingParams:

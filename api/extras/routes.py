@@ -67,11 +67,11 @@ class Health:
         registry = self.ctx.registry
         if self.ctx.draining:
             send_json(resp, models.Health(status="draining", reason="the server is shutting down"), 503)
-        elif registry.state != "ready":
-            state = registry.state
-            send_json(resp, models.Health(status="failed" if state == "failed" else "loading", reason=registry.reason), 503)
-            if registry.state == "loading":
-                resp.set_header("Retry-After", "5")
+        elif registry.state == "failed":
+            send_json(resp, models.Health(status="failed", reason=registry.reason), 503)
+        elif registry.state == "loading":
+            send_json(resp, models.Health(status="loading", reason=registry.reason), 503)
+            resp.set_header("Retry-After", "5")
         else:
             loaded = registry.models()
             generators = {m.name: models.GeneratorStats(**asdict(m.generator.stats())) for m in loaded if m.generator is not None}

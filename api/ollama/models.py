@@ -12,17 +12,17 @@ from typing import Annotated, ClassVar, Literal
 from msgspec import Meta
 
 from api.sampling_fields import GenerationExtras, SamplingFields
-from api.wire import UNSET, Body, Refused, Reply, StopStrings, TokenIds, UnsetType
+from api.wire import NO_JSON_OUTPUT, NO_TOOLS, TEXT_ONLY, UNSET, Body, Refused, Reply, StopStrings, TokenIds, UnsetType
 
-_TOOLS = "tool calling needs constrained decoding, which this version does not have"
-_JSON_OUTPUT = "JSON output needs constrained decoding, which this version does not have"
 _FIXED = "it is fixed when the server starts (see `appliance serve --help`)"
-_TEXT_ONLY = "this engine reads text only"
 
 
 def _keeps_loaded(value: object) -> bool:
     """keep_alive: models stay loaded for the server's lifetime, so only 0 (unload now) asks for something else."""
     return value not in (0, 0.0, "0", "0s", "0m", "0h")
+
+
+_KEEP_ALIVE = Refused("models stay loaded for the server's lifetime; unloading is not supported", allows=_keeps_loaded)
 
 
 class Options(SamplingFields, kw_only=True):
@@ -67,8 +67,8 @@ class _Generation(GenerationExtras, kw_only=True):
 
     refused: ClassVar[dict[str, Refused]] = {
         **GenerationExtras.refused,
-        "format": Refused(_JSON_OUTPUT),
-        "keep_alive": Refused("models stay loaded for the server's lifetime; unloading is not supported", allows=_keeps_loaded),
+        "format": Refused(NO_JSON_OUTPUT),
+        "keep_alive": _KEEP_ALIVE,
         "think": Refused("this model has no thinking mode", harmless=(False,)),
         "shift": Refused("the context is never shifted: a full context ends generation ('length'); send shift false", harmless=(False,)),
     }
@@ -88,7 +88,7 @@ class GenerateRequest(_Generation, kw_only=True):
     refused: ClassVar[dict[str, Refused]] = {
         **_Generation.refused,
         "suffix": Refused("fill-in-the-middle needs a model and template that support it"),
-        "images": Refused(_TEXT_ONLY),
+        "images": Refused(TEXT_ONLY),
         "template": Refused("custom prompt templates are not supported; the model's own chat template is used (or send raw: true)"),
     }
 
@@ -102,9 +102,9 @@ class Message(Body, kw_only=True):
     thinking: str | None = None
 
     refused: ClassVar[dict[str, Refused]] = {
-        "images": Refused(_TEXT_ONLY),
-        "tool_calls": Refused(_TOOLS),
-        "tool_name": Refused(_TOOLS),
+        "images": Refused(TEXT_ONLY),
+        "tool_calls": Refused(NO_TOOLS),
+        "tool_name": Refused(NO_TOOLS),
         "thinking": Refused("this model has no thinking mode"),
     }
 
@@ -115,7 +115,7 @@ class ChatRequest(_Generation, kw_only=True):
     messages: list[Message] | None = None
     tools: list[object] | None = None
 
-    refused: ClassVar[dict[str, Refused]] = {**_Generation.refused, "tools": Refused(_TOOLS)}
+    refused: ClassVar[dict[str, Refused]] = {**_Generation.refused, "tools": Refused(NO_TOOLS)}
 
 
 def _no_options(value: object) -> bool:
@@ -123,7 +123,6 @@ def _no_options(value: object) -> bool:
 
 
 _EMBED_OPTIONS = Refused("sampling and runner options do not apply to embeddings", allows=_no_options)
-_EMBED_KEEP_ALIVE = Refused("models stay loaded for the server's lifetime; unloading is not supported", allows=_keeps_loaded)
 
 
 class EmbedRequest(Body, kw_only=True):
@@ -136,7 +135,7 @@ class EmbedRequest(Body, kw_only=True):
     options: Options | None = None
     keep_alive: str | float | None = None
 
-    refused: ClassVar[dict[str, Refused]] = {"options": _EMBED_OPTIONS, "keep_alive": _EMBED_KEEP_ALIVE}
+    refused: ClassVar[dict[str, Refused]] = {"options": _EMBED_OPTIONS, "keep_alive": _KEEP_ALIVE}
 
 
 class EmbeddingsRequest(Body, kw_only=True):
@@ -147,7 +146,7 @@ class EmbeddingsRequest(Body, kw_only=True):
     options: Options | None = None
     keep_alive: str | float | None = None
 
-    refused: ClassVar[dict[str, Refused]] = {"options": _EMBED_OPTIONS, "keep_alive": _EMBED_KEEP_ALIVE}
+    refused: ClassVar[dict[str, Refused]] = {"options": _EMBED_OPTIONS, "keep_alive": _KEEP_ALIVE}
 
 
 class ShowRequest(Body, kw_only=True):

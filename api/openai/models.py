@@ -13,7 +13,7 @@ from typing import Annotated, ClassVar, Literal
 from msgspec import Meta, field
 
 from api.sampling_fields import GenerationExtras
-from api.wire import UNSET, Body, Refused, Reply, StopStrings, TokenIds, UnsetType
+from api.wire import NO_JSON_OUTPUT, NO_TOOLS, UNSET, Body, Refused, Reply, StopStrings, TokenIds, UnsetType
 from runtime.sampling import MAX_TOP_LOGPROBS
 
 # Legacy completions return at most this many alternatives per token (OpenAI allows 5; we allow 20).
@@ -31,8 +31,6 @@ def _text_only(value: object) -> bool:
     return value == ["text"]
 
 
-_TOOLS = "tool calling needs constrained decoding, which this version does not have"
-_JSON_OUTPUT = "JSON output needs constrained decoding, which this version does not have"
 
 
 class TextPart(Body, kw_only=True, tag="text", tag_field="type"):
@@ -52,7 +50,6 @@ class FilePart(Body, kw_only=True, tag="file", tag_field="type"):
 
 
 ContentPart = TextPart | ImagePart | AudioPart | FilePart
-_TEXT_ONLY = "this engine reads text only"
 
 
 class ChatMessage(Body, kw_only=True):
@@ -69,9 +66,9 @@ class ChatMessage(Body, kw_only=True):
     refusal: str | None = None
 
     refused: ClassVar[dict[str, Refused]] = {
-        "tool_calls": Refused(_TOOLS),
-        "tool_call_id": Refused(_TOOLS),
-        "function_call": Refused(_TOOLS),
+        "tool_calls": Refused(NO_TOOLS),
+        "tool_call_id": Refused(NO_TOOLS),
+        "function_call": Refused(NO_TOOLS),
         "audio": Refused("this server produces and reads text only"),
         "refusal": Refused("an earlier assistant refusal cannot be rendered by the chat template; send it as content"),
     }
@@ -120,7 +117,7 @@ class _Generation(GenerationExtras, kw_only=True):
 
     refused: ClassVar[dict[str, Refused]] = {
         **GenerationExtras.refused,
-        "response_format": Refused(_JSON_OUTPUT, allows=_text_format),
+        "response_format": Refused(NO_JSON_OUTPUT, allows=_text_format),
     }
 
 
@@ -153,10 +150,10 @@ class ChatCompletionRequest(_Generation, kw_only=True):
     refused: ClassVar[dict[str, Refused]] = {
         **_Generation.refused,
         # `tools` with tool_choice "none" asks for nothing: the model may not call them.
-        "tool_choice": Refused(_TOOLS, harmless=("none",)),
-        "parallel_tool_calls": Refused(_TOOLS),
-        "functions": Refused(_TOOLS),
-        "function_call": Refused(_TOOLS, harmless=("none",)),
+        "tool_choice": Refused(NO_TOOLS, harmless=("none",)),
+        "parallel_tool_calls": Refused(NO_TOOLS),
+        "functions": Refused(NO_TOOLS),
+        "function_call": Refused(NO_TOOLS, harmless=("none",)),
         "audio": Refused("this server produces text only"),
         "modalities": Refused("this server produces text only", allows=_text_only),
         "prediction": Refused("predicted outputs are not implemented"),

@@ -23,14 +23,13 @@ from api.registry import ModelInfo, TextModel
 from api.runs import Choice, Collected, total_usage
 from api.sampling_fields import check_limit, finite_logprob, with_choice_seed
 from api.settings import ServerSettings
-from api.wire import stop_tuple
+from api.wire import NO_TOOLS, TEXT_ONLY, stop_tuple
 from runtime.events import Delta, Event, Finish, KeepAlive, TokenChoice, TokenLogprobs, Usage
 from runtime.sampling import SamplingParams
 
 # OpenAI's defaults: temperature 1, top_p 1, no penalties.
 OPENAI_DEFAULTS = SamplingParams()
 
-FinishReason = m.FinishReason
 
 
 @dataclass
@@ -65,7 +64,7 @@ def chat_messages(messages: Sequence[m.ChatMessage]) -> list[dict[str, str]]:
         for part_index, part in enumerate(message.content_parts()):
             if isinstance(part, m.NON_TEXT_PARTS):
                 kind = type(part).__struct_config__.tag
-                raise NotSupported(f"content parts of type {kind!r} are not supported: {m._TEXT_ONLY}", param=f"messages[{index}].content[{part_index}]")
+                raise NotSupported(f"content parts of type {kind!r} are not supported: {TEXT_ONLY}", param=f"messages[{index}].content[{part_index}]")
         content = message.content
         text = content if isinstance(content, str) else "\n".join(p.text for p in message.content_parts() if isinstance(p, m.TextPart))
         item = {"role": message.role, "content": text}
@@ -83,7 +82,7 @@ def parse_chat(body: m.ChatCompletionRequest, generator: TextModel, settings: Se
     """A /v1/chat/completions body → choices to run."""
     check_limit("messages", len(body.messages), settings.max_messages, "messages")
     if body.tools and body.tool_choice != "none":
-        raise NotSupported(f"'tools' is not supported yet: {m._TOOLS} (send tool_choice 'none' to pass them unused)", param="tools")
+        raise NotSupported(f"'tools' is not supported yet: {NO_TOOLS} (send tool_choice 'none' to pass them unused)", param="tools")
     logprobs = bool(body.logprobs)
     top_logprobs = body.top_logprobs or 0
     if top_logprobs and not logprobs:
@@ -190,7 +189,7 @@ def _records(result: Collected) -> list[TokenLogprobs]:
     return [lp for d in result.deltas for lp in d.logprobs]
 
 
-def _reason(finish: Finish) -> FinishReason:
+def _reason(finish: Finish) -> m.FinishReason:
     return "length" if finish.reason == "length" else "stop"
 
 
