@@ -14,6 +14,7 @@ from typing import Annotated, ClassVar, Literal
 from msgspec import Meta
 
 from api.errors import BadRequest
+from api.structured import text_grammar
 from api.wire import (
     Body,
     LogitBias,
@@ -30,6 +31,7 @@ from api.wire import (
     logit_bias_map,
 )
 from runtime.generation import CONTEXT_ERROR, GenerationRequest
+from runtime.grammar import Grammar
 from runtime.sampling import MAX_TOP_LOGPROBS, SamplingParams
 
 # Stand-in for a log-probability of minus infinity, which JSON cannot carry (OpenAI does the same).
@@ -116,14 +118,13 @@ class GenerationExtras(SamplingFields, kw_only=True):
     prompt_truncate_len: Annotated[int, Meta(ge=1)] | None = None
     # vLLM's and Fireworks' name of the repetition penalty, over the whole sequence.
     repetition_penalty: RepeatPenalty | None = None
-    grammar: str | None = None
+    grammar: Annotated[str, Meta(description="A GBNF grammar (llama.cpp's dialect) the output must match.")] | None = None
     logit_bias_type: Literal["input_ids", "tokens"] | None = None
     mirostat_target: float | None = None
     mirostat_lr: float | None = None
 
     refused: ClassVar[dict[str, Refused]] = {
         **SamplingFields.refused,
-        "grammar": Refused("grammar-constrained decoding is not implemented in this version"),
         "logit_bias_type": Refused("logit_bias keys are token ids ('input_ids'); token strings are not supported", harmless=("input_ids",)),
         "mirostat_target": Refused(_MIROSTAT),
         "mirostat_lr": Refused(_MIROSTAT),
@@ -146,8 +147,9 @@ class GenerationExtras(SamplingFields, kw_only=True):
         stop: tuple[str, ...],
         context_length: int | None = None,
         context_policy: str | None = None,
+        grammar: Grammar | None = None,
     ) -> GenerationRequest:
-        """The runtime request for one prompt."""
+        """The runtime request for one prompt; `grammar` what the output must match (see `constraint`)."""
         return GenerationRequest(
             prompt_ids=prompt_ids,
             sampling=sampling,
@@ -160,7 +162,16 @@ class GenerationExtras(SamplingFields, kw_only=True):
             prompt_truncate_len=self.prompt_truncate_len,
             context_length=context_length,
             skip_special_tokens=self.skip_special_tokens is not False,
+            grammar=grammar,
         )
+
+    def constraint(self, other: Grammar | None = None, other_param: str = "") -> Grammar | None:
+        """The grammar the output must match: `grammar` (GBNF) or the dialect's own (`other`), not both."""
+        if self.grammar is None:
+            return other
+        if other is not None:
+            raise BadRequest(f"give 'grammar' or '{other_param}', not both", param="grammar")
+        return text_grammar("gbnf", self.grammar, "grammar")
 
 
 def with_choice_seed(request: GenerationRequest, choice: int) -> GenerationRequest:

@@ -107,9 +107,55 @@ def _special_tokens(source: ModelSource, model: Any, tokenizer: Any) -> tuple[in
     return (int(bos) if bos is not None else None), tuple(eos), (int(pad) if pad is not None else None)
 
 
-def save_tokenizer(tokenizer: Any, path: Path) -> None:
-    """Write the fast tokenizer as tokenizer.json, exactly as transformers runs it."""
+def save_tokenizer(tokenizer: Any, path: Path) -> tuple[str, ...]:
+    """Write the fast tokenizer as tokenizer.json, as transformers runs it; the changes made, if any.
+
+    The one change is `normalise_decoder`'s, made only when every token decodes the same after it.
+    """
     tokenizer.backend_tokenizer.save(str(path))
+    config = json.loads(path.read_text())
+    change = normalise_decoder(config)
+    if change is None:
+        return ()
+    path.write_text(json.dumps(config, ensure_ascii=False, indent=2))
+    return (change,)
+
+
+# Decoder steps that change nothing in a byte-level vocabulary: it has no <0xNN> pieces (ByteFallback)
+# and no "▁" (Replace, Strip of SentencePiece's marker), and Fuse only joins the pieces.
+_INERT_BESIDE_BYTE_LEVEL = {"ByteFallback", "Fuse", "Replace", "Strip"}
+
+
+def normalise_decoder(config: dict[str, Any]) -> str | None:
+    """Give a byte-level tokenizer a plain ByteLevel decoder, in `config` (tokenizer.json), if it decodes the same.
+
+    GGUF-converted tokenizers carry a SentencePiece-style `Sequence` decoder around their
+    ByteLevel step. transformers decodes the same through it, but llguidance (constrained
+    decoding) reads such a vocabulary wrongly and then rejects space and newline tokens in
+    JSON. Returns what was changed (for the manifest), or None when nothing was. The change
+    is kept only if every token, and a few mixed texts, decode to the same string after it.
+    """
+    from tokenizers import Tokenizer
+
+    decoder = config.get("decoder") or {}
+    pre_tokenizer = json.dumps(config.get("pre_tokenizer"))
+    if decoder.get("type") != "Sequence" or '"ByteLevel"' not in pre_tokenizer:
+        return None
+    steps = [step.get("type") for step in decoder.get("decoders", [])]
+    byte_level = [step for step in decoder.get("decoders", []) if step.get("type") == "ByteLevel"]
+    if len(byte_level) != 1 or not set(steps) - {"ByteLevel"} <= _INERT_BESIDE_BYTE_LEVEL:
+        return None
+    before = Tokenizer.from_str(json.dumps(config))
+    changed = dict(config, decoder=byte_level[0])
+    after = Tokenizer.from_str(json.dumps(changed))
+    samples = [[i] for i in range(before.get_vocab_size())]
+    samples += [before.encode(text).ids for text in ("Hello, wörld!\n  {\"a\": [1, 2]}", "▁ <0x41> ça va? 日本語 🙂\t end")]
+    for ids in samples:
+        for skip in (True, False):
+            if before.decode(ids, skip_special_tokens=skip) != after.decode(ids, skip_special_tokens=skip):
+                return None
+    config["decoder"] = byte_level[0]
+    return f"decoder Sequence({', '.join(steps)}) replaced by its ByteLevel step: every token decodes the same, and llguidance reads it"
 
 
 def read_sentence_transformers_config(folder: Path) -> dict[str, Any]:

@@ -298,8 +298,8 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
         )
 
     with progress.step("writing tokenizer.json and manifest.json"):
-        save_tokenizer(loaded.tokenizer, staging / TOKENIZER_FILE)
-        manifest = manifest_for(built, options.precision)
+        changes = save_tokenizer(loaded.tokenizer, staging / TOKENIZER_FILE)
+        manifest = dataclasses.replace(manifest_for(built, options.precision), tokenizer_changes=changes)
         write_manifest(staging, manifest)
     with progress.step("validating against the PyTorch model", total=len(DECODER_PROMPTS)) as step:
         parity = decoder_parity(

@@ -28,6 +28,7 @@ from runtime.decoder import open_decoder
 from runtime.engine import Engine
 from runtime.errors import ChatTemplateError, ContextLengthError, RequestError
 from runtime.events import FINISH_LENGTH, FINISH_STOP, Delta, Event, Finish, TokenChoice, TokenLogprobs
+from runtime.grammar import Constraint, Grammar, GrammarVocabulary
 from runtime.sampling import Sample, SamplingParams, SequenceSampler, TokenLogprob
 from runtime.scheduler import Job, Scheduler, SchedulerStats
 from runtime.text import IncrementalDetokenizer, StopMatcher, TokenBytes
@@ -61,6 +62,8 @@ class GenerationRequest:
     context_length: int | None = None
     # Leave special tokens (e.g. <|im_end|>) out of the text.
     skip_special_tokens: bool = True
+    # What the output must match (runtime/grammar.py); None: anything.
+    grammar: Grammar | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ class SequenceState:
         self.detokenizer = IncrementalDetokenizer(generator.tokenizer, fitted.ids, request.skip_special_tokens)
         self.stops = StopMatcher(request.stop)
         self._token_bytes = generator.token_bytes
+        self.constraint = Constraint(generator.grammars.matcher(request.grammar)) if request.grammar is not None else None
 
     @property
     def generated(self) -> int:
@@ -156,14 +160,22 @@ class SequenceState:
             if stop is not None:
                 return Delta(text, (token,), logprobs), FINISH_STOP, {"stop_sequence": stop}
             return Delta(text, (token,), logprobs), FINISH_STOP, {"stop_token_id": token}
+        grammar_complete = False
+        if self.constraint is not None and not self.constraint.advance(token):
+            if self.constraint.error is not None:
+                # Only a token the grammar allowed can be sampled, unless nothing was allowed (the
+                # grammar wanted its end while min_tokens still banned it): end without that token.
+                text, stop = self._drain("", past_minimum)
+                return Delta(text, (token,), logprobs), FINISH_STOP, {"stop_sequence": stop} if stop is not None else {}
+            grammar_complete = True  # the grammar is satisfied and allows nothing more
         text, stop = self.stops.feed(self.detokenizer.add(token), active=past_minimum)
         if stop is not None:
             return Delta(text, (token,), logprobs), FINISH_STOP, {"stop_sequence": stop}
-        if self.generated >= self.fitted.max_new_tokens:
+        if grammar_complete or self.generated >= self.fitted.max_new_tokens:
             text, stop = self._drain(text, past_minimum)
             if stop is not None:
                 return Delta(text, (token,), logprobs), FINISH_STOP, {"stop_sequence": stop}
-            return Delta(text, (token,), logprobs), FINISH_LENGTH, {}
+            return Delta(text, (token,), logprobs), FINISH_STOP if grammar_complete else FINISH_LENGTH, {}
         return Delta(text, (token,), logprobs), None, {}
 
     def _drain(self, text: str, past_minimum: bool) -> tuple[str, str | None]:
@@ -234,6 +246,8 @@ class TextGenerator:
         self.prefill_chunk = prefill_chunk
         self.token_bytes = TokenBytes(engine.tokenizer)
         self.eos_ids = tuple(self.manifest.eos_token_ids)
+        # The vocabulary as the grammar engine sees it, self-tested now (grammars are refused if it fails).
+        self.grammars = GrammarVocabulary(engine.tokenizer.to_str(), self.manifest.vocab_size, self.eos_ids, self.token_bytes, self.token_bytes.special_ids)
         self.scheduler = Scheduler(self.decoder, prefill_chunk=prefill_chunk, queue_limit=queue_limit, name=engine.name)
 
     @property
@@ -291,6 +305,8 @@ class TextGenerator:
             raise RequestError(f"max_tokens is {request.max_tokens} but this server generates at most {limit} tokens per request", param="max_tokens")
         if request.min_tokens < 0 or (request.max_tokens is not None and request.min_tokens > request.max_tokens):
             raise RequestError(f"min_tokens must be between 0 and max_tokens (got {request.min_tokens})", param="min_tokens")
+        if request.grammar is not None:
+            self.grammars.matcher(request.grammar)  # compiles it (kept for the sequence) or raises GrammarError
         context = self.context_length
         if request.context_length is not None:
             if request.context_length < 1:

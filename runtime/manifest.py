@@ -155,6 +155,8 @@ class Manifest:
     kv_cache: KVLayout | None = None
     embedding: EmbeddingSpec | None = None
     tokenizer_file: str = TOKENIZER_FILE
+    # What the export changed in the model's tokenizer.json, and why (export.loading.save_tokenizer).
+    tokenizer_changes: tuple[str, ...] = ()
     exporter: dict[str, str] = field(default_factory=dict)
     created: str = ""
     files: dict[str, str] = field(default_factory=dict)
@@ -226,6 +228,7 @@ class Manifest:
             "context_length": self.context_length,
             "chat_template": self.chat_template,
             "tokenizer": self.tokenizer_file,
+            "tokenizer_changes": list(self.tokenizer_changes),
             "precision": self.precision,
             "execution_providers": list(self.execution_providers),
             "export_options": self.export_options,
@@ -267,6 +270,7 @@ class Manifest:
                 context_length=int(data["context_length"]),
                 chat_template=data.get("chat_template"),
                 tokenizer_file=data.get("tokenizer", TOKENIZER_FILE),
+                tokenizer_changes=tuple(data.get("tokenizer_changes", ())),
                 precision=data["precision"],
                 execution_providers=tuple(data["execution_providers"]),
                 export_options=dict(data.get("export_options", {})),

@@ -47,6 +47,7 @@ import numpy as np
 
 from runtime.errors import ApplianceError, InferenceError, QueueFullError, QueueTimeoutError, RequestTimeoutError, SchedulerStoppedError
 from runtime.events import FINISH_LENGTH, KEEP_ALIVE, Event, Finish, Usage
+from runtime.grammar import MaskComputer, apply_masks
 from runtime.sampling import sample_batch
 
 if TYPE_CHECKING:  # runtime.generation imports this module
@@ -147,6 +148,7 @@ class Scheduler:
         self._tokens = 0
         # Compaction copies cache rows on the host; a pool that lives on a GPU cannot move yet.
         self._can_move = hasattr(decoder, "move") and getattr(decoder, "device", "cpu") == "cpu"
+        self._mask_computer: MaskComputer | None = None  # made at the first constrained sequence
         self._thread = threading.Thread(target=self._run, name=f"scheduler-{name}", daemon=True)
         self._thread.start()
 
@@ -184,6 +186,8 @@ class Scheduler:
             self._stopping = True
             self._wake.notify()
         self._thread.join(timeout)
+        if self._mask_computer is not None:
+            self._mask_computer.close()
 
     # -- the scheduler thread ---------------------------------------------------------
 
@@ -211,13 +215,19 @@ class Scheduler:
         decoding = [job for job in self._admitted if job.next_token is not None and not job.cancelled]
         if decoding:
             decoding.sort(key=lambda job: job.held_slot)
+            # Constrained sequences' token masks are computed while the step runs (their matchers
+            # already consumed the token the step feeds); they are waited for before sampling.
+            constrained = [job.state.constraint for job in decoding if job.state.constraint is not None]
+            pending = self._masks().start(constrained) if constrained else None
             try:
                 logits = self.decoder.decode([job.slot for job in decoding], [job.next_token for job in decoding])
             except Exception as exc:
+                if pending is not None:
+                    pending.result()  # the matchers must be idle before they are used again
                 self._decode_alone(decoding, exc)
             else:
                 self._steps += 1
-                self._advance(decoding, logits)
+                self._advance(decoding, logits, pending.result() if pending is not None else None)
         # 2. Prompt evaluation for new sequences, within this tick's budget.
         budget = self.prefill_chunk
         for job in list(self._admitted):
@@ -263,9 +273,23 @@ class Scheduler:
             self._steps += 1
             self._advance([job], logits)
 
-    def _advance(self, jobs: list[Job], logits: np.ndarray) -> None:
-        """Sample one token per job from its row of `logits`; send it; end finished jobs."""
+    def _masks(self) -> MaskComputer:
+        if self._mask_computer is None:
+            self._mask_computer = MaskComputer(self.decoder.vocab_size)
+        return self._mask_computer
+
+    def _advance(self, jobs: list[Job], logits: np.ndarray, masks: np.ndarray | None = None) -> None:
+        """Sample one token per job from its row of `logits`; send it; end finished jobs.
+
+        Rows of constrained jobs are masked first: `masks` holds their bitmasks in row order,
+        or is computed here when not given.
+        """
+        rows = [row for row, job in enumerate(jobs) if job.state.constraint is not None]
         try:
+            if rows:
+                if masks is None:
+                    masks = self._masks().compute([c for c in (jobs[row].state.constraint for row in rows) if c is not None])
+                apply_masks(logits, rows, masks)
             samples = sample_batch(logits, [job.state.sampler for job in jobs])
         except Exception as exc:
             if len(jobs) == 1:

@@ -136,6 +136,11 @@ class TokenBytes:
         self._special = {token["id"] for token in config.get("added_tokens", []) if token.get("special")}
         self._cache: dict[int, bytes] = {}
 
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """Ids of the special tokens (their bytes are their names)."""
+        return frozenset(self._special)
+
     def __call__(self, token_id: int) -> bytes:
         cached = self._cache.get(token_id)
         if cached is None:

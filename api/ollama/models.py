@@ -12,7 +12,7 @@ from typing import Annotated, ClassVar, Literal
 from msgspec import Meta
 
 from api.sampling_fields import GenerationExtras, SamplingFields
-from api.wire import NO_JSON_OUTPUT, NO_TOOLS, TEXT_ONLY, UNSET, Body, Refused, Reply, StopStrings, TokenIds, UnsetType
+from api.wire import TEXT_ONLY, UNSET, Body, Refused, Reply, StopStrings, TokenIds, UnsetType
 
 _FIXED = "it is fixed when the server starts (see `appliance serve --help`)"
 
@@ -57,7 +57,7 @@ class _Generation(GenerationExtras, kw_only=True):
     model: str
     options: Options | None = None
     stream: bool | None = None
-    format: str | dict[str, object] | None = None
+    format: Annotated[Literal["json", ""] | dict[str, object], Meta(description='"json" for any JSON value, or a JSON Schema the output must match.')] | None = None
     keep_alive: str | float | None = None
     think: bool | str | None = None
     truncate: bool | None = None
@@ -67,7 +67,6 @@ class _Generation(GenerationExtras, kw_only=True):
 
     refused: ClassVar[dict[str, Refused]] = {
         **GenerationExtras.refused,
-        "format": Refused(NO_JSON_OUTPUT),
         "keep_alive": _KEEP_ALIVE,
         "think": Refused("this model has no thinking mode", harmless=(False,)),
         "shift": Refused("the context is never shifted: a full context ends generation ('length'); send shift false", harmless=(False,)),
@@ -93,29 +92,48 @@ class GenerateRequest(_Generation, kw_only=True):
     }
 
 
+class FunctionCall(Body, kw_only=True):
+    index: int | None = None
+    name: str
+    arguments: dict[str, object] | None = None
+
+
+class ToolCall(Body, kw_only=True):
+    id: str | None = None
+    function: FunctionCall
+
+
 class Message(Body, kw_only=True):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | None = None
     images: list[str] | None = None
-    tool_calls: list[object] | None = None
+    # An assistant message's calls; a tool message names the tool it answers.
+    tool_calls: list[ToolCall] | None = None
     tool_name: str | None = None
     thinking: str | None = None
 
     refused: ClassVar[dict[str, Refused]] = {
         "images": Refused(TEXT_ONLY),
-        "tool_calls": Refused(NO_TOOLS),
-        "tool_name": Refused(NO_TOOLS),
         "thinking": Refused("this model has no thinking mode"),
     }
+
+
+class FunctionDefinition(Body, kw_only=True):
+    name: Annotated[str, Meta(min_length=1)]
+    description: str | None = None
+    parameters: dict[str, object] | None = None
+
+
+class ToolDefinition(Body, kw_only=True):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
 
 
 class ChatRequest(_Generation, kw_only=True):
     """POST /api/chat."""
 
     messages: list[Message] | None = None
-    tools: list[object] | None = None
-
-    refused: ClassVar[dict[str, Refused]] = {**_Generation.refused, "tools": Refused(NO_TOOLS)}
+    tools: list[ToolDefinition] | None = None
 
 
 def _no_options(value: object) -> bool:
@@ -172,9 +190,22 @@ class TokenLogprob(Logprob, kw_only=True):
     top_logprobs: list[Logprob]
 
 
+class FunctionCallReply(Reply, kw_only=True):
+    index: int
+    name: str
+    arguments: dict[str, object]
+
+
+class ToolCallReply(Reply, kw_only=True):
+    id: str
+    function: FunctionCallReply
+
+
 class AssistantMessage(Reply, kw_only=True):
     role: Literal["assistant"] = "assistant"
     content: str
+    # Each call comes whole, in one line of a stream.
+    tool_calls: list[ToolCallReply] | UnsetType = UNSET
 
 
 class _Answer(Reply, kw_only=True):

@@ -16,20 +16,25 @@ Differences from OpenAI that clients rely on:
 
 from __future__ import annotations
 
+import json
+import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
-from api.errors import NotSupported
+from api.errors import BadRequest, NotSupported
 from api.framing import NDJSON_KEEPALIVE, ndjson_line
 from api.ollama import models as m
 from api.registry import ModelInfo, TextModel
 from api.runs import Choice, Collected
 from api.sampling_fields import check_limit, finite_logprob
 from api.settings import ServerSettings
+from api.structured import AUTO, NO_PARAMETERS, Call, EnvelopeReader, Tool, ToolPlan, check_tools, history_message, schema_grammar
 from api.wire import stop_tuple
 from runtime.events import Delta, Event, Finish, KeepAlive, TokenChoice, TokenLogprobs
 from runtime.generation import CONTEXT_ERROR, CONTEXT_TRUNCATE
+from runtime.grammar import Grammar
 from runtime.sampling import SamplingParams
 
 # Ollama's default options (its api/types.go DefaultOptions).
@@ -53,9 +58,20 @@ class Plan:
     logprobs: bool
     top_logprobs: int
     chat: bool
+    # /api/chat with tools: the answer is a tool envelope (api/structured.py).
+    tools: ToolPlan | None = None
 
 
-def _request(body: m.GenerateRequest | m.ChatRequest, prompt: tuple[int, ...], chat: bool) -> Plan:
+def format_grammar(value: str | dict[str, object] | None) -> Grammar | None:
+    """`format`: "json" for a JSON object, a JSON Schema for JSON valid against it, "" or none for text."""
+    if value is None or value == "":
+        return None
+    if value == "json":
+        return Grammar.json_object()
+    return schema_grammar(value, "format")
+
+
+def _request(body: m.GenerateRequest | m.ChatRequest, prompt: tuple[int, ...], chat: bool, tools: ToolPlan | None = None) -> Plan:
     logprobs = bool(body.logprobs)
     top_logprobs = body.top_logprobs or 0
     options = body.options or m.Options()
@@ -63,8 +79,13 @@ def _request(body: m.GenerateRequest | m.ChatRequest, prompt: tuple[int, ...], c
     num_predict = options.num_predict if options.num_predict is not None else -1
     max_tokens = None if num_predict < 0 else num_predict
     policy = CONTEXT_ERROR if body.truncate is False else CONTEXT_TRUNCATE
-    request = body.request(prompt, sampling, max_tokens, stop_tuple(options.stop), context_length=options.num_ctx, context_policy=policy)
-    return Plan(body.model, Choice(0, 0, request), body.stream is not False, logprobs, top_logprobs, chat)
+    grammar = body.constraint(format_grammar(body.format), "format")
+    if tools is not None:
+        if grammar is not None:
+            raise NotSupported("'format' or 'grammar' together with tools is not supported: the tool call envelope is the grammar", param="format")
+        grammar = tools.grammar()
+    request = body.request(prompt, sampling, max_tokens, stop_tuple(options.stop), context_length=options.num_ctx, context_policy=policy, grammar=grammar)
+    return Plan(body.model, Choice(0, 0, request), body.stream is not False, logprobs, top_logprobs, chat, tools)
 
 
 def parse_generate(body: m.GenerateRequest, generator: TextModel, settings: ServerSettings) -> Plan:
@@ -87,8 +108,27 @@ def parse_chat(body: m.ChatRequest, generator: TextModel, settings: ServerSettin
     check_limit("messages", len(messages), settings.max_messages, "messages")
     if not messages:
         return Plan(body.model, None, body.stream is not False, False, 0, chat=True)
-    conversation = [{"role": message.role, "content": message.content or ""} for message in messages]
-    return _request(body, tuple(generator.chat_prompt_ids(conversation)), chat=True)
+    conversation = [_message(message, index) for index, message in enumerate(messages)]
+    tools = None
+    if body.tools:
+        definitions = [t.function for t in body.tools]
+        tools = ToolPlan(tuple(Tool(d.name, d.description, d.parameters or NO_PARAMETERS) for d in definitions), AUTO, parallel=False)
+        check_tools(tools.tools, "tools")
+        conversation = tools.with_instructions(conversation)
+    return _request(body, tuple(generator.chat_prompt_ids(conversation)), chat=True, tools=tools)
+
+
+def _message(message: m.Message, index: int) -> dict[str, Any]:
+    """A message for the template; earlier calls and tool results in the generic tool format."""
+    content = message.content or ""
+    if message.tool_calls:
+        if message.role != "assistant":
+            raise BadRequest("only assistant messages carry tool calls", param=f"messages[{index}].tool_calls")
+        calls = [(c.function.name, json.dumps(c.function.arguments or {}, ensure_ascii=False)) for c in message.tool_calls]
+        return history_message("assistant", content, calls)
+    if message.role == "tool":
+        return history_message("tool", content, tool_name=message.tool_name)
+    return {"role": message.role, "content": content}
 
 
 # -- rendering -------------------------------------------------------------------------
@@ -105,9 +145,22 @@ def logprobs_list(records: Sequence[TokenLogprobs]) -> list[m.TokenLogprob]:
     ]
 
 
-def _answer(plan: Plan, text: str, created_at: str, done: bool) -> m.GenerateResponse | m.ChatResponse:
+def _call_reply(call: Call) -> m.ToolCallReply:
+    try:
+        arguments = json.loads(call.arguments)
+    except ValueError:  # cut off by num_predict: what was written, as a string
+        arguments = {"_incomplete_arguments": call.arguments}
+    if not isinstance(arguments, dict):
+        arguments = {"value": arguments}
+    return m.ToolCallReply(id=f"call_{secrets.token_urlsafe(12)}", function=m.FunctionCallReply(index=call.index, name=call.name, arguments=arguments))
+
+
+def _answer(plan: Plan, text: str, created_at: str, done: bool, calls: Sequence[Call] = ()) -> m.GenerateResponse | m.ChatResponse:
     if plan.chat:
-        return m.ChatResponse(model=plan.model, created_at=created_at, message=m.AssistantMessage(content=text), done=done)
+        message = m.AssistantMessage(content=text)
+        if calls:
+            message.tool_calls = [_call_reply(c) for c in calls]
+        return m.ChatResponse(model=plan.model, created_at=created_at, message=message, done=done)
     return m.GenerateResponse(model=plan.model, created_at=created_at, response=text, done=done)
 
 
@@ -141,7 +194,12 @@ def _context(plan: Plan, generated: list[int]) -> list[int]:
 def response(plan: Plan, result: Collected, created_at: str) -> m.GenerateResponse | m.ChatResponse:
     """The whole answer in one object (stream: false)."""
     generated = [t for d in result.deltas for t in d.token_ids]
-    answer = _finish(_answer(plan, result.text, created_at, done=True), plan, result.finish, _context(plan, generated))
+    text, calls = result.text, []
+    if plan.tools is not None:
+        reader = EnvelopeReader()
+        reader.feed(result.text)
+        text, calls = reader.content, reader.calls
+    answer = _finish(_answer(plan, text, created_at, done=True, calls=calls), plan, result.finish, _context(plan, generated))
     if plan.logprobs:
         answer.logprobs = logprobs_list([lp for d in result.deltas for lp in d.logprobs])
     return answer
@@ -154,6 +212,7 @@ def stream(plan: Plan, events: Iterator[tuple[Choice, Event]], clock: Callable[[
     is one space: JSON whitespace before the next line, which parsers skip.
     """
     generated: list[int] = []
+    reader = EnvelopeReader() if plan.tools is not None else None
     for _, event in events:
         if isinstance(event, KeepAlive):
             yield NDJSON_KEEPALIVE
@@ -161,13 +220,19 @@ def stream(plan: Plan, events: Iterator[tuple[Choice, Event]], clock: Callable[[
         created_at = timestamp(clock())
         if isinstance(event, Delta):
             generated.extend(event.token_ids)
-            if event.text or event.logprobs:
-                line = _answer(plan, event.text, created_at, done=False)
+            text, calls = event.text, []
+            if reader is not None:  # words as they come; each call whole, once its arguments end
+                update = reader.feed(event.text)
+                text, calls = update.text, update.completed
+            if text or calls or event.logprobs:
+                line = _answer(plan, text, created_at, done=False, calls=calls)
                 if plan.logprobs:
                     line.logprobs = logprobs_list(event.logprobs)
                 yield ndjson_line(line)
         else:
-            yield ndjson_line(_finish(_answer(plan, "", created_at, done=True), plan, event, _context(plan, generated)))
+            # Calls cut off by num_predict were never whole: the last line carries them as they are.
+            cut = [c for c in reader.calls if not c.complete] if reader is not None else []
+            yield ndjson_line(_finish(_answer(plan, "", created_at, done=True, calls=cut), plan, event, _context(plan, generated)))
 
 
 # -- embeddings and model listings -------------------------------------------------------

@@ -13,18 +13,14 @@ from typing import Annotated, ClassVar, Literal
 from msgspec import Meta, field
 
 from api.sampling_fields import GenerationExtras
-from api.wire import NO_JSON_OUTPUT, NO_TOOLS, UNSET, Body, Refused, Reply, StopStrings, TokenIds, UnsetType
+from api.wire import UNSET, Body, Refused, Reply, StopStrings, TokenIds, UnsetType
 from runtime.sampling import MAX_TOP_LOGPROBS
 
 # Legacy completions return at most this many alternatives per token (OpenAI allows 5; we allow 20).
 MAX_COMPLETION_LOGPROBS = MAX_TOP_LOGPROBS
 
-Role = Literal["system", "user", "assistant", "tool", "developer"]
-FinishReason = Literal["stop", "length"]
-
-
-def _text_format(value: object) -> bool:
-    return isinstance(value, ResponseFormat) and value.type == "text"
+Role = Literal["system", "user", "assistant", "tool", "developer", "function"]
+FinishReason = Literal["stop", "length", "tool_calls", "function_call"]
 
 
 def _text_only(value: object) -> bool:
@@ -52,23 +48,35 @@ class FilePart(Body, kw_only=True, tag="file", tag_field="type"):
 ContentPart = TextPart | ImagePart | AudioPart | FilePart
 
 
+class FunctionCall(Body, kw_only=True):
+    """A call the assistant made: the function's name and its arguments as JSON text."""
+
+    name: str
+    arguments: str = ""
+
+
+class ToolCall(Body, kw_only=True):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(Body, kw_only=True):
     """One message of the conversation; content as a string or text parts."""
 
     role: Role
     content: str | list[ContentPart] | None = None
-    # Passed to the chat template, which may use it (SmolLM2's does not).
+    # Passed to the chat template, which may use it (SmolLM2's does not); a function result's function.
     name: str | None = None
-    tool_calls: list[object] | None = None
+    # An assistant message's calls, and a tool message's answer to one of them.
+    tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
-    function_call: object = None
+    # The legacy form of one call (role "function" answers it).
+    function_call: FunctionCall | None = None
     audio: object = None
     refusal: str | None = None
 
     refused: ClassVar[dict[str, Refused]] = {
-        "tool_calls": Refused(NO_TOOLS),
-        "tool_call_id": Refused(NO_TOOLS),
-        "function_call": Refused(NO_TOOLS),
         "audio": Refused("this server produces and reads text only"),
         "refusal": Refused("an earlier assistant refusal cannot be rendered by the chat template; send it as content"),
     }
@@ -90,18 +98,44 @@ class StreamOptions(Body, kw_only=True):
     }
 
 
+JsonSchema = Annotated[dict[str, object] | bool, Meta(description="A JSON Schema (draft 2020-12 keywords that llguidance enforces).")]
+
+
 class JsonSchemaFormat(Body, kw_only=True):
     name: str | None = None
-    schema: object = None
+    schema: JsonSchema | None = None
     strict: bool | None = None
     description: str | None = None
 
 
 class ResponseFormat(Body, kw_only=True):
+    """text (no constraint), json_object (any JSON object) or json_schema (JSON valid against the schema)."""
+
     type: Literal["text", "json_object", "json_schema"] = "text"
     json_schema: JsonSchemaFormat | None = None
     # Fireworks' spelling: {"type": "json_object", "schema": {...}}.
-    schema: object = None
+    schema: JsonSchema | None = None
+
+
+class FunctionDefinition(Body, kw_only=True):
+    name: Annotated[str, Meta(min_length=1, max_length=64, pattern="^[a-zA-Z0-9_.-]+$")]
+    description: str | None = None
+    parameters: JsonSchema | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(Body, kw_only=True):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class FunctionName(Body, kw_only=True):
+    name: str
+
+
+class NamedToolChoice(Body, kw_only=True):
+    type: Literal["function"] = "function"
+    function: FunctionName
 
 
 class _Generation(GenerationExtras, kw_only=True):
@@ -115,11 +149,6 @@ class _Generation(GenerationExtras, kw_only=True):
     user: str | None = None
     response_format: ResponseFormat | None = None
 
-    refused: ClassVar[dict[str, Refused]] = {
-        **GenerationExtras.refused,
-        "response_format": Refused(NO_JSON_OUTPUT, allows=_text_format),
-    }
-
 
 class ChatCompletionRequest(_Generation, kw_only=True):
     """POST /v1/chat/completions."""
@@ -129,11 +158,12 @@ class ChatCompletionRequest(_Generation, kw_only=True):
     max_completion_tokens: Annotated[int, Meta(ge=0, description="The newer name of max_tokens; it wins when both are given.")] | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
-    tools: list[object] | None = None
-    tool_choice: object = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    functions: list[object] | None = None
-    function_call: object = None
+    # The legacy form of tools and tool_choice.
+    functions: list[FunctionDefinition] | None = None
+    function_call: Literal["none", "auto"] | FunctionName | None = None
     audio: object = None
     modalities: list[str] | None = None
     prediction: object = None
@@ -149,11 +179,6 @@ class ChatCompletionRequest(_Generation, kw_only=True):
 
     refused: ClassVar[dict[str, Refused]] = {
         **_Generation.refused,
-        # `tools` with tool_choice "none" asks for nothing: the model may not call them.
-        "tool_choice": Refused(NO_TOOLS, harmless=("none",)),
-        "parallel_tool_calls": Refused(NO_TOOLS),
-        "functions": Refused(NO_TOOLS),
-        "function_call": Refused(NO_TOOLS, harmless=("none",)),
         "audio": Refused("this server produces text only"),
         "modalities": Refused("this server produces text only", allows=_text_only),
         "prediction": Refused("predicted outputs are not implemented"),
@@ -227,10 +252,26 @@ class CompletionLogprobs(Reply, kw_only=True):
     text_offset: list[int]
 
 
+class FunctionCallReply(Reply, kw_only=True):
+    name: str
+    arguments: str
+
+
+class ToolCallReply(Reply, kw_only=True):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallReply
+
+
 class AssistantMessage(Reply, kw_only=True):
+    """The answer: text, or (content null) the tool calls the model made."""
+
     role: Literal["assistant"] = "assistant"
-    content: str = ""
+    content: str | None = ""
     refusal: None = None
+    tool_calls: list[ToolCallReply] | UnsetType = UNSET
+    # The legacy form, when the request gave `functions`.
+    function_call: FunctionCallReply | UnsetType = UNSET
 
 
 class ChatChoice(Reply, kw_only=True):
@@ -250,11 +291,27 @@ class ChatCompletion(Reply, kw_only=True):
     usage: Usage
 
 
+class FunctionCallDelta(Reply, kw_only=True):
+    name: str | UnsetType = UNSET
+    arguments: str = ""
+
+
+class ToolCallDelta(Reply, kw_only=True):
+    """A piece of one call: id, type and name in its first delta only, then arguments text."""
+
+    index: int
+    id: str | UnsetType = UNSET
+    type: Literal["function"] | UnsetType = UNSET
+    function: FunctionCallDelta
+
+
 class ChatDelta(Reply, kw_only=True):
     """The first chunk of a choice carries the role; the last an empty delta."""
 
     role: Literal["assistant"] | UnsetType = UNSET
     content: str | UnsetType = UNSET
+    tool_calls: list[ToolCallDelta] | UnsetType = UNSET
+    function_call: FunctionCallDelta | UnsetType = UNSET
 
 
 class ChatChunkChoice(Reply, kw_only=True):

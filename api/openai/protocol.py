@@ -11,8 +11,10 @@ last chunk with empty `choices` carries the usage; `data: [DONE]` ends the strea
 from __future__ import annotations
 
 import base64
+import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +25,10 @@ from api.registry import ModelInfo, TextModel
 from api.runs import Choice, Collected, total_usage
 from api.sampling_fields import check_limit, finite_logprob, with_choice_seed
 from api.settings import ServerSettings
-from api.wire import NO_TOOLS, TEXT_ONLY, stop_tuple
+from api.structured import AUTO, NO_PARAMETERS, REQUIRED, EnvelopeReader, ReaderUpdate, Tool, ToolPlan, check_tools, history_message, schema_grammar
+from api.wire import TEXT_ONLY, stop_tuple
 from runtime.events import Delta, Event, Finish, KeepAlive, TokenChoice, TokenLogprobs, Usage
+from runtime.grammar import Grammar
 from runtime.sampling import SamplingParams
 
 # OpenAI's defaults: temperature 1, top_p 1, no penalties.
@@ -44,6 +48,10 @@ class Plan:
     top_logprobs: int = 0
     # Completions only: prompt text to put before each choice's text (echo), by prompt index.
     echo: dict[int, str] = field(default_factory=dict)
+    # Chat only: the tools the model may call (its answer is then a tool envelope), and
+    # whether they came as the legacy `functions` (answered with `function_call`).
+    tools: ToolPlan | None = None
+    legacy_functions: bool = False
 
 
 def _n(body: m.ChatCompletionRequest | m.CompletionRequest, settings: ServerSettings) -> int:
@@ -57,9 +65,13 @@ def _include_usage(body: m.ChatCompletionRequest | m.CompletionRequest) -> bool:
     return bool(body.stream_options and body.stream_options.include_usage)
 
 
-def chat_messages(messages: Sequence[m.ChatMessage]) -> list[dict[str, str]]:
-    """The conversation as the runtime's chat template takes it: role, text content, name."""
+def chat_messages(messages: Sequence[m.ChatMessage]) -> list[dict[str, Any]]:
+    """The conversation as the runtime's chat template takes it: role, text content, name.
+
+    Earlier tool calls and their results are written in the generic tool format (api/structured.py).
+    """
     result = []
+    called: dict[str, str] = {}  # call id -> function name, to name the results
     for index, message in enumerate(messages):
         for part_index, part in enumerate(message.content_parts()):
             if isinstance(part, m.NON_TEXT_PARTS):
@@ -67,11 +79,65 @@ def chat_messages(messages: Sequence[m.ChatMessage]) -> list[dict[str, str]]:
                 raise NotSupported(f"content parts of type {kind!r} are not supported: {TEXT_ONLY}", param=f"messages[{index}].content[{part_index}]")
         content = message.content
         text = content if isinstance(content, str) else "\n".join(p.text for p in message.content_parts() if isinstance(p, m.TextPart))
-        item = {"role": message.role, "content": text}
-        if message.name is not None:
+        calls = [(c.function.name, c.function.arguments) for c in message.tool_calls or ()]
+        if message.function_call is not None:
+            calls.append((message.function_call.name, message.function_call.arguments))
+        if calls:
+            if message.role != "assistant":
+                raise BadRequest("only assistant messages carry tool calls", param=f"messages[{index}].tool_calls")
+            called.update((c.id, c.function.name) for c in message.tool_calls or () if c.id)
+            item = history_message("assistant", text, calls)
+        elif message.role in ("tool", "function"):
+            if message.role == "tool" and not message.tool_call_id:
+                raise BadRequest("a tool message needs the tool_call_id it answers", param=f"messages[{index}].tool_call_id")
+            name = message.name if message.role == "function" else called.get(message.tool_call_id or "", message.name)
+            item = history_message("tool", text, tool_name=name, call_id=message.tool_call_id)
+        else:
+            item = {"role": message.role, "content": text}
+        if message.name is not None and message.role not in ("tool", "function"):
             item["name"] = message.name
         result.append(item)
     return result
+
+
+def _tool_plan(body: m.ChatCompletionRequest) -> tuple[ToolPlan | None, bool]:
+    """The tools the model may call, from `tools`/`tool_choice` or the legacy `functions`/`function_call`."""
+    if body.tools is not None and body.functions is not None:
+        raise BadRequest("give 'tools' or the legacy 'functions', not both", param="functions")
+    legacy = body.functions is not None
+    definitions = body.functions if legacy else [t.function for t in body.tools or ()]
+    param, choice_param = ("functions", "function_call") if legacy else ("tools", "tool_choice")
+    asked = body.function_call if legacy else body.tool_choice
+    named = asked.name if isinstance(asked, m.FunctionName) else asked.function.name if isinstance(asked, m.NamedToolChoice) else None
+    if not definitions:
+        if named is not None or asked == REQUIRED:
+            raise BadRequest(f"'{choice_param}' asks for a tool call but no {param} were given", param=choice_param)
+        return None, legacy
+    if asked == "none":
+        return None, legacy  # the model may not call them: it answers in words, unconstrained
+    tools = tuple(Tool(d.name, d.description, d.parameters if isinstance(d.parameters, dict) else NO_PARAMETERS, bool(d.strict)) for d in definitions or ())
+    check_tools(tools, param)
+    if named is not None and named not in {t.name for t in tools}:
+        raise BadRequest(f"'{choice_param}' names {named!r}, which is not among the {param}", param=f"{choice_param}.name" if legacy else f"{choice_param}.function.name")
+    choice = named or (REQUIRED if asked == REQUIRED else AUTO)
+    # One call per answer unless several are asked for (llama.cpp's default too): small models
+    # given the choice repeat the same call until max_tokens.
+    parallel = not legacy and body.parallel_tool_calls is True
+    return ToolPlan(tools, choice, parallel), legacy
+
+
+def format_grammar(response_format: m.ResponseFormat | None) -> Grammar | None:
+    """The grammar `response_format` asks for (None for text)."""
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        if response_format.schema is not None:  # Fireworks' form
+            return schema_grammar(response_format.schema, "response_format.schema")
+        return Grammar.json_object()
+    spec = response_format.json_schema
+    if spec is None or spec.schema is None:
+        raise BadRequest("response_format of type json_schema needs json_schema.schema", param="response_format.json_schema")
+    return schema_grammar(spec.schema, "response_format.json_schema.schema", strict=bool(spec.strict))
 
 
 def _max_tokens(body: m.ChatCompletionRequest) -> int | None:
@@ -81,18 +147,23 @@ def _max_tokens(body: m.ChatCompletionRequest) -> int | None:
 def parse_chat(body: m.ChatCompletionRequest, generator: TextModel, settings: ServerSettings) -> Plan:
     """A /v1/chat/completions body → choices to run."""
     check_limit("messages", len(body.messages), settings.max_messages, "messages")
-    if body.tools and body.tool_choice != "none":
-        raise NotSupported(f"'tools' is not supported yet: {NO_TOOLS} (send tool_choice 'none' to pass them unused)", param="tools")
+    tools, legacy = _tool_plan(body)
+    grammar = body.constraint(format_grammar(body.response_format), "response_format")
+    if tools is not None and grammar is not None:
+        raise NotSupported("a response format or grammar together with tools is not supported: the tool call envelope is the grammar", param="response_format")
     logprobs = bool(body.logprobs)
     top_logprobs = body.top_logprobs or 0
     if top_logprobs and not logprobs:
         raise BadRequest("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
     n = _n(body, settings)
     sampling = body.sampling(OPENAI_DEFAULTS, logprobs, top_logprobs)
-    prompt = tuple(generator.chat_prompt_ids(chat_messages(body.messages)))
-    request = body.request(prompt, sampling, _max_tokens(body), stop_tuple(body.stop))
+    messages = chat_messages(body.messages)
+    if tools is not None:
+        messages, grammar = tools.with_instructions(messages), tools.grammar()
+    prompt = tuple(generator.chat_prompt_ids(messages))
+    request = body.request(prompt, sampling, _max_tokens(body), stop_tuple(body.stop), grammar=grammar)
     choices = [Choice(i, 0, with_choice_seed(request, i)) for i in range(n)]
-    return Plan(body.model, choices, bool(body.stream), _include_usage(body), logprobs, top_logprobs)
+    return Plan(body.model, choices, bool(body.stream), _include_usage(body), logprobs, top_logprobs, tools=tools, legacy_functions=legacy)
 
 
 _WRONG_PROMPT = "must be a string, an array of strings, an array of token ids or an array of such arrays"
@@ -132,10 +203,11 @@ def parse_completion(body: m.CompletionRequest, generator: TextModel, settings: 
         raise BadRequest(f"{len(prompts)} prompts × n={n} is more than {settings.max_inputs} completions in one request", param="n")
     wants_logprobs = body.logprobs is not None
     sampling = body.sampling(OPENAI_DEFAULTS, wants_logprobs, body.logprobs or 0)
+    grammar = body.constraint(format_grammar(body.response_format), "response_format")
     choices: list[Choice] = []
     texts: dict[int, str] = {}
     for p, (ids, text) in enumerate(prompts):
-        request = body.request(ids, sampling, body.max_tokens, stop_tuple(body.stop))
+        request = body.request(ids, sampling, body.max_tokens, stop_tuple(body.stop), grammar=grammar)
         choices.extend(Choice(p * n + i, p, with_choice_seed(request, i)) for i in range(n))
         if echo:
             texts[p] = text if text is not None else generator.detokenize(ids)
@@ -189,20 +261,47 @@ def _records(result: Collected) -> list[TokenLogprobs]:
     return [lp for d in result.deltas for lp in d.logprobs]
 
 
-def _reason(finish: Finish) -> m.FinishReason:
-    return "length" if finish.reason == "length" else "stop"
+def _reason(finish: Finish, plan: Plan | None = None, called: bool = False) -> m.FinishReason:
+    """length, stop, or (the model called tools it was free to call) tool_calls / function_call."""
+    if finish.reason == "length":
+        return "length"
+    if called and plan is not None and plan.tools is not None and plan.tools.named is None:
+        return "function_call" if plan.legacy_functions else "tool_calls"
+    return "stop"
+
+
+def call_id() -> str:
+    return f"call_{secrets.token_urlsafe(18)}"
+
+
+def _message(plan: Plan, text: str) -> m.AssistantMessage:
+    """The answer's message: its text, or the calls read from its tool envelope."""
+    if plan.tools is None:
+        return m.AssistantMessage(content=text)
+    reader = EnvelopeReader()
+    reader.feed(text)
+    if not reader.calls:
+        return m.AssistantMessage(content=reader.content)
+    if plan.legacy_functions:
+        first = reader.calls[0]
+        return m.AssistantMessage(content=None, function_call=m.FunctionCallReply(name=first.name, arguments=first.arguments))
+    calls = [m.ToolCallReply(id=call_id(), function=m.FunctionCallReply(name=c.name, arguments=c.arguments)) for c in reader.calls]
+    return m.AssistantMessage(content=None, tool_calls=calls)
 
 
 def chat_response(plan: Plan, results: Sequence[Collected], response_id: str, created: int, digest: str) -> m.ChatCompletion:
-    choices = [
-        m.ChatChoice(
-            index=result.choice.index,
-            message=m.AssistantMessage(content=result.text),
-            logprobs=chat_logprobs(_records(result)) if plan.logprobs else None,
-            finish_reason=_reason(result.finish),
+    choices = []
+    for result in sorted(results, key=lambda r: r.choice.index):
+        message = _message(plan, result.text)
+        called = bool(message.tool_calls) or message.function_call is not m.UNSET
+        choices.append(
+            m.ChatChoice(
+                index=result.choice.index,
+                message=message,
+                logprobs=chat_logprobs(_records(result)) if plan.logprobs else None,
+                finish_reason=_reason(result.finish, plan, called),
+            )
         )
-        for result in sorted(results, key=lambda r: r.choice.index)
-    ]
     usage = usage_reply(total_usage([(r.choice, r.finish) for r in results]))
     return m.ChatCompletion(id=response_id, created=created, model=plan.model, system_fingerprint=_fingerprint(digest), choices=choices, usage=usage)
 
@@ -232,6 +331,7 @@ def chat_stream(plan: Plan, events: Iterator[tuple[Choice, Event]], response_id:
 
     # The first choice's role chunk goes out before its prompt is evaluated; later ones as they start.
     opened = {plan.choices[0].index}
+    readers: dict[int, ToolDeltas] = {}
     yield role_chunk(plan.choices[0].index)
     for choice, event in events:
         if isinstance(event, KeepAlive):
@@ -243,13 +343,57 @@ def chat_stream(plan: Plan, events: Iterator[tuple[Choice, Event]], response_id:
         if isinstance(event, Delta):
             if event.text or event.logprobs:
                 logprobs = chat_logprobs(event.logprobs) if plan.logprobs else None
-                yield frame(m.ChatChunkChoice(index=choice.index, delta=m.ChatDelta(content=event.text), logprobs=logprobs))
+                delta: m.ChatDelta | None
+                if plan.tools is None:
+                    delta = m.ChatDelta(content=event.text)
+                else:
+                    delta = readers.setdefault(choice.index, ToolDeltas(plan.legacy_functions)).delta(event.text)
+                if delta is not None or logprobs is not None:
+                    yield frame(m.ChatChunkChoice(index=choice.index, delta=delta or m.ChatDelta(), logprobs=logprobs))
         else:
             finishes.append((choice, event))
-            yield frame(m.ChatChunkChoice(index=choice.index, delta=m.ChatDelta(), finish_reason=_reason(event)))
+            called = choice.index in readers and readers[choice.index].called
+            yield frame(m.ChatChunkChoice(index=choice.index, delta=m.ChatDelta(), finish_reason=_reason(event, plan, called)))
     if plan.include_usage:
         yield sse_frame(m.ChatCompletionChunk(id=response_id, created=created, model=plan.model, system_fingerprint=fingerprint, choices=[], usage=usage_reply(total_usage(finishes))))
     yield SSE_DONE
+
+
+class ToolDeltas:
+    """One streamed choice's tool envelope → chat deltas: words as content, calls as tool_calls deltas."""
+
+    def __init__(self, legacy_functions: bool) -> None:
+        self.reader = EnvelopeReader()
+        self.legacy = legacy_functions
+        self.ids: dict[int, str] = {}
+
+    @property
+    def called(self) -> bool:
+        return bool(self.reader.calls)
+
+    def delta(self, text: str) -> m.ChatDelta | None:
+        update = self.reader.feed(text)
+        if self.legacy:
+            return self._function_delta(update)
+        parts: dict[int, m.ToolCallDelta] = {}
+        for call in update.started:
+            self.ids[call.index] = call_id()
+            parts[call.index] = m.ToolCallDelta(index=call.index, id=self.ids[call.index], type="function", function=m.FunctionCallDelta(name=call.name))
+        for index, fragment in update.arguments:
+            part = parts.setdefault(index, m.ToolCallDelta(index=index, function=m.FunctionCallDelta()))
+            part.function.arguments += fragment
+        if parts:
+            return m.ChatDelta(tool_calls=[parts[i] for i in sorted(parts)])
+        return m.ChatDelta(content=update.text) if update.text else None
+
+    def _function_delta(self, update: ReaderUpdate) -> m.ChatDelta | None:
+        # The legacy form carries one call: the first.
+        started = [c for c in update.started if c.index == 0]
+        fragment = "".join(f for i, f in update.arguments if i == 0)
+        if started or fragment:
+            name: str | m.UnsetType = started[0].name if started else m.UNSET
+            return m.ChatDelta(function_call=m.FunctionCallDelta(name=name, arguments=fragment))
+        return m.ChatDelta(content=update.text) if update.text else None
 
 
 def completion_stream(plan: Plan, events: Iterator[tuple[Choice, Event]], response_id: str, created: int, digest: str) -> Iterator[bytes]:
