@@ -44,8 +44,9 @@ if TYPE_CHECKING:
     from llguidance._lib import JsonCompileOptions
 
 GRAMMAR_KINDS = ("json_schema", "regex", "lark", "gbnf")
-# Whitespace allowed between JSON tokens: enough for indented output, never unbounded.
-JSON_WHITESPACE = r"[\x20\x0A\x0D\x09]{0,20}"
+# Whitespace allowed between JSON tokens: one line break and an indent, as pretty-printed JSON
+# has; never unbounded (a small model could otherwise loop on blanks).
+JSON_WHITESPACE = r"(\r?\n)?[\x20\x09]{0,16}"
 _JSON_OPTIONS: JsonCompileOptions = {"whitespace_pattern": JSON_WHITESPACE, "lenient": False}
 # Compiled grammars kept per vocabulary (requests often repeat a schema); each sequence gets a copy.
 _CACHE_SIZE = 64
@@ -161,7 +162,9 @@ class GrammarVocabulary:
         """Every token must mean the same bytes to llguidance as to our detokenizer."""
         assert self.tokenizer is not None
         for token in range(self.vocab_size):
-            if token in special_ids:
+            # Special tokens, and the lone 0xFF byte llguidance keeps as its special-token marker
+            # (never part of UTF-8 text), are never text a grammar matches.
+            if token in special_ids or self.tokenizer.is_special_token(token):
                 continue
             theirs, ours = self.tokenizer.decode_bytes([token]), token_bytes(token)
             if theirs != ours:

@@ -56,6 +56,8 @@ class FakeGenerator:
 
     def prepare(self, request: GenerationRequest) -> FittedPrompt:
         request.sampling.validate(100_000)
+        if request.grammar is not None:
+            request.grammar.check()  # as the real engine compiles it: a GrammarError is a 400
         context = min(self.context_length, request.context_length or self.context_length)
         return fit_context(request.prompt_ids, request.max_tokens, context, request.context_policy, request.prompt_truncate_len)
 

@@ -141,15 +141,8 @@ def test_unknown_route_and_method(client) -> None:
 
 
 def test_not_supported_yet(client) -> None:
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
-    openai_error(client.simulate_post("/v1/chat/completions", json={"model": "fake-chat", "messages": CHAT, "tools": tools}), 400, "unsupported_parameter", "tools")
-    openai_error(
-        client.simulate_post("/v1/chat/completions", json={"model": "fake-chat", "messages": CHAT, "response_format": {"type": "json_object"}}),
-        400,
-        "unsupported_parameter",
-    )
     openai_error(client.simulate_post("/v1/completions", json={"model": "fake-chat", "prompt": "x", "echo": True, "logprobs": 1}), 400, param="echo")
-    for body in ({"format": "json"}, {"think": True}, {"images": ["aGk="]}, {"template": "{{ .Prompt }}"}):
+    for body in ({"think": True}, {"images": ["aGk="]}, {"template": "{{ .Prompt }}"}):
         assert "not supported" in ollama_error(client.simulate_post("/api/generate", json={"model": "fake-chat", "prompt": "x", **body}), 400)
     # Accepted and ignored: no tools, tool_choice none, keep_alive, user.
     ok = {"model": "fake-chat", "messages": CHAT, "tools": [], "tool_choice": "none", "user": "u1", "response_format": {"type": "text"}}

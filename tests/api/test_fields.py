@@ -72,7 +72,6 @@ def _refused_cases() -> list[tuple[str, dict[str, Any], str]]:
             for name in nested.refused:
                 body, param = NESTED[nested](base, name, ASKING[name])
                 cases.append((route, body, param))
-    cases.append(("/v1/chat/completions", {**ROUTES["/v1/chat/completions"][1], "tools": ASKING["tools"]}, "tools"))
     return cases
 
 
