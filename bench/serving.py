@@ -126,9 +126,9 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
 
-def stream_chat(client, url: str, model: str, prompt: str, tokens: int) -> dict:
+def stream_chat(client, url: str, model: str, prompt: str, tokens: int, extra: dict | None = None) -> dict:
     """One streamed greedy chat completion: TTFT, decode rate, token count (from usage)."""
-    body = {
+    body = {**(extra or {}),
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": tokens,
@@ -215,6 +215,76 @@ def concurrent(url: str, model: str, tokens: int, streams: int, per_stream: int)
     }
 
 
+# Constrained decoding's cost: a JSON list of records that cannot end within the token budget,
+# so every constrained stream decodes as many tokens as a free one, through keys, strings and numbers.
+PEOPLE = {
+    "type": "array",
+    "items": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 24}, "age": {"type": "integer", "minimum": 0, "maximum": 120}}, "required": ["name", "age"]},
+    "minItems": 200,
+}
+CONSTRAINED = {"response_format": {"type": "json_schema", "json_schema": {"name": "people", "schema": PEOPLE}}}
+STRUCTURED_PROMPT = "List people you could meet in a small town, with their names and ages, as JSON."
+
+
+def streams_of(url: str, model: str, tokens: int, extras: list[dict | None]) -> dict:
+    """One request per stream, all at once (stream i sends extras[i]): tok/s per kind, per-stream decode rates."""
+    import httpx
+
+    results: list[tuple[bool, dict]] = []
+    lock = threading.Lock()
+
+    def one(extra: dict | None) -> None:
+        with httpx.Client() as client:
+            r = stream_chat(client, url, model, STRUCTURED_PROMPT, tokens, extra)
+        with lock:
+            results.append((extra is not None, r))
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(e,)) for e in extras]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    figures = {}
+    for kind, constrained in (("free", False), ("constrained", True)):
+        rows = [r for c, r in results if c == constrained]
+        if rows:
+            figures[kind] = {
+                "aggregate_tok_s": sum(r["tokens"] for r in rows) / wall,
+                "stream_decode_tok_s": statistics.median((r["tokens"] - 1) / r["decode_s"] for r in rows),
+                "tokens": sum(r["tokens"] for r in rows),
+            }
+    return figures
+
+
+def structured_cost(url: str, model: str, tokens: int, streams: int = 8, rounds: int = 3) -> dict:
+    """Paired, interleaved rounds at `streams` streams: all free, all constrained, half and half."""
+    runs: dict[str, list[dict]] = {"free": [], "constrained": [], "mixed": []}
+    streams_of(url, model, 8, [None, CONSTRAINED])  # warm-up: compiles the grammar once
+    for _ in range(rounds):
+        runs["free"].append(streams_of(url, model, tokens, [None] * streams))
+        runs["constrained"].append(streams_of(url, model, tokens, [CONSTRAINED] * streams))
+        runs["mixed"].append(streams_of(url, model, tokens, [None, CONSTRAINED] * (streams // 2)))
+
+    def median(kind: str, part: str, key: str) -> float:
+        return statistics.median(r[part][key] for r in runs[kind])
+
+    free, constrained = median("free", "free", "aggregate_tok_s"), median("constrained", "constrained", "aggregate_tok_s")
+    free_alone, free_beside = median("free", "free", "stream_decode_tok_s"), median("mixed", "free", "stream_decode_tok_s")
+    return {
+        "streams": streams,
+        "rounds": rounds,
+        "free_aggregate_tok_s": free,
+        "constrained_aggregate_tok_s": constrained,
+        "constrained_cost": 1 - constrained / free,
+        "free_stream_tok_s_alone": free_alone,
+        "free_stream_tok_s_beside_constrained": free_beside,
+        "constrained_stream_tok_s_beside_free": median("mixed", "constrained", "stream_decode_tok_s"),
+        "runs": runs,
+    }
+
+
 def embeddings_http(url: str, model: str, batch: int, total: int = 64) -> float:
     import httpx
 
@@ -238,6 +308,15 @@ def run_server(server: Server, args, embed_model: str | None) -> dict:
             result = concurrent(server.url, server.model, args.tokens, streams, args.per_stream)
             figures["concurrent"][str(streams)] = result
             print(f"   {streams:2d} streams: {result['aggregate_tok_s']:.1f} tok/s, TTFT p50 {result['ttft_p50_ms']:.0f} p95 {result['ttft_p95_ms']:.0f} ms, errors {result['errors']}", flush=True)
+        if getattr(args, "structured", False):
+            cost = structured_cost(server.url, server.model, args.tokens)
+            figures["structured"] = cost
+            print(
+                f"   structured @{cost['streams']}: free {cost['free_aggregate_tok_s']:.1f} tok/s, constrained {cost['constrained_aggregate_tok_s']:.1f} tok/s "
+                f"(cost {100 * cost['constrained_cost']:.1f}%); a free stream alone {cost['free_stream_tok_s_alone']:.1f} tok/s, "
+                f"beside constrained ones {cost['free_stream_tok_s_beside_constrained']:.1f} tok/s",
+                flush=True,
+            )
         if embed_model:
             figures["embeddings"] = {str(b): embeddings_http(server.url, embed_model, b) for b in (1, 32)}
             print(f"   embeddings: {figures['embeddings']}", flush=True)
@@ -322,6 +401,14 @@ def print_table(results: dict) -> None:
     for name, f in results["systems"].items():
         if "concurrent" in f:
             print(f"  {name:36} " + "  ".join(f"@{c}: {f['concurrent'][str(c)]['ttft_p50_ms']:.0f}/{f['concurrent'][str(c)]['ttft_p95_ms']:.0f}" for c in results["concurrency"]))
+    structured = ours.get("structured")
+    if structured:
+        print(f"\nconstrained decoding at {structured['streams']} streams (ours; paired rounds, medians; JSON schema that runs the whole budget)")
+        print(f"  aggregate tok/s: free {structured['free_aggregate_tok_s']:.1f}, constrained {structured['constrained_aggregate_tok_s']:.1f} -> cost {100 * structured['constrained_cost']:.1f}% (target <= 10%)")
+        print(
+            f"  per free stream: alone {structured['free_stream_tok_s_alone']:.1f} tok/s, beside constrained {structured['free_stream_tok_s_beside_constrained']:.1f} tok/s; "
+            f"constrained beside free {structured['constrained_stream_tok_s_beside_free']:.1f} tok/s"
+        )
     emb = results.get("embeddings", {})
     if emb:
         print("\nembeddings/s (all-MiniLM-L6-v2)")
@@ -341,7 +428,7 @@ def main() -> int:
     parser.add_argument("--per-stream", type=int, default=2, help="requests each concurrent client sends")
     parser.add_argument("--concurrency", type=int, nargs="*", default=list(CONCURRENCY))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--skip", nargs="*", default=[], help="systems to leave out: llama.cpp, in-process, embeddings")
+    parser.add_argument("--skip", nargs="*", default=[], help="systems or phases to leave out: llama.cpp, in-process, embeddings, structured")
     parser.add_argument("--json", type=Path, default=PEERS / "serving.json")
     args = parser.parse_args()
 
@@ -362,7 +449,9 @@ def main() -> int:
 
     port = free_port()
     ours = Server("ours", [sys.executable, "-m", "appliance", "serve", "--engines", str(args.engines), "--port", str(port)], port, decoder.name)
+    args.structured = "structured" not in args.skip
     figures = run_server(ours, args, encoder if "embeddings" not in args.skip else None)
+    args.structured = False  # the peers' servers are not asked for constrained output
     if "embeddings" in figures:
         results["embeddings"]["ours (HTTP)"] = figures.pop("embeddings")
     results["systems"]["ours"] = figures
