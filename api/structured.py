@@ -25,6 +25,7 @@ written back in the same form (`history_message`), so the model sees its own for
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -255,12 +256,24 @@ class EnvelopeReader:
         self.text = ""
         self.content = ""
         self.calls: list[Call] = []
+        # Inside the words of a `response`: (its opening quote, decoded up to which offset) — the
+        # rest of the envelope is then only its closing, so only the new characters are read.
+        self._words: tuple[int, int] | None = None
 
     def feed(self, piece: str) -> ReaderUpdate:
         update = ReaderUpdate()
         if not piece:
             return update
         self.text += piece
+        if self._words is not None:
+            start, resume_at = self._words
+            parser = _PrefixParser(self.text)
+            parser.at = start
+            node = parser._string((resume_at, self.content))
+            update.text = node.decoded[len(self.content) :]
+            self.content = node.decoded
+            self._words = (start, node.resume_at) if node.end is None else None
+            return update
         root = _PrefixParser(self.text).value()
         if root is None or root.kind != "object":
             return update
@@ -268,6 +281,8 @@ class EnvelopeReader:
             if key == RESPONSE and node is not None and node.kind == "string":
                 update.text = node.decoded[len(self.content) :]
                 self.content = node.decoded
+                if node.end is None:
+                    self._words = (node.start, node.resume_at)
             elif key == CALLS and node is not None and node.kind == "array":
                 for index, item in enumerate(node.elements):
                     self._call(index, item, update)
@@ -306,10 +321,12 @@ class _Node:
     items: list[tuple[str, _Node | None]] = field(default_factory=list)  # objects
     elements: list[_Node] = field(default_factory=list)  # arrays
     decoded: str = ""  # strings, as far as complete characters go
+    resume_at: int = 0  # strings: the offset decoding reached
 
 
 _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 _BLANKS = " \t\n\r"
+_PLAIN = re.compile(r'[^"\\]+')
 _LITERAL_END = _BLANKS + ",]}"
 
 
@@ -388,18 +405,20 @@ class _PrefixParser:
             if value.end is None:
                 return node
 
-    def _string(self) -> _Node:
+    def _string(self, resume: tuple[int, str] | None = None) -> _Node:
+        """A string from `self.at` (its opening quote); `resume`: (offset, text decoded up to it), to go on from there."""
         node = _Node("string", self.at)
-        text, at, parts = self.text, self.at + 1, []
+        text = self.text
+        at, parts = (resume[0], [resume[1]]) if resume else (self.at + 1, [])
         while at < len(text):
-            char = text[at]
-            if char == '"':
+            plain = _PLAIN.match(text, at)  # the run of ordinary characters, at C speed
+            if plain:
+                parts.append(plain.group())
+                at = plain.end()
+                continue
+            if text[at] == '"':
                 node.end = at + 1
                 break
-            if char != "\\":
-                parts.append(char)
-                at += 1
-                continue
             if at + 1 >= len(text):
                 break  # an escape cut off: its character comes with the next piece
             code = text[at + 1]
@@ -420,6 +439,7 @@ class _PrefixParser:
                 parts.append(chr(unit))
                 at += 6
         node.decoded = "".join(parts)
+        node.resume_at = at  # where decoding stopped (before a cut-off escape, if any)
         self.at = node.end if node.end is not None else len(text)
         return node
 

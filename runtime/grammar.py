@@ -19,7 +19,7 @@ JSON whitespace is bounded (`JSON_WHITESPACE`): a small model cannot loop on bla
 values. The vocabulary llguidance sees must decode exactly as ours does: `GrammarVocabulary`
 checks every token's bytes against the engine's tokenizer when the engine loads, and the
 export writes tokenizer.json with a decoder llguidance reads correctly (see
-`export.loading.normalise_tokenizer`).
+`export.loading.normalise_decoder`).
 """
 
 from __future__ import annotations

@@ -291,3 +291,14 @@ def test_the_reader_gives_the_same_calls_however_the_text_is_split(size: int) ->
     assert names == ["s", "t"] == [c.name for c in whole.calls]
     assert streamed == {c.index: c.arguments for c in whole.calls}
     assert json.loads(whole.calls[0].arguments) == {"q": 'a"bé😀', "n": [1, 2500.0, True, None]}
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7])
+def test_the_reader_streams_the_words_of_a_response_however_split(size: int) -> None:
+    from api.structured import EnvelopeReader
+
+    words = 'plain, "quoted" \\ back\tslash, é ☀ 😀 end. ' * 5
+    text = json.dumps({"response": words})  # ASCII escapes, surrogate pairs included
+    reader = EnvelopeReader()
+    streamed = "".join(reader.feed(piece).text for piece in pieces(text, size))
+    assert streamed == words == reader.content and not reader.calls
