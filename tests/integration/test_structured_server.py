@@ -16,7 +16,7 @@ import ollama
 import openai
 import pydantic
 import pytest
-from instructor.exceptions import InstructorRetryException
+from instructor.core import InstructorRetryException
 
 from tests.integration.server import Server
 
