@@ -269,10 +269,10 @@ class EnvelopeReader:
             start, resume_at = self._words
             parser = _PrefixParser(self.text)
             parser.at = start
-            node = parser._string((resume_at, self.content))
-            update.text = node.decoded[len(self.content) :]
-            self.content = node.decoded
-            self._words = (start, node.resume_at) if node.end is None else None
+            words = parser._string((resume_at, self.content))
+            update.text = words.decoded[len(self.content) :]
+            self.content = words.decoded
+            self._words = (start, words.resume_at) if words.end is None else None
             return update
         root = _PrefixParser(self.text).value()
         if root is None or root.kind != "object":
