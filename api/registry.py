@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from api.errors import BadRequest, ModelNotFound, Unavailable
 from runtime.manifest import MANIFEST_FILE, TASK_EMBEDDING, TASK_TEXT_GENERATION
@@ -83,11 +83,14 @@ class TextModel(Protocol):
     @property
     def has_chat_template(self) -> bool: ...
 
+    @property
+    def chat_template_source(self) -> str | None: ...
+
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
 
     def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
 
-    def chat_prompt_ids(self, messages: Sequence[Mapping[str, str]]) -> list[int]: ...
+    def chat_prompt_ids(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]: ...
 
     def prepare(self, request: GenerationRequest) -> FittedPrompt: ...
 

@@ -5,7 +5,10 @@
 `Grammar`, checked now, so a schema or grammar the engine cannot enforce is a 400 naming the
 field before anything runs.
 
-**Tools**, in a generic format that works with any chat template (llama.cpp's "generic"
+**Tools.** A chat template that takes `tools` and writes `<tool_call>` blocks (the Hermes
+format, `tool_format`) gets them itself; its answers are read by `HermesReader`, and with
+`required` or a named function constrained to such blocks by a Lark grammar. Every other
+template gets them in a generic format (llama.cpp's "generic"
 tool handler does the same). The tool list and the answer's form are written into the
 system message (`ToolPlan.instructions`), and the answer is constrained to one JSON object:
 
@@ -31,11 +34,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api.errors import BadRequest
-from runtime.grammar import Grammar, GrammarError
+from runtime.grammar import JSON_WHITESPACE, Grammar, GrammarError, closed_objects
 
 # Keys of the envelope.
 CALLS, CALL, RESPONSE = "tool_calls", "tool_call", "response"
 AUTO, REQUIRED, NONE = "auto", "required", "none"
+# How tools reach the model and its calls come back: the generic envelope, or the Hermes
+# format of templates that take `tools` themselves (Qwen2.5/3, Hermes, SmolLM3, …).
+GENERIC, HERMES = "generic", "hermes"
+_HERMES_OPEN, _HERMES_CLOSE = "<tool_call>", "</tool_call>"
+
+
+def tool_format(template_source: str | None) -> str:
+    """HERMES for a chat template that renders `tools` and writes calls as <tool_call> blocks, else GENERIC."""
+    if template_source and _HERMES_OPEN in template_source and "tools" in template_source:
+        return HERMES
+    return GENERIC
 
 
 def _checked(grammar: Grammar, param: str) -> Grammar:
@@ -137,6 +151,8 @@ class ToolPlan:
     choice: str = AUTO
     # Several calls in one answer (OpenAI's parallel_tool_calls, default true).
     parallel: bool = True
+    # GENERIC or HERMES (`tool_format`).
+    format: str = GENERIC
 
     @property
     def named(self) -> str | None:
@@ -166,8 +182,28 @@ class ToolPlan:
             forms.append(_closed({RESPONSE: {"type": "string"}}))
         return forms[0] if len(forms) == 1 else {"anyOf": forms}
 
-    def grammar(self) -> Grammar:
-        return Grammar.json_schema(self.envelope_schema())
+    def grammar(self) -> Grammar | None:
+        """What the answer must match. Hermes with `auto`: nothing (words, calls, or both, read afterwards)."""
+        if self.format == GENERIC:
+            return Grammar.json_schema(self.envelope_schema())
+        if self.choice == AUTO:
+            return None
+        calls = [self._call_schema(t) for t in self._calls()]
+        schema = closed_objects(calls[0] if len(calls) == 1 else {"anyOf": calls})
+        schema["x-guidance"] = {"whitespace_pattern": JSON_WHITESPACE, "lenient": False}
+        block = f"{json.dumps(_HERMES_OPEN + chr(10))} %json {json.dumps(schema, ensure_ascii=False)} {json.dumps(chr(10) + _HERMES_CLOSE)}"
+        start = 'start: call ("\\n" call)*' if self.parallel and not self.named else "start: call"
+        return Grammar("lark", f"{start}\ncall: {block}")
+
+    def prompt(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+        """The messages and the `tools` for the chat template: generic instructions, or the template's own rendering."""
+        if self.format == GENERIC:
+            return self.with_instructions(messages), None
+        offered = self._calls()
+        return messages, [{"type": "function", "function": t.listing()} for t in offered]
+
+    def reader(self) -> EnvelopeReader | HermesReader:
+        return EnvelopeReader() if self.format == GENERIC else HermesReader()
 
     def instructions(self) -> str:
         """What the system message says about the tools and the answer's form (docs/serving.md)."""
@@ -199,11 +235,22 @@ def _closed(properties: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
-def history_message(role: str, content: str, calls: Sequence[tuple[str, str]] = (), tool_name: str | None = None, call_id: str | None = None) -> dict[str, Any]:
-    """A conversation message in the generic format: earlier calls as the envelope, results as tool messages.
+def history_message(
+    role: str, content: str, calls: Sequence[tuple[str, str]] = (), tool_name: str | None = None, call_id: str | None = None, format: str = GENERIC
+) -> dict[str, Any]:
+    """A conversation message with earlier calls or a tool result, in the model's tool format.
 
-    `calls` are (name, arguments JSON text) pairs; arguments that are not JSON are kept as a string.
+    `calls` are (name, arguments JSON text) pairs; arguments that are not JSON are kept as a
+    string. GENERIC writes calls as the envelope and results as `tool_response` objects;
+    HERMES hands them to the template as `tool_calls` and `tool` messages, as it expects.
     """
+    if format == HERMES:
+        item: dict[str, Any] = {"role": role, "content": content}
+        if calls:
+            item["tool_calls"] = [{"type": "function", "function": {"name": name, "arguments": _json_or_text(arguments)}} for name, arguments in calls]
+        if role == "tool" and tool_name:
+            item["name"] = tool_name
+        return item
     if calls:
         items = [{"name": name, "arguments": _json_or_text(arguments)} for name, arguments in calls]
         envelope = {CALLS: items} if len(items) > 1 else {CALL: items[0]}
@@ -249,8 +296,92 @@ class ReaderUpdate:
     completed: list[Call] = field(default_factory=list)  # calls whose arguments just ended
 
 
+class HermesReader:
+    """Reads Hermes-format answers as they are generated: words, then <tool_call>{"name", "arguments"}</tool_call> blocks.
+
+    Words stream as they come, holding back what could be the start of a <tool_call>; each
+    call is reported whole once its block closes (arguments re-encoded compactly). What a
+    model writes after its first call is not words of the answer. A block that is not a
+    call (not JSON, or no name) is returned as words instead.
+    """
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.content = ""
+        self.calls: list[Call] = []
+        self._read = 0  # text before this offset has been turned into words or calls
+
+    def feed(self, piece: str) -> ReaderUpdate:
+        update = ReaderUpdate()
+        self.text += piece
+        while True:
+            opening = self.text.find(_HERMES_OPEN, self._read)
+            if opening < 0:
+                if not self.calls:
+                    held = _partial_suffix(self.text, _HERMES_OPEN, self._read)
+                    update.text += self._words(len(self.text) - held)
+                return update
+            if not self.calls:
+                update.text += self._words(opening)
+            closing = self.text.find(_HERMES_CLOSE, opening)
+            if closing < 0:
+                return update
+            block = self.text[opening + len(_HERMES_OPEN) : closing]
+            self._read = closing + len(_HERMES_CLOSE)
+            call = self._call(block)
+            if call is None:
+                update.text += self._add_words(self.text[opening : self._read])
+                continue
+            self.calls.append(call)
+            update.started.append(call)
+            update.arguments.append((call.index, call.arguments))
+            update.completed.append(call)
+
+    def finish(self) -> ReaderUpdate:
+        """The end: words held back in case they began a call are words after all."""
+        if self.calls or self._read >= len(self.text):
+            return ReaderUpdate()
+        return ReaderUpdate(text=self._words(len(self.text)))
+
+    def _words(self, end: int) -> str:
+        if end <= self._read:
+            return ""
+        words, self._read = self.text[self._read : end], end
+        return self._add_words(words)
+
+    def _add_words(self, words: str) -> str:
+        if self.calls:
+            return ""
+        self.content += words
+        return words
+
+    def _call(self, block: str) -> Call | None:
+        try:
+            value = json.loads(block)
+        except ValueError:
+            return None
+        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+            return None
+        arguments = value.get("arguments", value.get("parameters", {}))
+        if isinstance(arguments, str):  # some models write the arguments as a JSON string
+            arguments = _json_or_text(arguments)
+        return Call(len(self.calls), value["name"], json.dumps(arguments, ensure_ascii=False), complete=True)
+
+
+def _partial_suffix(text: str, marker: str, start: int) -> int:
+    """Length of the longest end of text[start:] that is a proper beginning of `marker`."""
+    for size in range(min(len(marker) - 1, len(text) - start), 0, -1):
+        if text.endswith(marker[:size]):
+            return size
+    return 0
+
+
 class EnvelopeReader:
     """Reads a tool envelope as it is generated (the grammar guarantees its form)."""
+
+    def finish(self) -> ReaderUpdate:
+        """The end: everything was reported as it came."""
+        return ReaderUpdate()
 
     def __init__(self) -> None:
         self.text = ""

@@ -262,6 +262,11 @@ class TextGenerator:
     def has_chat_template(self) -> bool:
         return self.engine.chat_template is not None
 
+    @property
+    def chat_template_source(self) -> str | None:
+        """The chat template's Jinja source (the API reads from it which tool-call format the model uses)."""
+        return self.engine.chat_template.source if self.engine.chat_template is not None else None
+
     # -- text in -------------------------------------------------------------------
 
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:

@@ -30,7 +30,7 @@ from api.registry import ModelInfo, TextModel
 from api.runs import Choice, Collected
 from api.sampling_fields import check_limit, finite_logprob
 from api.settings import ServerSettings
-from api.structured import AUTO, NO_PARAMETERS, Call, EnvelopeReader, Tool, ToolPlan, check_tools, history_message, schema_grammar
+from api.structured import AUTO, GENERIC, NO_PARAMETERS, Call, Tool, ToolPlan, check_tools, history_message, schema_grammar, tool_format
 from api.wire import stop_tuple
 from runtime.events import Delta, Event, Finish, KeepAlive, TokenChoice, TokenLogprobs
 from runtime.generation import CONTEXT_ERROR, CONTEXT_TRUNCATE
@@ -83,7 +83,7 @@ def _request(body: m.GenerateRequest | m.ChatRequest, prompt: tuple[int, ...], c
     if tools is not None:
         if grammar is not None:
             raise NotSupported("'format' or 'grammar' together with tools is not supported: the tool call envelope is the grammar", param="format")
-        grammar = tools.grammar()
+        grammar = tools.grammar()  # None for a Hermes template with auto: its calls are read afterwards
     request = body.request(prompt, sampling, max_tokens, stop_tuple(options.stop), context_length=options.num_ctx, context_policy=policy, grammar=grammar)
     return Plan(body.model, Choice(0, 0, request), body.stream is not False, logprobs, top_logprobs, chat, tools)
 
@@ -108,26 +108,27 @@ def parse_chat(body: m.ChatRequest, generator: TextModel, settings: ServerSettin
     check_limit("messages", len(messages), settings.max_messages, "messages")
     if not messages:
         return Plan(body.model, None, body.stream is not False, False, 0, chat=True)
-    conversation = [_message(message, index) for index, message in enumerate(messages)]
-    tools = None
+    format = tool_format(generator.chat_template_source)
+    conversation = [_message(message, index, format) for index, message in enumerate(messages)]
+    tools, template_tools = None, None
     if body.tools:
         definitions = [t.function for t in body.tools]
-        tools = ToolPlan(tuple(Tool(d.name, d.description, d.parameters or NO_PARAMETERS) for d in definitions), AUTO, parallel=False)
+        tools = ToolPlan(tuple(Tool(d.name, d.description, d.parameters or NO_PARAMETERS) for d in definitions), AUTO, parallel=False, format=format)
         check_tools(tools.tools, "tools")
-        conversation = tools.with_instructions(conversation)
-    return _request(body, tuple(generator.chat_prompt_ids(conversation)), chat=True, tools=tools)
+        conversation, template_tools = tools.prompt(conversation)
+    return _request(body, tuple(generator.chat_prompt_ids(conversation, tools=template_tools)), chat=True, tools=tools)
 
 
-def _message(message: m.Message, index: int) -> dict[str, Any]:
+def _message(message: m.Message, index: int, format: str = GENERIC) -> dict[str, Any]:
     """A message for the template; earlier calls and tool results in the generic tool format."""
     content = message.content or ""
     if message.tool_calls:
         if message.role != "assistant":
             raise BadRequest("only assistant messages carry tool calls", param=f"messages[{index}].tool_calls")
         calls = [(c.function.name, json.dumps(c.function.arguments or {}, ensure_ascii=False)) for c in message.tool_calls]
-        return history_message("assistant", content, calls)
+        return history_message("assistant", content, calls, format=format)
     if message.role == "tool":
-        return history_message("tool", content, tool_name=message.tool_name)
+        return history_message("tool", content, tool_name=message.tool_name, format=format)
     return {"role": message.role, "content": content}
 
 
@@ -196,8 +197,9 @@ def response(plan: Plan, result: Collected, created_at: str) -> m.GenerateRespon
     generated = [t for d in result.deltas for t in d.token_ids]
     text, calls = result.text, []
     if plan.tools is not None:
-        reader = EnvelopeReader()
+        reader = plan.tools.reader()
         reader.feed(result.text)
+        reader.finish()
         text, calls = reader.content, reader.calls
     answer = _finish(_answer(plan, text, created_at, done=True, calls=calls), plan, result.finish, _context(plan, generated))
     if plan.logprobs:
@@ -212,7 +214,7 @@ def stream(plan: Plan, events: Iterator[tuple[Choice, Event]], clock: Callable[[
     is one space: JSON whitespace before the next line, which parsers skip.
     """
     generated: list[int] = []
-    reader = EnvelopeReader() if plan.tools is not None else None
+    reader = plan.tools.reader() if plan.tools is not None else None
     for _, event in events:
         if isinstance(event, KeepAlive):
             yield NDJSON_KEEPALIVE
@@ -232,7 +234,8 @@ def stream(plan: Plan, events: Iterator[tuple[Choice, Event]], clock: Callable[[
         else:
             # Calls cut off by num_predict were never whole: the last line carries them as they are.
             cut = [c for c in reader.calls if not c.complete] if reader is not None else []
-            yield ndjson_line(_finish(_answer(plan, "", created_at, done=True, calls=cut), plan, event, _context(plan, generated)))
+            held = reader.finish().text if reader is not None else ""
+            yield ndjson_line(_finish(_answer(plan, held, created_at, done=True, calls=cut), plan, event, _context(plan, generated)))
 
 
 # -- embeddings and model listings -------------------------------------------------------

@@ -25,7 +25,21 @@ from api.registry import ModelInfo, TextModel
 from api.runs import Choice, Collected, total_usage
 from api.sampling_fields import check_limit, finite_logprob, with_choice_seed
 from api.settings import ServerSettings
-from api.structured import AUTO, NO_PARAMETERS, REQUIRED, EnvelopeReader, ReaderUpdate, Tool, ToolPlan, check_tools, history_message, schema_grammar
+from api.structured import (
+    AUTO,
+    GENERIC,
+    NO_PARAMETERS,
+    REQUIRED,
+    EnvelopeReader,
+    HermesReader,
+    ReaderUpdate,
+    Tool,
+    ToolPlan,
+    check_tools,
+    history_message,
+    schema_grammar,
+    tool_format,
+)
 from api.wire import TEXT_ONLY, stop_tuple
 from runtime.events import Delta, Event, Finish, KeepAlive, TokenChoice, TokenLogprobs, Usage
 from runtime.grammar import Grammar
@@ -65,10 +79,10 @@ def _include_usage(body: m.ChatCompletionRequest | m.CompletionRequest) -> bool:
     return bool(body.stream_options and body.stream_options.include_usage)
 
 
-def chat_messages(messages: Sequence[m.ChatMessage]) -> list[dict[str, Any]]:
+def chat_messages(messages: Sequence[m.ChatMessage], format: str = GENERIC) -> list[dict[str, Any]]:
     """The conversation as the runtime's chat template takes it: role, text content, name.
 
-    Earlier tool calls and their results are written in the generic tool format (api/structured.py).
+    Earlier tool calls and their results are written in the model's tool format (api/structured.py).
     """
     result = []
     called: dict[str, str] = {}  # call id -> function name, to name the results
@@ -86,12 +100,12 @@ def chat_messages(messages: Sequence[m.ChatMessage]) -> list[dict[str, Any]]:
             if message.role != "assistant":
                 raise BadRequest("only assistant messages carry tool calls", param=f"messages[{index}].tool_calls")
             called.update((c.id, c.function.name) for c in message.tool_calls or () if c.id)
-            item = history_message("assistant", text, calls)
+            item = history_message("assistant", text, calls, format=format)
         elif message.role in ("tool", "function"):
             if message.role == "tool" and not message.tool_call_id:
                 raise BadRequest("a tool message needs the tool_call_id it answers", param=f"messages[{index}].tool_call_id")
             name = message.name if message.role == "function" else called.get(message.tool_call_id or "", message.name)
-            item = history_message("tool", text, tool_name=name, call_id=message.tool_call_id)
+            item = history_message("tool", text, tool_name=name, call_id=message.tool_call_id, format=format)
         else:
             item = {"role": message.role, "content": text}
         if message.name is not None and message.role not in ("tool", "function"):
@@ -100,7 +114,7 @@ def chat_messages(messages: Sequence[m.ChatMessage]) -> list[dict[str, Any]]:
     return result
 
 
-def _tool_plan(body: m.ChatCompletionRequest) -> tuple[ToolPlan | None, bool]:
+def _tool_plan(body: m.ChatCompletionRequest, format: str) -> tuple[ToolPlan | None, bool]:
     """The tools the model may call, from `tools`/`tool_choice` or the legacy `functions`/`function_call`."""
     if body.tools is not None and body.functions is not None:
         raise BadRequest("give 'tools' or the legacy 'functions', not both", param="functions")
@@ -123,7 +137,7 @@ def _tool_plan(body: m.ChatCompletionRequest) -> tuple[ToolPlan | None, bool]:
     # One call per answer unless several are asked for (llama.cpp's default too): small models
     # given the choice repeat the same call until max_tokens.
     parallel = not legacy and body.parallel_tool_calls is True
-    return ToolPlan(tools, choice, parallel), legacy
+    return ToolPlan(tools, choice, parallel, format), legacy
 
 
 def format_grammar(response_format: m.ResponseFormat | None) -> Grammar | None:
@@ -147,7 +161,8 @@ def _max_tokens(body: m.ChatCompletionRequest) -> int | None:
 def parse_chat(body: m.ChatCompletionRequest, generator: TextModel, settings: ServerSettings) -> Plan:
     """A /v1/chat/completions body → choices to run."""
     check_limit("messages", len(body.messages), settings.max_messages, "messages")
-    tools, legacy = _tool_plan(body)
+    format = tool_format(generator.chat_template_source)
+    tools, legacy = _tool_plan(body, format)
     grammar = body.constraint(format_grammar(body.response_format), "response_format")
     if tools is not None and grammar is not None:
         raise NotSupported("a response format or grammar together with tools is not supported: the tool call envelope is the grammar", param="response_format")
@@ -157,10 +172,10 @@ def parse_chat(body: m.ChatCompletionRequest, generator: TextModel, settings: Se
         raise BadRequest("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
     n = _n(body, settings)
     sampling = body.sampling(OPENAI_DEFAULTS, logprobs, top_logprobs)
-    messages = chat_messages(body.messages)
+    messages, template_tools = chat_messages(body.messages, format), None
     if tools is not None:
-        messages, grammar = tools.with_instructions(messages), tools.grammar()
-    prompt = tuple(generator.chat_prompt_ids(messages))
+        (messages, template_tools), grammar = tools.prompt(messages), tools.grammar()
+    prompt = tuple(generator.chat_prompt_ids(messages, tools=template_tools))
     request = body.request(prompt, sampling, _max_tokens(body), stop_tuple(body.stop), grammar=grammar)
     choices = [Choice(i, 0, with_choice_seed(request, i)) for i in range(n)]
     return Plan(body.model, choices, bool(body.stream), _include_usage(body), logprobs, top_logprobs, tools=tools, legacy_functions=legacy)
@@ -278,15 +293,18 @@ def _message(plan: Plan, text: str) -> m.AssistantMessage:
     """The answer's message: its text, or the calls read from its tool envelope."""
     if plan.tools is None:
         return m.AssistantMessage(content=text)
-    reader = EnvelopeReader()
+    reader = plan.tools.reader()
     reader.feed(text)
+    reader.finish()
     if not reader.calls:
         return m.AssistantMessage(content=reader.content)
+    # Words before the calls (the Hermes format allows them) stay the content; none: null, as OpenAI sends.
+    content = reader.content or None
     if plan.legacy_functions:
         first = reader.calls[0]
-        return m.AssistantMessage(content=None, function_call=m.FunctionCallReply(name=first.name, arguments=first.arguments))
+        return m.AssistantMessage(content=content, function_call=m.FunctionCallReply(name=first.name, arguments=first.arguments))
     calls = [m.ToolCallReply(id=call_id(), function=m.FunctionCallReply(name=c.name, arguments=c.arguments)) for c in reader.calls]
-    return m.AssistantMessage(content=None, tool_calls=calls)
+    return m.AssistantMessage(content=content, tool_calls=calls)
 
 
 def chat_response(plan: Plan, results: Sequence[Collected], response_id: str, created: int, digest: str) -> m.ChatCompletion:
@@ -347,11 +365,14 @@ def chat_stream(plan: Plan, events: Iterator[tuple[Choice, Event]], response_id:
                 if plan.tools is None:
                     delta = m.ChatDelta(content=event.text)
                 else:
-                    delta = readers.setdefault(choice.index, ToolDeltas(plan.legacy_functions)).delta(event.text)
+                    delta = readers.setdefault(choice.index, ToolDeltas(plan.tools.reader(), plan.legacy_functions)).delta(event.text)
                 if delta is not None or logprobs is not None:
                     yield frame(m.ChatChunkChoice(index=choice.index, delta=delta or m.ChatDelta(), logprobs=logprobs))
         else:
             finishes.append((choice, event))
+            held = readers[choice.index].finish() if choice.index in readers else None
+            if held is not None:
+                yield frame(m.ChatChunkChoice(index=choice.index, delta=held))
             called = choice.index in readers and readers[choice.index].called
             yield frame(m.ChatChunkChoice(index=choice.index, delta=m.ChatDelta(), finish_reason=_reason(event, plan, called)))
     if plan.include_usage:
@@ -362,8 +383,8 @@ def chat_stream(plan: Plan, events: Iterator[tuple[Choice, Event]], response_id:
 class ToolDeltas:
     """One streamed choice's tool envelope → chat deltas: words as content, calls as tool_calls deltas."""
 
-    def __init__(self, legacy_functions: bool) -> None:
-        self.reader = EnvelopeReader()
+    def __init__(self, reader: EnvelopeReader | HermesReader, legacy_functions: bool) -> None:
+        self.reader = reader
         self.legacy = legacy_functions
         self.ids: dict[int, str] = {}
 
@@ -372,7 +393,13 @@ class ToolDeltas:
         return bool(self.reader.calls)
 
     def delta(self, text: str) -> m.ChatDelta | None:
-        update = self.reader.feed(text)
+        return self._render(self.reader.feed(text))
+
+    def finish(self) -> m.ChatDelta | None:
+        """Words held back until the end (they might have begun a call), if any."""
+        return self._render(self.reader.finish())
+
+    def _render(self, update: ReaderUpdate) -> m.ChatDelta | None:
         if self.legacy:
             return self._function_delta(update)
         parts: dict[int, m.ToolCallDelta] = {}

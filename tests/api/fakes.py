@@ -9,6 +9,7 @@ generator does.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -30,13 +31,15 @@ EOS = 0
 class FakeGenerator:
     """Text 'model' whose vocabulary is the reply's pieces plus one id per character of prompts."""
 
-    def __init__(self, context_length: int = 64, reply: Sequence[str] = REPLY, fail_after: int | None = None, stalls: int = 0) -> None:
+    def __init__(self, context_length: int = 64, reply: Sequence[str] = REPLY, fail_after: int | None = None, stalls: int = 0, chat_template_source: str | None = "{{ messages }}") -> None:
         self.context_length = context_length
         # Heartbeat intervals that pass before the first token (as if queued), for streams that ask for them.
         self.stalls = stalls
         self.reply = tuple(reply)
         self.fail_after = fail_after
         self.has_chat_template = True
+        # A template source with "<tool_call>" makes the API use the Hermes tool format.
+        self.chat_template_source: str | None = chat_template_source
         self.requests: list[GenerationRequest] = []
         self.closed = 0
 
@@ -51,7 +54,9 @@ class FakeGenerator:
         return self.reply[token_id - 1] if 1 <= token_id <= len(self.reply) else chr(token_id - 100)
 
     def chat_prompt_ids(self, messages: Sequence[Any], tools: Any = None) -> list[int]:
-        text = "".join(f"<{m['role']}>{m['content']}" for m in normalise_messages(messages)) + "<assistant>"
+        # Tools the template is given, and calls in the history, are written out as JSON (as a tool-aware template would).
+        head = f"<tools>{json.dumps(list(tools))}</tools>" if tools else ""
+        text = head + "".join(f"<{m['role']}>{m['content']}" + (json.dumps(m["tool_calls"]) if m.get("tool_calls") else "") for m in normalise_messages(messages)) + "<assistant>"
         return self.tokenize(text, add_special_tokens=False)
 
     def prepare(self, request: GenerationRequest) -> FittedPrompt:

@@ -302,3 +302,113 @@ def test_the_reader_streams_the_words_of_a_response_however_split(size: int) -> 
     reader = EnvelopeReader()
     streamed = "".join(reader.feed(piece).text for piece in pieces(text, size))
     assert streamed == words == reader.content and not reader.calls
+
+
+# -- templates with their own tool format (Hermes: <tool_call> blocks) -----------------------------------
+
+# The tool part of a Qwen2.5-style template: tools listed in the system turn, calls as <tool_call> blocks.
+HERMES_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\n# Tools\n<tools>{% for tool in tools %}\n{{ tool | tojson }}{% endfor %}\n</tools>\n"
+    "Return calls as <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call><|im_end|>\n{% endif %}"
+    "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}"
+    "{% for call in message.tool_calls or [] %}<tool_call>\n{\"name\": \"{{ call.function.name }}\", \"arguments\": {{ call.function.arguments | tojson }}}\n</tool_call>{% endfor %}"
+    "<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
+)
+HERMES_CALL = 'Let me check.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+@pytest.fixture
+def hermes(make_client):
+    def make(text: str):
+        return make_client(FakeGenerator(context_length=4096, reply=pieces(text), chat_template_source=HERMES_TEMPLATE))
+
+    return make
+
+
+def test_a_hermes_template_gets_the_tools_itself_and_its_calls_are_read(hermes) -> None:
+    client = hermes(HERMES_CALL)
+    result = chat(client, tools=TOOLS)
+    choice = result.json["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] == "Let me check."
+    assert choice["message"]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": ARGUMENTS}
+    request = client.generator.requests[-1]
+    assert request.grammar is None, "auto: words, calls or both, read afterwards"
+    prompt = client.generator.detokenize(request.prompt_ids)
+    assert prompt.startswith('<tools>[{"type": "function", "function": {"name": "get_weather"') and '"tool_call"' not in prompt
+
+
+def test_a_hermes_required_call_is_constrained_to_blocks(hermes) -> None:
+    client = hermes(HERMES_CALL.split("check.", 1)[1])
+    result = chat(client, tools=TOOLS, tool_choice="required")
+    assert result.json["choices"][0]["message"]["content"] is None
+    grammar = client.generator.requests[-1].grammar
+    assert grammar.kind == "lark" and "%json" in grammar.source and "<tool_call>" in grammar.source
+    grammar.check()
+
+
+def test_hermes_streams_words_then_the_whole_call(hermes) -> None:
+    client = hermes(HERMES_CALL)
+    chunks = sse(chat(client, tools=TOOLS, stream=True))
+    text = "".join(choice["delta"].get("content") or "" for c in chunks for choice in c["choices"])
+    assert text == "Let me check."
+    calls = [d for c in chunks for choice in c["choices"] for d in choice["delta"].get("tool_calls", [])]
+    assert len(calls) == 1 and calls[0]["function"] == {"name": "get_weather", "arguments": ARGUMENTS} and calls[0]["id"].startswith("call_")
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_hermes_words_that_only_look_like_a_call_are_words(hermes) -> None:
+    client = hermes("A <tool_ thing and <tool_call>not json</tool_call> end <tool")
+    chunks = sse(chat(client, tools=TOOLS, stream=True))
+    text = "".join(choice["delta"].get("content") or "" for c in chunks for choice in c["choices"])
+    assert text == "A <tool_ thing and <tool_call>not json</tool_call> end <tool"
+    assert chat(client, tools=TOOLS).json["choices"][0]["message"]["content"] == text
+
+
+def test_hermes_history_goes_to_the_template_as_tool_calls(hermes) -> None:
+    client = hermes("Sunny.")
+    messages = [
+        *CHAT,
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ARGUMENTS}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    assert chat(client, tools=TOOLS, messages=messages).json["choices"][0]["message"]["content"] == "Sunny."
+    prompt = client.generator.detokenize(client.generator.requests[-1].prompt_ids)
+    assert '<assistant>[{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]' in prompt
+    assert "<tool>sunny" in prompt
+
+
+def test_ollama_with_a_hermes_template(hermes) -> None:
+    client = hermes(HERMES_CALL)
+    result = client.simulate_post("/api/chat", json={"model": "fake-chat", "messages": CHAT, "tools": TOOLS, "stream": False})
+    assert result.json["message"]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
+    assert result.json["message"]["content"] == "Let me check."
+
+
+def test_a_hermes_template_renders_tools_and_calls() -> None:
+    from api.structured import HERMES, Tool, ToolPlan, history_message, tool_format
+    from runtime.chat import ChatTemplate
+
+    assert tool_format(HERMES_TEMPLATE) == HERMES and tool_format("{{ messages }}") == "generic" and tool_format(None) == "generic"
+    plan = ToolPlan((Tool("get_weather", "Weather now", WEATHER),), format=HERMES)
+    messages, template_tools = plan.prompt([{"role": "user", "content": "Weather?"}])
+    history = [*messages, history_message("assistant", "", [("get_weather", ARGUMENTS)], format=HERMES), history_message("tool", "sunny", tool_name="get_weather", format=HERMES)]
+    text = ChatTemplate.compile(HERMES_TEMPLATE).render(history, tools=template_tools)
+    assert '{"type": "function", "function": {"name": "get_weather", "description": "Weather now"' in text
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in text
+    assert "<|im_start|>tool\nsunny" in text
+
+
+@pytest.mark.parametrize("size", [1, 2, 4, 9])
+def test_the_hermes_reader_however_split(size: int) -> None:
+    from api.structured import HermesReader
+
+    text = 'Two calls: <tool_call>\n{"name": "a", "arguments": {"x": [1, "é"]}}\n</tool_call>\n<tool_call>\n{"name": "b", "parameters": "{\\"y\\": 2}"}\n</tool_call> tail'
+    reader = HermesReader()
+    words, calls = "", []
+    for piece in pieces(text, size):
+        update = reader.feed(piece)
+        words += update.text
+        calls += [(c.name, c.arguments) for c in update.completed]
+    words += reader.finish().text
+    assert words == "Two calls: " == reader.content
+    assert calls == [("a", '{"x": [1, "é"]}'), ("b", '{"y": 2}')]

@@ -162,3 +162,23 @@ def test_every_constrained_output_is_valid_against_its_schema(generator, schema,
         jsonschema.validate(json.loads(text), schema)
     else:  # cut off by max_tokens: a prefix of valid JSON, never anything else
         assert finish.reason == FINISH_LENGTH and finish.usage.completion_tokens == 160
+
+
+def test_hermes_required_calls_are_blocks_whose_arguments_match(generator) -> None:
+    from api.structured import HERMES, REQUIRED, HermesReader, Tool, ToolPlan
+
+    parameters = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}, "days": {"type": "integer", "minimum": 1, "maximum": 7}}, "required": ["city", "days"]}
+    tools = (Tool("forecast", None, parameters), Tool("noop", None, {"type": "object", "properties": {}}))
+    for parallel in (False, True):
+        grammar = ToolPlan(tools, REQUIRED, parallel, HERMES).grammar()
+        for seed in range(4):
+            text, finish = run(generator, GenerationRequest(prompt(generator, "call"), SamplingParams(temperature=1.0, seed=seed), max_tokens=150, grammar=grammar))
+            if finish.reason == FINISH_LENGTH:
+                continue
+            reader = HermesReader()
+            reader.feed(text)
+            assert reader.calls and reader.content == "", text
+            assert parallel or len(reader.calls) == 1
+            for call in reader.calls:
+                assert call.name in ("forecast", "noop")
+                jsonschema.validate(json.loads(call.arguments), parameters if call.name == "forecast" else {"type": "object", "maxProperties": 0})
