@@ -28,24 +28,6 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? Answer i
 
 
 @pytest.fixture(scope="module")
-def server(default_engines: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
-    engines = default_engines["int4"].parent
-    running = Server(engines, tmp_path_factory.mktemp("server") / "server.log", "--threads", "4")
-    yield running
-    assert running.stop() == 0, running.log()
-
-
-@pytest.fixture(scope="module")
-def oai(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def olm(server: Server) -> ollama.Client:
-    return ollama.Client(host=server.url, timeout=120)
-
-
-@pytest.fixture(scope="module")
 def reference(default_engines: dict[str, Path]):
     """The runtime in this process, on the same engine: what greedy decoding must produce."""
     from runtime.engine import load_engine

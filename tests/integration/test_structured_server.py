@@ -8,7 +8,6 @@ and not), JSON mode, JSON schemas and GBNF grammars.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import instructor
 import jsonschema
@@ -40,23 +39,6 @@ class Cat(pydantic.BaseModel):
 class User(pydantic.BaseModel):
     name: str
     age: int
-
-
-@pytest.fixture(scope="module")
-def server(default_engines: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
-    running = Server(default_engines["int4"].parent, tmp_path_factory.mktemp("structured") / "server.log", "--threads", "4")
-    yield running
-    assert running.stop() == 0, running.log()
-
-
-@pytest.fixture(scope="module")
-def oai(server: Server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def olm(server: Server) -> ollama.Client:
-    return ollama.Client(host=server.url, timeout=120)
 
 
 def test_parse_returns_the_pydantic_object(oai: openai.OpenAI) -> None:
