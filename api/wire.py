@@ -36,8 +36,6 @@ B = TypeVar("B", bound="Body")
 MAX_STOP_STRINGS = 32
 
 # Why a refused field is refused, where both dialects have the field.
-NO_TOOLS = "tool calling needs constrained decoding, which this version does not have"
-NO_JSON_OUTPUT = "JSON output needs constrained decoding, which this version does not have"
 TEXT_ONLY = "this engine reads text only"
 
 

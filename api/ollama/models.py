@@ -57,7 +57,7 @@ class _Generation(GenerationExtras, kw_only=True):
     model: str
     options: Options | None = None
     stream: bool | None = None
-    format: Annotated[Literal["json", ""] | dict[str, object], Meta(description='"json" for any JSON value, or a JSON Schema the output must match.')] | None = None
+    format: Annotated[Literal["json", ""] | dict[str, object], Meta(description='"json" for a JSON object, or a JSON Schema the output must match.')] | None = None
     keep_alive: str | float | None = None
     think: bool | str | None = None
     truncate: bool | None = None
