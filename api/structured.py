@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api.errors import BadRequest
-from runtime.grammar import JSON_WHITESPACE, Grammar, GrammarError, closed_objects
+from runtime.grammar import JSON_OPTIONS, Grammar, GrammarError, closed_objects
 
 # Keys of the envelope.
 CALLS, CALL, RESPONSE = "tool_calls", "tool_call", "response"
@@ -190,7 +190,7 @@ class ToolPlan:
             return None
         calls = [self._call_schema(t) for t in self._calls()]
         schema = closed_objects(calls[0] if len(calls) == 1 else {"anyOf": calls})
-        schema["x-guidance"] = {"whitespace_pattern": JSON_WHITESPACE, "lenient": False}
+        schema["x-guidance"] = dict(JSON_OPTIONS)  # %json blocks compile as JSON schemas do
         block = f"{json.dumps(_HERMES_OPEN + chr(10))} %json {json.dumps(schema, ensure_ascii=False)} {json.dumps(chr(10) + _HERMES_CLOSE)}"
         start = 'start: call ("\\n" call)*' if self.parallel and not self.named else "start: call"
         return Grammar("lark", f"{start}\ncall: {block}")
@@ -486,55 +486,48 @@ class _PrefixParser:
         return self._literal()
 
     def _object(self) -> _Node:
-        node = _Node("object", self.at)
+        return self._container("object", "}")
+
+    def _array(self) -> _Node:
+        return self._container("array", "]")
+
+    def _container(self, kind: str, close: str) -> _Node:
+        """An object or array, as far as it goes: items (objects) or elements (arrays) read so far."""
+        node = _Node(kind, self.at)
         self.at += 1
         while True:
             self._blanks()
             if self.at >= len(self.text):
                 return node
             char = self.text[self.at]
-            if char == "}":
+            if char == close:
                 self.at += 1
                 node.end = self.at
                 return node
             if char == ",":
                 self.at += 1
                 continue
-            if char != '"':
-                return node  # not JSON: stop reading here
-            key = self._string()
-            if key.end is None:
+            key = self._key() if kind == "object" else None
+            if kind == "object" and key is None:
                 return node
-            self._blanks()
-            if self.at >= len(self.text) or self.text[self.at] != ":":
-                return node
-            self.at += 1
             value = self.value()
-            node.items.append((key.decoded, value))
+            if key is not None:
+                node.items.append((key, value))
+            elif value is not None:
+                node.elements.append(value)
             if value is None or value.end is None:
                 return node
 
-    def _array(self) -> _Node:
-        node = _Node("array", self.at)
+    def _key(self) -> str | None:
+        """An object key and its colon, or None when they are not (yet) all there."""
+        if self.text[self.at] != '"':
+            return None  # not JSON: stop reading here
+        key = self._string()
+        self._blanks()
+        if key.end is None or self.at >= len(self.text) or self.text[self.at] != ":":
+            return None
         self.at += 1
-        while True:
-            self._blanks()
-            if self.at >= len(self.text):
-                return node
-            char = self.text[self.at]
-            if char == "]":
-                self.at += 1
-                node.end = self.at
-                return node
-            if char == ",":
-                self.at += 1
-                continue
-            value = self.value()
-            if value is None:
-                return node
-            node.elements.append(value)
-            if value.end is None:
-                return node
+        return key.decoded
 
     def _string(self, resume: tuple[int, str] | None = None) -> _Node:
         """A string from `self.at` (its opening quote); `resume`: (offset, text decoded up to it), to go on from there."""

@@ -247,7 +247,7 @@ class TextGenerator:
         self.token_bytes = TokenBytes(engine.tokenizer)
         self.eos_ids = tuple(self.manifest.eos_token_ids)
         # The vocabulary as the grammar engine sees it, self-tested now (grammars are refused if it fails).
-        self.grammars = GrammarVocabulary(engine.tokenizer.to_str(), self.manifest.vocab_size, self.eos_ids, self.token_bytes, self.token_bytes.special_ids)
+        self.grammars = GrammarVocabulary(engine.tokenizer.to_str(), self.manifest.vocab_size, self.eos_ids, self.token_bytes.compute, self.token_bytes.special_ids)
         self.scheduler = Scheduler(self.decoder, prefill_chunk=prefill_chunk, queue_limit=queue_limit, name=engine.name)
 
     @property
@@ -311,7 +311,7 @@ class TextGenerator:
         if request.min_tokens < 0 or (request.max_tokens is not None and request.min_tokens > request.max_tokens):
             raise RequestError(f"min_tokens must be between 0 and max_tokens (got {request.min_tokens})", param="min_tokens")
         if request.grammar is not None:
-            self.grammars.matcher(request.grammar)  # compiles it (kept for the sequence) or raises GrammarError
+            self.grammars.compile(request.grammar)  # kept for the sequence's copy, or GrammarError
         context = self.context_length
         if request.context_length is not None:
             if request.context_length < 1:

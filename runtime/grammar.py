@@ -24,6 +24,7 @@ export writes tokenizer.json with a decoder llguidance reads correctly (see
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections import OrderedDict
@@ -47,7 +48,8 @@ GRAMMAR_KINDS = ("json_schema", "regex", "lark", "gbnf")
 # Whitespace allowed between JSON tokens: one line break and an indent, as pretty-printed JSON
 # has; never unbounded (a small model could otherwise loop on blanks).
 JSON_WHITESPACE = r"(\r?\n)?[\x20\x09]{0,16}"
-_JSON_OPTIONS: JsonCompileOptions = {"whitespace_pattern": JSON_WHITESPACE, "lenient": False}
+# How JSON is compiled: bounded blanks; a keyword that cannot be enforced is an error, not ignored.
+JSON_OPTIONS: JsonCompileOptions = {"whitespace_pattern": JSON_WHITESPACE, "lenient": False}
 # Compiled grammars kept per vocabulary (requests often repeat a schema); each sequence gets a copy.
 _CACHE_SIZE = 64
 
@@ -88,7 +90,7 @@ class Grammar:
 
     def check(self) -> None:
         """Raise GrammarError unless llguidance accepts the grammar (no vocabulary needed)."""
-        message = LLMatcher.validate_grammar(self.llguidance_grammar())
+        message = _validation_message(self.kind, self.source)
         if message:
             raise GrammarError(f"the {_NOUNS[self.kind]} cannot be enforced: {_first_line(message)}")
 
@@ -129,10 +131,18 @@ def _first_line(message: str) -> str:
     return message.strip().splitlines()[0] if message.strip() else message
 
 
+# Requests often repeat a schema (a client's one response model, its tool list): each grammar is
+# converted and validated once.
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _validation_message(kind: str, source: str) -> str:
+    return LLMatcher.validate_grammar(_compile(kind, source))
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def _compile(kind: str, source: str) -> str:
     try:
         if kind == "json_schema":
-            return LLMatcher.grammar_from_json_schema(source, defaults=_JSON_OPTIONS)
+            return LLMatcher.grammar_from_json_schema(source, defaults=JSON_OPTIONS)
         if kind == "regex":
             return LLMatcher.grammar_from_regex(source)
         if kind == "lark":
@@ -185,13 +195,17 @@ class GrammarVocabulary:
 
     def matcher(self, grammar: Grammar) -> LLMatcher:
         """A fresh matcher for one sequence; GrammarError for a grammar that does not compile here."""
+        return self.compile(grammar).deep_copy()
+
+    def compile(self, grammar: Grammar) -> LLMatcher:
+        """The grammar's pristine matcher, compiled once (kept among the recent ones); never consume with it."""
         if self.tokenizer is None or self.problem is not None:
             raise GrammarError(f"constrained decoding is unavailable for this engine: {self.problem}")
         with self._lock:
             pristine = self._cache.get(grammar)
             if pristine is not None:
                 self._cache.move_to_end(grammar)
-                return pristine.deep_copy()
+                return pristine
         pristine = LLMatcher(self.tokenizer, grammar.llguidance_grammar(), log_level=0)
         if pristine.is_error():
             raise GrammarError(f"the {_NOUNS[grammar.kind]} cannot be enforced: {_first_line(pristine.get_error())}")
@@ -199,7 +213,7 @@ class GrammarVocabulary:
             self._cache[grammar] = pristine
             while len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
-        return pristine.deep_copy()
+        return pristine
 
 
 class Constraint:

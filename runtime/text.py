@@ -144,10 +144,11 @@ class TokenBytes:
     def __call__(self, token_id: int) -> bytes:
         cached = self._cache.get(token_id)
         if cached is None:
-            cached = self._cache[token_id] = self._compute(token_id)
+            cached = self._cache[token_id] = self.compute(token_id)
         return cached
 
-    def _compute(self, token_id: int) -> bytes:
+    def compute(self, token_id: int) -> bytes:
+        """The bytes of `token_id`, not kept (for a pass over the whole vocabulary)."""
         piece = self._tokenizer.id_to_token(token_id)
         if piece is None:
             return b""

@@ -386,7 +386,6 @@ class ToolDeltas:
     def __init__(self, reader: EnvelopeReader | HermesReader, legacy_functions: bool) -> None:
         self.reader = reader
         self.legacy = legacy_functions
-        self.ids: dict[int, str] = {}
 
     @property
     def called(self) -> bool:
@@ -404,8 +403,7 @@ class ToolDeltas:
             return self._function_delta(update)
         parts: dict[int, m.ToolCallDelta] = {}
         for call in update.started:
-            self.ids[call.index] = call_id()
-            parts[call.index] = m.ToolCallDelta(index=call.index, id=self.ids[call.index], type="function", function=m.FunctionCallDelta(name=call.name))
+            parts[call.index] = m.ToolCallDelta(index=call.index, id=call_id(), type="function", function=m.FunctionCallDelta(name=call.name))
         for index, fragment in update.arguments:
             part = parts.setdefault(index, m.ToolCallDelta(index=index, function=m.FunctionCallDelta()))
             part.function.arguments += fragment
