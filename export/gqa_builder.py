@@ -186,8 +186,25 @@ def build_gqa_graph(model: Any, max_context: int, out_dir: Path, quant: WeightQu
     cos_cache = g.const("rotary.cos_cache", (np.cos(angles) * scaling).astype(np.float32))
     sin_cache = g.const("rotary.sin_cache", (np.sin(angles) * scaling).astype(np.float32))
 
-    embed = g.const("model.embed_tokens.weight", weights["model.embed_tokens.weight"])
-    x = g.node("Gather", [embed, "input_ids"], ["embeddings"], "embed_tokens")[0]
+    head_quant = quant.head() if quant is not None else None
+    # An fp32 head reads the fp32 table (tied weights: one copy), so only a quantized head lets it go.
+    carry_rows = quant is not None and quant.method == "source-blocks" and head_quant is not None
+    blocks = _lossless_int8_rows(weights["model.embed_tokens.weight"]) if carry_rows else None
+    embed = ""
+    if blocks is None:
+        embed = g.const("model.embed_tokens.weight", weights["model.embed_tokens.weight"])
+        x = g.node("Gather", [embed, "input_ids"], ["embeddings"], "embed_tokens")[0]
+    else:
+        # The GGUF's embedding is Q8_0: gather its int8 rows and scales and de-quantize only the
+        # rows looked up, instead of holding the whole table in fp32 (113 MB for SmolLM2, most of
+        # it resident after a few hundred distinct tokens). Exact: the rows are the same floats.
+        rows, scales = blocks
+        carried.append("model.embed_tokens.weight")
+        x = g.node(
+            "GatherBlockQuantized",
+            [g.const("model.embed_tokens.quant", rows), "input_ids", g.const("model.embed_tokens.scales", scales)],
+            ["embeddings"], "embed_tokens", MS_DOMAIN, gather_axis=0, quantize_axis=1, block_size=32, bits=8,
+        )[0]  # fmt: skip
     residual = x
     pending: str | None = None  # output of the previous block still to be added to the residual
     for i in range(layers):
@@ -244,14 +261,13 @@ def build_gqa_graph(model: Any, max_context: int, out_dir: Path, quant: WeightQu
         "Slice", [final, start, g.const("keep_end", np.array([np.iinfo(np.int64).max])), g.const("keep_axis", np.array([1]))],
         ["kept_hidden"], "keep_last",
     )[0]  # fmt: skip
-    head_quant = quant.head() if quant is not None else None
     if head_quant is None and _lm_head_is_tied(model, weights):
         # Tied weights: one copy on disk; ONNX Runtime folds the transpose once at load.
         weight_bytes += weights["model.embed_tokens.weight"].nbytes
         head = g.node("Transpose", [embed], ["lm_head.weight_t"], "lm_head_transpose", perm=[1, 0])[0]
         g.node("MatMul", [kept, head], ["logits"], "lm_head")
     else:
-        # A quantized head is its own copy (the embedding Gather keeps reading fp32 rows).
+        # A quantized head is its own copy, beside the embedding's rows.
         head_weight = weights.get("lm_head.weight", weights["model.embed_tokens.weight"]).T
         logits = matmul(kept, np.ascontiguousarray(head_weight), "lm_head.weight_t", "lm_head", head_quant)
         g.node("Identity", [logits], ["logits"], "logits")
@@ -286,6 +302,21 @@ def build_gqa_graph(model: Any, max_context: int, out_dir: Path, quant: WeightQu
     onnx.save_model(proto, str(out_dir / GRAPH_FILE), save_as_external_data=True, all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
     layout = KVLayout(layers=layers, kv_heads=kv_heads, head_dim=head_dim, max_length=max_context, dtype="float32", shared_buffer=True)
     return BuiltGraph(GRAPH_FILE, tuple(inputs), tuple(outputs), layout, len(g.nodes), weight_bytes, tuple(carried), tuple(rounded))
+
+
+def _lossless_int8_rows(table: np.ndarray, block_size: int = 32) -> tuple[np.ndarray, np.ndarray] | None:
+    """The embedding table [V, K] as uint8 rows (zero point 128) and scales [V, K/32], or None.
+
+    None unless symmetric int8 blocks of 32 along each row (GGUF's Q8_0) give every value back
+    to within float rounding: a table that was never Q8_0 keeps its fp32 rows.
+    """
+    vocab, k = table.shape
+    if k % block_size:
+        return None
+    qw = quantize_blocks(np.ascontiguousarray(table.T), 8, block_size, True)
+    if not np.allclose(dequantize(qw), table.T, rtol=1e-5, atol=1e-6 * float(np.abs(table).max())):
+        return None
+    return np.ascontiguousarray(qw.packed.reshape(vocab, k)), np.ascontiguousarray(qw.scales.reshape(vocab, k // block_size))
 
 
 def _rotary_parameters(model: Any) -> tuple[np.ndarray, float]:
