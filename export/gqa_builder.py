@@ -144,7 +144,7 @@ def build_gqa_graph(model: Any, max_context: int, out_dir: Path, quant: WeightQu
         qw = exact[0] if exact is not None else quantize_blocks(w, q.bits, q.block_size, q.symmetric)
         if q.method == "source-blocks":
             # Q8_0 blocks (GGUF's usual embedding type) come back exactly from symmetric int8 blocks of 32.
-            lossless = exact is not None or np.allclose(dequantize(qw), w, rtol=1e-5, atol=1e-6 * float(np.abs(w).max()))
+            lossless = exact is not None or _lossless(qw, w)
             (carried if lossless else rounded).append(weight_name)
         weight_bytes += qw.nbytes
         y = nbits(x, qw, weight_name, f"{node_name}/nbits" if exact is not None else node_name, q.accuracy_level)
@@ -188,7 +188,7 @@ def build_gqa_graph(model: Any, max_context: int, out_dir: Path, quant: WeightQu
 
     head_quant = quant.head() if quant is not None else None
     # An fp32 head reads the fp32 table (tied weights: one copy), so only a quantized head lets it go.
-    carry_rows = quant is not None and quant.method == "source-blocks" and head_quant is not None
+    carry_rows = head_quant is not None and head_quant.method == "source-blocks"
     blocks = _lossless_int8_rows(weights["model.embed_tokens.weight"]) if carry_rows else None
     embed = ""
     if blocks is None:
@@ -304,6 +304,11 @@ def build_gqa_graph(model: Any, max_context: int, out_dir: Path, quant: WeightQu
     return BuiltGraph(GRAPH_FILE, tuple(inputs), tuple(outputs), layout, len(g.nodes), weight_bytes, tuple(carried), tuple(rounded))
 
 
+def _lossless(qw: QuantizedWeight, w: np.ndarray) -> bool:
+    """Whether the blocks give the floats W [K, N] back to within float rounding."""
+    return bool(np.allclose(dequantize(qw), w, rtol=1e-5, atol=1e-6 * float(np.abs(w).max())))
+
+
 def _lossless_int8_rows(table: np.ndarray, block_size: int = 32) -> tuple[np.ndarray, np.ndarray] | None:
     """The embedding table [V, K] as uint8 rows (zero point 128) and scales [V, K/32], or None.
 
@@ -314,7 +319,7 @@ def _lossless_int8_rows(table: np.ndarray, block_size: int = 32) -> tuple[np.nda
     if k % block_size:
         return None
     qw = quantize_blocks(np.ascontiguousarray(table.T), 8, block_size, True)
-    if not np.allclose(dequantize(qw), table.T, rtol=1e-5, atol=1e-6 * float(np.abs(table).max())):
+    if not _lossless(qw, table.T):
         return None
     return np.ascontiguousarray(qw.packed.reshape(vocab, k)), np.ascontiguousarray(qw.scales.reshape(vocab, k // block_size))
 
