@@ -26,7 +26,12 @@ class Metrics:
         self.request_seconds = Histogram(
             "appliance_request_duration_seconds", "Time to the response headers (streams: to the first byte)", ["route"], buckets=_SECONDS, registry=r
         )
-        self.prompt_tokens = Counter("appliance_prompt_tokens", "Prompt tokens evaluated", ["model"], registry=r)
+        self.prompt_tokens = Counter("appliance_prompt_tokens", "Prompt tokens of generations and embeddings, cached ones included", ["model"], registry=r)
+        self.cached_prompt_tokens = Counter(
+            "appliance_prompt_cached_tokens", "Prompt tokens reused from the prefix cache instead of evaluated", ["model"], registry=r
+        )
+        self.prefix_lookups = Counter("appliance_prefix_cache_lookups", "Generations that looked for their prompt's prefix in the cache", ["model"], registry=r)
+        self.prefix_hits = Counter("appliance_prefix_cache_hits", "Generations that found part of their prompt cached", ["model"], registry=r)
         self.completion_tokens = Counter("appliance_completion_tokens", "Tokens generated", ["model"], registry=r)
         self.embedding_inputs = Counter("appliance_embedding_inputs", "Texts embedded", ["model"], registry=r)
         self.time_to_first_token = Histogram(
@@ -40,6 +45,13 @@ class Metrics:
         )
         self.active = Gauge("appliance_active_generations", "Generations producing tokens now", ["model"], multiprocess_mode="livesum", registry=r)
         self.finished = Counter("appliance_generations", "Generations ended, by how they ended: stop, length, cancelled (the client went away) or error", ["model", "reason"], registry=r)
+
+    def prefix_reused(self, model: str, cached_tokens: int) -> None:
+        """Count a generation's lookup in the prefix cache: a hit when part of its prompt was cached."""
+        self.prefix_lookups.labels(model).inc()
+        if cached_tokens:
+            self.prefix_hits.labels(model).inc()
+            self.cached_prompt_tokens.labels(model).inc(cached_tokens)
 
     def embedded(self, model: str, inputs: int, tokens: int) -> None:
         """Count an embedding request's inputs and their tokens."""

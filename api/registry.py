@@ -274,6 +274,7 @@ def load_models(
     warm: bool = True,
     max_tokens_limit: int | None = None,
     request_timeout_s: float | None = None,
+    prefix_reuse: bool = True,
 ) -> list[LoadedModel]:
     """Load every engine under `engines_dir`, each into a generator or an embedder, and warm it."""
     from runtime.embeddings import Embedder
@@ -297,7 +298,7 @@ def load_models(
         else:
             generator = TextGenerator(
                 engine, prefill_chunk=prefill_chunk, slots=slots, queue_limit=queue_limit,
-                max_tokens_limit=max_tokens_limit, request_timeout_s=request_timeout_s,
+                max_tokens_limit=max_tokens_limit, request_timeout_s=request_timeout_s, prefix_reuse=prefix_reuse,
             )
             model = LoadedModel(info, generator=generator)
             if warm:  # the first run of a session allocates its buffers; do it before the first user

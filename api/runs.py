@@ -67,6 +67,7 @@ def tracked(model: LoadedModel, events: Events, metrics: Metrics) -> Generator[E
                     usage = event.usage
                     metrics.prompt_tokens.labels(name).inc(usage.prompt_tokens)
                     metrics.completion_tokens.labels(name).inc(usage.completion_tokens)
+                    metrics.prefix_reused(name, usage.cached_tokens)
                     metrics.finished.labels(name, event.reason).inc()
                     if usage.completion_tokens > 1 and usage.eval_duration_ns > 0:
                         metrics.decode_rate.labels(name).observe((usage.completion_tokens - 1) / (usage.eval_duration_ns / 1e9))
@@ -152,13 +153,17 @@ def total_usage(finishes: Sequence[tuple[Choice, Finish]]) -> Usage:
     prompts: dict[int, int] = {}
     completion = 0
     durations = [0, 0, 0, 0]
+    cached: dict[int, int] = {}
     truncated = 0
     for choice, finish in finishes:
         usage = finish.usage
         prompts[choice.prompt_index] = usage.prompt_tokens
+        cached[choice.prompt_index] = max(cached.get(choice.prompt_index, 0), usage.cached_tokens)
         completion += usage.completion_tokens
         truncated = max(truncated, usage.prompt_tokens_truncated)
         for i, value in enumerate((usage.load_duration_ns, usage.prompt_eval_duration_ns, usage.eval_duration_ns, usage.total_duration_ns)):
             durations[i] += value
     load, prompt_eval, evaluation, total = durations
-    return Usage(sum(prompts.values()), completion, load, prompt_eval, evaluation, total, prompt_tokens_truncated=truncated)
+    return Usage(
+        sum(prompts.values()), completion, load, prompt_eval, evaluation, total, prompt_tokens_truncated=truncated, cached_tokens=sum(cached.values())
+    )

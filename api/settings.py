@@ -115,6 +115,11 @@ class ServerSettings:
     # Prompt tokens evaluated per scheduler tick, between batched decode steps: smaller keeps
     # running streams smoother while a long prompt arrives, larger gives a faster first token.
     prefill_chunk: int = field(default=512, metadata=option("--prefill-chunk", "prompt tokens evaluated per scheduler tick", parse=positive))
+    # Prefix reuse: a finished sequence's KV stays in its free slot, and a prompt that starts
+    # with the same tokens (a chat's next turn, a shared system prompt) evaluates only the rest.
+    no_prefix_cache: bool = field(default=False, metadata=option(
+        "--no-prefix-cache", "evaluate every prompt in full instead of reusing cached prefixes of earlier ones", parse=switch,
+    ))
 
     # API keys: `Authorization: Bearer <key>` is required on every route but /health when any
     # is set. Keys given directly (APPLIANCE_API_KEYS, comma-separated) and files with one key

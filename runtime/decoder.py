@@ -11,7 +11,10 @@ Two graph styles exist (see runtime.manifest):
   + new positions. The present OrtValues are fed back as the next past without ever
   leaving ONNX Runtime (no numpy round trip); one sequence per slot, run one at a time.
 
-Both keep, per slot, how many positions are in the cache, and return float32 logits.
+Both keep, per slot, how many positions are in the cache and which token ids they hold,
+and return float32 logits. The shared pool can also keep a finished sequence's positions for
+a later prompt that starts with the same tokens (`common_prefix`, `truncate`, `swap`): the
+scheduler's prefix reuse.
 """
 
 from __future__ import annotations
@@ -93,6 +96,8 @@ class _DecoderBase(ABC):
         self.vocab_size = manifest.vocab_size
         self.device = _device_of(engine)
         self.lengths = np.zeros(slots, dtype=np.int64)
+        # The token id at every cached position of every slot (valid up to lengths[slot]).
+        self.cached_ids = np.zeros((slots, self.max_length), dtype=np.int64)
         layers = kv.layers
         self._ids = manifest.require_input("token_ids").name
         self._logits = manifest.require_output("logits").name
@@ -108,6 +113,24 @@ class _DecoderBase(ABC):
     def reset(self, slot: int) -> None:
         """Forget the sequence in `slot`; its positions will be overwritten."""
         self.lengths[slot] = 0
+
+    # Whether a slot's cache can be cut back to a prefix of its positions (`truncate`).
+    can_truncate = False
+
+    def common_prefix(self, slot: int, token_ids: Sequence[int] | np.ndarray) -> int:
+        """How many leading `token_ids` the cache of `slot` already holds, in order."""
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        n = min(len(ids), int(self.lengths[slot]))
+        if n == 0:
+            return 0
+        differ = np.flatnonzero(self.cached_ids[slot, :n] != ids[:n])
+        return int(differ[0]) if len(differ) else n
+
+    def truncate(self, slot: int, length: int) -> None:
+        """Keep only the first `length` cached positions of `slot`."""
+        if not self.can_truncate:
+            raise ValueError(f"{type(self).__name__} cannot cut a cached sequence short")
+        self.lengths[slot] = min(int(self.lengths[slot]), max(0, int(length)))
 
     def _check_room(self, slot: int, new: int) -> None:
         total = int(self.lengths[slot]) + new
@@ -130,7 +153,10 @@ class _DecoderBase(ABC):
             raise ValueError("one token per slot")
         out = np.empty((len(slots), self.vocab_size), dtype=np.float32)
         for start, count in self._decode_groups(slots):
-            out[start : start + count] = self._step(slots[start], tokens[start : start + count, None], 1)[:, 0]
+            first = slots[start]
+            out[start : start + count] = self._step(first, tokens[start : start + count, None], 1)[:, 0]
+            rows = np.arange(first, first + count)
+            self.cached_ids[rows, self.lengths[rows] - 1] = tokens[start : start + count]
         return out
 
     def prefill(self, slot: int, token_ids: Sequence[int] | np.ndarray, logits_to_keep: int = 1) -> np.ndarray:
@@ -139,7 +165,10 @@ class _DecoderBase(ABC):
         if ids.shape[1] == 0:
             raise ValueError("prefill needs at least one token")
         keep = max(1, min(int(logits_to_keep), ids.shape[1]))
-        return self._step(slot, ids, keep)[0].copy()  # a one-token prefill runs the decode binding, whose buffer is shared
+        logits = self._step(slot, ids, keep)[0].copy()  # a one-token prefill runs the decode binding, whose buffer is shared
+        end = int(self.lengths[slot])
+        self.cached_ids[slot, end - ids.shape[1] : end] = ids[0]
+        return logits
 
     def _decode_groups(self, slots: Sequence[int]) -> list[tuple[int, int]]:
         return [(i, 1) for i in range(len(slots))]
@@ -151,6 +180,10 @@ class _DecoderBase(ABC):
 
 class SharedKVDecoder(_DecoderBase):
     """GroupQueryAttention graph over one preallocated KV pool shared by past and present."""
+
+    # The graph reads a slot's positions up to its length (kv_seqlens) only: shortening the
+    # length forgets the positions after it, and the next step overwrites them.
+    can_truncate = True
 
     def __init__(self, engine: Engine, slots: int = 1) -> None:
         super().__init__(engine, slots)
@@ -191,12 +224,40 @@ class SharedKVDecoder(_DecoderBase):
         """
         if self._host is None:
             raise ValueError("the KV pool lives on the GPU; slots cannot be moved on the host")
-        length = int(self.lengths[source])
+        self.copy_prefix(source, target, int(self.lengths[source]))
+        self.lengths[source] = 0
+
+    def copy_prefix(self, source: int, target: int, length: int) -> None:
+        """Make `target` hold the first `length` positions cached in `source` (which keeps them)."""
+        if self._host is None:
+            raise ValueError("the KV pool lives on the GPU; slots cannot be copied on the host")
+        length = min(int(length), int(self.lengths[source]))
         for pair in self._host:
             for array in pair:
                 array[target, :, :length] = array[source, :, :length]
+        self.cached_ids[target, :length] = self.cached_ids[source, :length]
         self.lengths[target] = length
-        self.lengths[source] = 0
+
+    def swap(self, a: int, b: int) -> None:
+        """Exchange the sequences cached in slots `a` and `b` (copies only cached positions)."""
+        if self._host is None:
+            raise ValueError("the KV pool lives on the GPU; slots cannot be moved on the host")
+        if a == b:
+            return
+        length_a, length_b = int(self.lengths[a]), int(self.lengths[b])
+        if length_a == 0 or length_b == 0:  # one side is empty: a move does it
+            source, target = (b, a) if length_a == 0 else (a, b)
+            self.move(source, target)
+            return
+        for pair in self._host:
+            for array in pair:  # one layer at a time: the spare copy stays small (one slot's layer)
+                spare = array[a, :, :length_a].copy()
+                array[a, :, :length_b] = array[b, :, :length_b]
+                array[b, :, :length_a] = spare
+        spare_ids = self.cached_ids[a, :length_a].copy()
+        self.cached_ids[a, :length_b] = self.cached_ids[b, :length_b]
+        self.cached_ids[b, :length_a] = spare_ids
+        self.lengths[a], self.lengths[b] = length_b, length_a
 
     def pool_bytes(self) -> int:
         """Bytes held by the KV pool."""

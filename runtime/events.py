@@ -60,6 +60,8 @@ class Usage:
     total_duration_ns: int
     # Prompt tokens dropped to fit the context (context policy "truncate"); 0 otherwise.
     prompt_tokens_truncated: int = 0
+    # Prompt tokens whose cached positions were reused from an earlier sequence (not evaluated).
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -18,6 +18,16 @@ Slots are kept packed: when a sequence leaves, the one in the highest slot moves
 hole (its cached positions are copied, a few megabytes at most), so a decode step is always
 one run over consecutive slots and the weights are read once per step, not once per gap.
 
+Prefix reuse: a slot given back keeps its cached positions (and the token ids they came
+from) until another sequence needs the room. A new prompt takes the free slot whose cache
+shares the longest leading run of tokens with it, keeps those positions and evaluates only
+the rest, as llama.cpp's prompt cache and vLLM's automatic prefix caching do; so a chat's
+next turn re-reads none of its history. Without a match it takes the free slot whose cache
+was used longest ago. Packing is kept by swapping: a leaving sequence's cache goes to the
+highest slot while the sequence there moves into the hole. The last prompt token is always
+evaluated (its logits give the first token), and the positions reused hold exactly what a
+fresh evaluation would write, so outputs do not change (tests/integration/test_prefix_reuse.py).
+
 Faults stay with their request: when a batched step fails, each sequence is stepped alone
 once, so only the one(s) that fail again end — with the error as their last event — and
 the others go on; a failing prompt evaluation or sampling ends its own request only.
@@ -70,6 +80,7 @@ class Job:
     cancelled: bool = False
     slot: int | None = None
     prefilled: int = 0  # prompt tokens already in the cache
+    cached_tokens: int = 0  # prompt tokens found in the cache at admission (prefix reuse)
     next_token: int | None = None  # the token the next decode step feeds
     prefill_started_ns: int = 0
     eval_started_ns: int = 0
@@ -125,12 +136,14 @@ class SchedulerStats:
     waiting: int  # jobs queued for a slot
     steps: int  # batched decode steps run so far
     tokens: int  # tokens generated so far
+    prefix_hits: int = 0  # admissions that found part of their prompt cached
+    cached_tokens: int = 0  # prompt tokens those admissions did not evaluate again
 
 
 class Scheduler:
     """Runs many generations on one decoder, a batched decode step per tick."""
 
-    def __init__(self, decoder, prefill_chunk: int = 512, queue_limit: int = 64, name: str = "engine") -> None:
+    def __init__(self, decoder, prefill_chunk: int = 512, queue_limit: int = 64, name: str = "engine", prefix_reuse: bool = True) -> None:
         if prefill_chunk < 1:
             raise ValueError("prefill_chunk must be positive")
         if queue_limit < 0:
@@ -148,6 +161,12 @@ class Scheduler:
         self._tokens = 0
         # Compaction copies cache rows on the host; a pool that lives on a GPU cannot move yet.
         self._can_move = hasattr(decoder, "move") and getattr(decoder, "device", "cpu") == "cpu"
+        # Reuse needs a cache that can be cut back to a prefix, and (when slots are packed) swapped.
+        self._reuse = prefix_reuse and getattr(decoder, "can_truncate", False) and (not self._can_move or hasattr(decoder, "swap"))
+        self._freed_at = [0] * decoder.slots  # when each slot was last given back (a count of releases; 0: never)
+        self._releases = 0
+        self._prefix_hits = 0
+        self._cached_tokens = 0
         self._mask_computer: MaskComputer | None = None  # made at the first constrained sequence
         self._thread = threading.Thread(target=self._run, name=f"scheduler-{name}", daemon=True)
         self._thread.start()
@@ -178,7 +197,9 @@ class Scheduler:
 
     def stats(self) -> SchedulerStats:
         with self._wake:
-            return SchedulerStats(len(self._slots), len(self._admitted), len(self._waiting), self._steps, self._tokens)
+            return SchedulerStats(
+                len(self._slots), len(self._admitted), len(self._waiting), self._steps, self._tokens, self._prefix_hits, self._cached_tokens
+            )
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread; jobs still queued or running end with SchedulerStoppedError."""
@@ -235,8 +256,9 @@ class Scheduler:
                 break
             if job.next_token is not None or job.finished or job.cancelled:
                 continue
-            if job.prefilled == 0:
+            if job.prefill_started_ns == 0:
                 job.prefill_started_ns = time.perf_counter_ns()
+            if job.prefilled == 0:
                 self.decoder.reset(job.slot)
             chunk = job.prompt[job.prefilled : job.prefilled + budget]
             budget -= len(chunk)
@@ -330,6 +352,7 @@ class Scheduler:
             eval_duration_ns=finished - job.eval_started_ns,
             total_duration_ns=finished - job.submitted_ns,
             prompt_tokens_truncated=state.fitted.dropped,
+            cached_tokens=job.cached_tokens,
         )
         with self._wake:
             self._end(job, Finish(reason, usage, seed=state.sampler.seed_used, **extra))
@@ -341,9 +364,54 @@ class Scheduler:
             job = self._waiting.popleft()
             if job.cancelled:
                 continue
-            job.slot = self._slots.index(None)
+            job.slot = self._place(job)
             self._slots[job.slot] = job
             self._admitted.append(job)
+
+    def _place(self, job: Job) -> int:
+        """The free slot `job` takes, with as much of its prompt cached there as can be reused."""
+        free = [i for i, held in enumerate(self._slots) if held is None]
+        if not self._reuse:
+            return free[0]
+        decoder = self.decoder
+        # Reuse at most all but the last prompt token: evaluating it gives the first token's logits.
+        usable = job.prompt[: len(job.prompt) - 1]
+        common, source = max((decoder.common_prefix(slot, usable), -slot) for slot in free)
+        source = -source
+        # The cache to overwrite when none is taken over: an empty one, else the one freed longest ago.
+        victim = min(free, key=lambda slot: (decoder.length(slot) > 0, self._freed_at[slot]))
+        # Take the matching cache over when that loses little of it (a chat's next turn); when
+        # only a short shared start matches a longer cache (a common system prompt), copy that
+        # start into the victim's slot instead, so the longer cache stays for its own chat.
+        take = common > 0 and (2 * common >= decoder.length(source) or source == victim or not self._can_move)
+        if not self._can_move:  # slots need not be packed: use the chosen slot where it is
+            target = source if take else victim
+            if not take:
+                common = 0
+        else:
+            target = free[0]  # active sequences stay packed in [0, n)
+            if take:
+                self._swap(source, target)  # the cache that was at target is kept, in source's place
+            else:
+                if victim != target:  # keep target's cache in the victim's place; the victim's goes
+                    decoder.move(target, victim)
+                    self._freed_at[victim] = self._freed_at[target]
+                    if source == target:
+                        source = victim
+                if common:
+                    decoder.copy_prefix(source, target, common)
+        if common:
+            decoder.truncate(target, common)
+            job.prefilled = job.cached_tokens = common
+            self._prefix_hits += 1
+            self._cached_tokens += common
+        else:
+            decoder.reset(target)
+        return target
+
+    def _swap(self, a: int, b: int) -> None:
+        self.decoder.swap(a, b)
+        self._freed_at[a], self._freed_at[b] = self._freed_at[b], self._freed_at[a]
 
     def _expire(self) -> None:
         """End jobs past their deadline: waiting ones as overload (503), running ones as timed out (504)."""
@@ -379,12 +447,19 @@ class Scheduler:
             return
         hole, job.slot = job.slot, None
         self._slots[hole] = None
-        self.decoder.reset(hole)
+        if self._reuse and not isinstance(last, BaseException):
+            self._releases += 1
+            self._freed_at[hole] = self._releases  # keep its cache for a prompt that starts the same
+        else:  # after a failure the cache is not trusted
+            self.decoder.reset(hole)
         highest = max((i for i, held in enumerate(self._slots) if held is not None), default=-1)
         if self._can_move and highest > hole:
             mover = self._slots[highest]
             assert mover is not None  # `highest` is a held slot
-            self.decoder.move(highest, hole)
+            if self._reuse:
+                self._swap(highest, hole)
+            else:
+                self.decoder.move(highest, hole)
             self._slots[hole], self._slots[highest] = mover, None
             mover.slot = hole
 

@@ -221,10 +221,15 @@ class EmbeddingRequest(Body, kw_only=True):
 # -- answers -------------------------------------------------------------------------------
 
 
+class PromptTokensDetails(Reply, kw_only=True):
+    cached_tokens: int  # prompt tokens served from the prefix cache
+
+
 class Usage(Reply, kw_only=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | UnsetType = UNSET
 
 
 class TopLogprob(Reply, kw_only=True):

@@ -233,7 +233,10 @@ def parse_completion(body: m.CompletionRequest, generator: TextModel, settings: 
 
 
 def usage_reply(usage: Usage) -> m.Usage:
-    return m.Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, total_tokens=usage.total_tokens)
+    return m.Usage(
+        prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, total_tokens=usage.total_tokens,
+        prompt_tokens_details=m.PromptTokensDetails(cached_tokens=usage.cached_tokens),
+    )
 
 
 def _top(choice: TokenChoice) -> m.TopLogprob:
