@@ -8,10 +8,17 @@ tokens with EOS ignored:
 * llama.cpp: its own `llama-server` with 8 parallel slots on the very GGUF file our default
   engine is exported from (built by `make bench-peers` into bench/peers/, outside git).
 
-For each: single-stream decode tokens/s and time to first token (TTFT), then aggregate
-tokens/s with p50/p95 TTFT at 1, 4, 8 and 16 concurrent streams, then embeddings per
-second at batch 1 and 32 (ours), and the server's peak resident memory (VmHWM of every
-process of the server, summed).
+Both run with their defaults for prompt caching (on). For each: single-stream decode
+tokens/s and time to first token (TTFT), then aggregate tokens/s with p50/p95 TTFT at 1, 4,
+8 and 16 concurrent streams, a five-turn chat whose history grows to ~1,500 tokens (each
+later turn's TTFT against a cold prefill of the same conversation), embeddings per second at
+batch 1 and 32 (ours), and the server's peak resident memory (VmHWM of every process of the
+server, summed, over the whole run: the 16-stream burst included). Each server writes its
+own log under bench/peers/logs/. A server that dies or fails mid-run is reported with its
+error and the figures it got so far; the run goes on with the next one.
+
+At the end every target of the throughput issue is printed with its ratio and PASS or MISS,
+and kept in the JSON under "targets".
 
 Peers without an HTTP server of their own run in this process, single stream, on the same
 prompt token ids (bench/runtime_vs_peers.py's harness): onnxruntime-genai's generator,
@@ -91,7 +98,11 @@ class Server:
     port: int
     model: str
     process: subprocess.Popen | None = None
-    log: Path = field(default_factory=lambda: PEERS / "server.log")
+    log: Path = field(default=PEERS / "logs" / "server.log")
+
+    def __post_init__(self) -> None:
+        slug = "".join(c if c.isalnum() else "-" for c in self.name.lower()).strip("-")
+        self.log = PEERS / "logs" / f"{slug}.log"
 
     def __enter__(self) -> Server:
         import httpx
@@ -139,7 +150,7 @@ def stream_chat(client, url: str, model: str, prompt: str, tokens: int, extra: d
     }
     started = time.perf_counter()
     first = last = None
-    chunks, usage = 0, None
+    chunks, usage, parts = 0, None, []
     with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as response:
         response.raise_for_status()
         for line in response.iter_lines():
@@ -149,13 +160,17 @@ def stream_chat(client, url: str, model: str, prompt: str, tokens: int, extra: d
             if data.get("usage"):
                 usage = data["usage"]
             for choice in data.get("choices", []):
-                if choice.get("delta", {}).get("content"):
+                text = choice.get("delta", {}).get("content")
+                if text:
                     now = time.perf_counter()
                     first = first or now
                     last = now
                     chunks += 1
+                    parts.append(text)
+    if first is None or last is None:
+        raise RuntimeError(f"the stream for {prompt[:40]!r} ended without any text")
     count = (usage or {}).get("completion_tokens") or chunks
-    return {"ttft_s": first - started, "decode_s": last - first, "tokens": count, "total_s": last - started}
+    return {"ttft_s": first - started, "decode_s": last - first, "tokens": count, "total_s": last - started, "prompt": prompt, "text": "".join(parts)}
 
 
 def single_stream(url: str, model: str, tokens: int, rounds: int) -> dict:
@@ -170,6 +185,7 @@ def single_stream(url: str, model: str, tokens: int, rounds: int) -> dict:
     return {
         "ttft_ms": 1000 * statistics.median(r["ttft_s"] for r in runs),
         "decode_tok_s": statistics.median((r["tokens"] - 1) / r["decode_s"] for r in runs),
+        "texts": {r["prompt"]: r["text"] for r in runs},
     }
 
 
@@ -209,6 +225,8 @@ def concurrent(url: str, model: str, tokens: int, streams: int, per_stream: int)
         "streams": streams,
         "requests": len(results),
         "errors": len(errors),
+        "error_examples": sorted({f"{type(e).__name__}: {e}"[:200] for e in errors})[:3],
+        "texts": [(r["prompt"], r["text"]) for r in results],
         "aggregate_tok_s": sum(r["tokens"] for r in results) / wall,
         "ttft_p50_ms": pct(0.5),
         "ttft_p95_ms": pct(0.95),
@@ -297,32 +315,127 @@ def embeddings_http(url: str, model: str, batch: int, total: int = 64) -> float:
         return total / (time.perf_counter() - started)
 
 
+# A five-turn chat: each question is long enough, and each answer is fed back, so that the
+# history reaches ~1,500 tokens by the last turn.
+TOPICS = ("rivers", "mountains", "deserts", "forests", "islands")
+MULTI_TURN_ANSWER = 240
+
+
+def _question(turn: int) -> str:
+    topic = TOPICS[turn % len(TOPICS)]
+    return (
+        f"Question {turn + 1}. We are writing a travel guide together. Now describe the {topic} a visitor should see, "
+        f"with their history, the best season to go, what to pack, how to get there, where to stay, what it costs, "
+        f"and one thing most guides forget to mention about the {topic}. Keep the style of the earlier sections."
+    )
+
+
+def chat_ttft(client, url: str, model: str, messages: list[dict], tokens: int) -> tuple[float, str, int]:
+    """TTFT of one streamed chat, the answer's text, and the cached prompt tokens the server reported (-1: none)."""
+    body = {
+        "model": model, "messages": messages, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
+        "stream": True, "stream_options": {"include_usage": True},
+    }
+    started = time.perf_counter()
+    first, parts, cached = None, [], -1
+    with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            data = json.loads(line[6:])
+            usage = data.get("usage") or {}
+            details = usage.get("prompt_tokens_details") or {}
+            if "cached_tokens" in details:
+                cached = details["cached_tokens"]
+            for choice in data.get("choices", []):
+                text = choice.get("delta", {}).get("content")
+                if text:
+                    first = first or time.perf_counter()
+                    parts.append(text)
+    return (first or time.perf_counter()) - started, "".join(parts), cached
+
+
+def multi_turn(url: str, model: str, turns: int = 5, rounds: int = 2) -> dict:
+    """Later turns' TTFT against a cold prefill of the same conversation (a fresh system prompt)."""
+    import httpx
+
+    later, cold, cached, history = [], [], [], 0
+    with httpx.Client() as client:
+        for round_ in range(rounds):
+            messages: list[dict] = [{"role": "system", "content": f"Conversation {round_} of run {os.getpid()}: you are a travel writer."}]
+            for turn in range(turns):
+                messages.append({"role": "user", "content": _question(turn)})
+                ttft, answer, hit = chat_ttft(client, url, model, messages, MULTI_TURN_ANSWER)
+                if turn:
+                    later.append(ttft)
+                    cached.append(hit)
+                    # The same conversation under a system prompt no cache holds: a cold prefill.
+                    fresh = [{"role": "system", "content": f"Cold copy {round_}.{turn} of run {os.getpid()}: you are a travel writer."}, *messages[1:]]
+                    cold.append(chat_ttft(client, url, model, fresh, 1)[0])
+                messages.append({"role": "assistant", "content": answer})
+            history = max(history, sum(len(m["content"]) for m in messages))
+    return {
+        "turns": turns,
+        "rounds": rounds,
+        "history_chars": history,
+        "later_ttft_p50_ms": 1000 * statistics.median(later),
+        "cold_ttft_p50_ms": 1000 * statistics.median(cold),
+        "later_over_cold": statistics.median(later) / statistics.median(cold),
+        "cached_tokens": cached,
+    }
+
+
 def run_server(server: Server, args, embed_model: str | None) -> dict:
-    print(f"\n== {server.name}: starting", flush=True)
-    with server:
-        figures = {"kind": "HTTP, streaming"}
-        figures["single"] = single_stream(server.url, server.model, args.tokens, args.rounds)
-        print(f"   single stream: {figures['single']['decode_tok_s']:.1f} tok/s, TTFT {figures['single']['ttft_ms']:.0f} ms", flush=True)
-        figures["concurrent"] = {}
-        for streams in args.concurrency:
-            result = concurrent(server.url, server.model, args.tokens, streams, args.per_stream)
-            figures["concurrent"][str(streams)] = result
-            print(f"   {streams:2d} streams: {result['aggregate_tok_s']:.1f} tok/s, TTFT p50 {result['ttft_p50_ms']:.0f} p95 {result['ttft_p95_ms']:.0f} ms, errors {result['errors']}", flush=True)
-        if getattr(args, "structured", False):
-            cost = structured_cost(server.url, server.model, args.tokens)
-            figures["structured"] = cost
-            print(
-                f"   structured @{cost['streams']}: free {cost['free_aggregate_tok_s']:.1f} tok/s, constrained {cost['constrained_aggregate_tok_s']:.1f} tok/s "
-                f"(cost {100 * cost['constrained_cost']:.1f}%); a free stream alone {cost['free_stream_tok_s_alone']:.1f} tok/s, "
-                f"beside constrained ones {cost['free_stream_tok_s_beside_constrained']:.1f} tok/s",
-                flush=True,
-            )
-        if embed_model:
-            figures["embeddings"] = {str(b): embeddings_http(server.url, embed_model, b) for b in (1, 32)}
-            print(f"   embeddings: {figures['embeddings']}", flush=True)
-        figures["peak_rss_mb"] = peak_rss_mb(server.process.pid)
-        print(f"   peak RSS {figures['peak_rss_mb']:.0f} MB", flush=True)
+    """Every phase against one server; a failure ends its phases but keeps what it measured."""
+    print(f"\n== {server.name}: starting (log: {server.log.relative_to(ROOT)})", flush=True)
+    figures: dict = {"kind": "HTTP, streaming", "log": str(server.log.relative_to(ROOT))}
+    try:
+        with server:
+            _phases(server, args, embed_model, figures)
+    except BaseException as exc:  # a peer that dies or fails is reported, not fatal
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        exited = server.process.poll() if server.process else None
+        figures["error"] = f"{type(exc).__name__}: {exc}"[:500] + (f" (the server exited with {exited})" if exited is not None else "")
+        print(f"   FAILED: {figures['error']}; see {server.log}", flush=True)
     return figures
+
+
+def _phases(server: Server, args, embed_model: str | None, figures: dict) -> None:
+    figures["single"] = single_stream(server.url, server.model, args.tokens, args.rounds)
+    print(f"   single stream: {figures['single']['decode_tok_s']:.1f} tok/s, TTFT {figures['single']['ttft_ms']:.0f} ms", flush=True)
+    figures["concurrent"] = {}
+    for streams in args.concurrency:
+        result = concurrent(server.url, server.model, args.tokens, streams, args.per_stream)
+        # Greedy output must not depend on the company: each answer against the same prompt's answer alone.
+        alone = figures["single"]["texts"]
+        compared = [text == alone[prompt] for prompt, text in result.pop("texts") if prompt in alone]
+        result["same_as_alone"] = [sum(compared), len(compared)]
+        figures["concurrent"][str(streams)] = result
+        print(f"   {streams:2d} streams: {result['aggregate_tok_s']:.1f} tok/s, TTFT p50 {result['ttft_p50_ms']:.0f} p95 {result['ttft_p95_ms']:.0f} ms, errors {result['errors']}", flush=True)
+    if getattr(args, "structured", False):
+        cost = structured_cost(server.url, server.model, args.tokens)
+        figures["structured"] = cost
+        print(
+            f"   structured @{cost['streams']}: free {cost['free_aggregate_tok_s']:.1f} tok/s, constrained {cost['constrained_aggregate_tok_s']:.1f} tok/s "
+            f"(cost {100 * cost['constrained_cost']:.1f}%); a free stream alone {cost['free_stream_tok_s_alone']:.1f} tok/s, "
+            f"beside constrained ones {cost['free_stream_tok_s_beside_constrained']:.1f} tok/s",
+            flush=True,
+        )
+    if embed_model:
+        figures["embeddings"] = {str(b): embeddings_http(server.url, embed_model, b) for b in (1, 32)}
+        print(f"   embeddings: {figures['embeddings']}", flush=True)
+    if "multi-turn" not in args.skip:
+        figures["multi_turn"] = turns = multi_turn(server.url, server.model)
+        print(
+            f"   multi-turn: later turns TTFT p50 {turns['later_ttft_p50_ms']:.0f} ms, cold prefill {turns['cold_ttft_p50_ms']:.0f} ms "
+            f"({turns['later_over_cold']:.2f}x); cached tokens {turns['cached_tokens']}",
+            flush=True,
+        )
+    figures["peak_rss_mb"] = peak_rss_mb(server.process.pid)
+    print(f"   peak RSS {figures['peak_rss_mb']:.0f} MB", flush=True)
+    figures["single"].pop("texts")
 
 
 def in_process_peers(args, prompts_ids: list[list[int]]) -> tuple[dict, dict]:
@@ -374,33 +487,89 @@ def sentence_transformers_rates(folder: Path) -> dict:
     return rates
 
 
+def _get(figures: dict | None, *path: str) -> float | None:
+    """figures[path[0]][path[1]]..., or None where a phase did not run or failed."""
+    value: object = figures
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value if isinstance(value, (int, float)) else None
+
+
+def targets(results: dict, parity: dict | None) -> list[dict]:
+    """The throughput issue's targets: each with our figure, the peer's, the ratio and PASS/MISS."""
+    systems = results["systems"]
+    ours = systems.get("ours")
+    llama = next((f for name, f in systems.items() if name.startswith("llama.cpp")), None)
+    st = results["embeddings"].get("sentence-transformers (in-process)")
+    our_emb = results["embeddings"].get("ours (HTTP)")
+    rows = []
+
+    def add(name: str, ours_value, peer_value, goal: float, higher: bool, unit: str = "ratio") -> None:
+        if ours_value is None or (unit == "ratio" and not peer_value):
+            rows.append({"target": name, "status": "N/A", "why": "a figure is missing (a phase skipped or failed)"})
+            return
+        value = ours_value / peer_value if unit == "ratio" else ours_value
+        ok = value >= goal if higher else value <= goal
+        rows.append({"target": name, "ours": ours_value, "peer": peer_value, "value": value, "goal": goal, "unit": unit, "status": "PASS" if ok else "MISS"})
+
+    add("single stream tok/s >= 1.3x llama.cpp", _get(ours, "single", "decode_tok_s"), _get(llama, "single", "decode_tok_s"), 1.3, True)
+    add("aggregate tok/s at 8 streams >= 2.5x llama.cpp (stretch 3x)", _get(ours, "concurrent", "8", "aggregate_tok_s"), _get(llama, "concurrent", "8", "aggregate_tok_s"), 2.5, True)
+    add("aggregate tok/s at 16 streams >= 3x llama.cpp", _get(ours, "concurrent", "16", "aggregate_tok_s"), _get(llama, "concurrent", "16", "aggregate_tok_s"), 3.0, True)
+    add("TTFT p50 at 8 streams <= 0.5x llama.cpp's", _get(ours, "concurrent", "8", "ttft_p50_ms"), _get(llama, "concurrent", "8", "ttft_p50_ms"), 0.5, False)
+    add("server peak RSS, both engines, 16-stream burst <= 700 MB", _get(ours, "peak_rss_mb"), None, 700, False, "MB")
+    add("multi-turn: later turns' TTFT <= 0.25x a cold prefill", _get(ours, "multi_turn", "later_over_cold"), None, 0.25, False, "x")
+    add("embeddings/s at batch 1 >= 2x sentence-transformers", _get(our_emb, "1"), _get(st, "1"), 2.0, True)
+    add("embeddings/s at batch 32 >= 2x sentence-transformers", _get(our_emb, "32"), _get(st, "32"), 2.0, True)
+    top1 = _get(parity, "versus_fp32_engine", "top1_agreement")
+    add("default engine's top-1 agreement with fp32 (parity.json) >= 0.95", top1, None, 0.95, True, "")
+    same = (ours or {}).get("concurrent", {}).get("16", {}).get("same_as_alone")
+    if same and same[1]:
+        rows.append({"target": "greedy output beside 15 others equals greedy output alone", "value": f"{same[0]}/{same[1]}", "status": "PASS" if same[0] == same[1] else "MISS"})
+    else:
+        rows.append({"target": "greedy output beside 15 others equals greedy output alone", "status": "N/A", "why": "no 16-stream phase"})
+    return rows
+
+
 def print_table(results: dict) -> None:
-    ours = results["systems"]["ours"]
+    systems = results["systems"]
+    ours = systems.get("ours", {})
     print("\n" + "=" * 100)
     print(f"greedy, {results['tokens']} new tokens (EOS ignored), {results['threads']} threads; ratio = ours / peer (higher is better for ours)")
     header = f"{'system':36} {'single tok/s':>12} {'TTFT ms':>8}" + "".join(f" {'agg@' + str(c):>9}" for c in results["concurrency"]) + f" {'RSS MB':>7}"
     print(header)
-    for name, f in results["systems"].items():
-        row = f"{name:36} {f['single']['decode_tok_s']:12.1f} {f['single']['ttft_ms']:8.0f}"
+
+    def cell(value: float | None, width: int, digits: int = 1) -> str:
+        return f" {value:{width}.{digits}f}" if value is not None else f" {'-':>{width}}"
+
+    for name, f in systems.items():
+        row = f"{name:36}" + cell(_get(f, "single", "decode_tok_s"), 12) + cell(_get(f, "single", "ttft_ms"), 8, 0)
         for c in results["concurrency"]:
-            agg = f.get("concurrent", {}).get(str(c))
-            row += f" {agg['aggregate_tok_s']:9.1f}" if agg else f" {'-':>9}"
-        row += f" {f['peak_rss_mb']:7.0f}" if "peak_rss_mb" in f else f" {'-':>7}"
+            row += cell(_get(f, "concurrent", str(c), "aggregate_tok_s"), 9)
+        row += cell(_get(f, "peak_rss_mb"), 7, 0)
         print(row + f"   ({f['kind']})")
     print("\nratios ours / peer")
-    for name, f in results["systems"].items():
+    for name, f in systems.items():
         if name == "ours":
             continue
-        parts = [f"single {ours['single']['decode_tok_s'] / f['single']['decode_tok_s']:.2f}x"]
-        for c in results["concurrency"]:
-            agg = f.get("concurrent", {}).get(str(c))
-            if agg:
-                parts.append(f"agg@{c} {ours['concurrent'][str(c)]['aggregate_tok_s'] / agg['aggregate_tok_s']:.2f}x")
-        print(f"  vs {name:33} " + ", ".join(parts))
+        parts = []
+        for label, path in [("single", ("single", "decode_tok_s"))] + [(f"agg@{c}", ("concurrent", str(c), "aggregate_tok_s")) for c in results["concurrency"]]:
+            mine, theirs = _get(ours, *path), _get(f, *path)
+            if mine is not None and theirs:
+                parts.append(f"{label} {mine / theirs:.2f}x")
+        print(f"  vs {name:33} " + (", ".join(parts) or "-"))
     print("\nTTFT p50 / p95 ms at each concurrency")
-    for name, f in results["systems"].items():
-        if "concurrent" in f:
-            print(f"  {name:36} " + "  ".join(f"@{c}: {f['concurrent'][str(c)]['ttft_p50_ms']:.0f}/{f['concurrent'][str(c)]['ttft_p95_ms']:.0f}" for c in results["concurrency"]))
+    for name, f in systems.items():
+        if f.get("concurrent"):
+            print(f"  {name:36} " + "  ".join(f"@{c}: {r['ttft_p50_ms']:.0f}/{r['ttft_p95_ms']:.0f}" for c, r in f["concurrent"].items()))
+    for name, f in systems.items():
+        turns = f.get("multi_turn")
+        if turns:
+            print(
+                f"\nmulti-turn chat, {name}: {turns['turns']} turns x {turns['rounds']} rounds, history up to {turns['history_chars']} characters; "
+                f"later turns' TTFT p50 {turns['later_ttft_p50_ms']:.0f} ms vs cold prefill {turns['cold_ttft_p50_ms']:.0f} ms = {turns['later_over_cold']:.2f}x"
+            )
     structured = ours.get("structured")
     if structured:
         print(f"\nconstrained decoding at {structured['streams']} streams (ours; paired rounds, medians; JSON schema that runs the whole budget)")
@@ -416,6 +585,16 @@ def print_table(results: dict) -> None:
             print(f"  {name:36} batch 1: {rates['1']:.0f}   batch 32: {rates['32']:.0f}")
     for name, why in results["skipped"].items():
         print(f"  skipped {name}: {why}")
+    for name, error in results["errors"].items():
+        print(f"  FAILED {name}: {error} (log: {systems.get(name, {}).get('log', '-')})")
+    print("\ntargets")
+    for row in results["targets"]:
+        if row["status"] == "N/A":
+            print(f"  N/A   {row['target']}: {row['why']}")
+            continue
+        value = row["value"]
+        shown = value if isinstance(value, str) else (f"{value:.0f} MB" if row.get("unit") == "MB" else f"{value:.3f}" if row.get("unit") == "" else f"{value:.2f}x")
+        print(f"  {row['status']:5} {row['target']}: {shown}")
 
 
 def main() -> int:
@@ -428,7 +607,7 @@ def main() -> int:
     parser.add_argument("--per-stream", type=int, default=2, help="requests each concurrent client sends")
     parser.add_argument("--concurrency", type=int, nargs="*", default=list(CONCURRENCY))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--skip", nargs="*", default=[], help="systems or phases to leave out: llama.cpp, in-process, embeddings, structured")
+    parser.add_argument("--skip", nargs="*", default=[], help="systems or phases to leave out: llama.cpp, in-process, embeddings, structured, multi-turn")
     parser.add_argument("--json", type=Path, default=PEERS / "serving.json")
     args = parser.parse_args()
 
@@ -444,7 +623,8 @@ def main() -> int:
         raise SystemExit(f"no decoder engine under {args.engines}: run `make engines` first")
     decoder = next((m for m in decoders if m.name == args.decoder), decoders[0]) if args.decoder else decoders[0]
     encoder = encoders[0].name if encoders else None
-    results = {"tokens": args.tokens, "threads": args.threads, "concurrency": args.concurrency, "systems": {}, "skipped": {}, "embeddings": {}}
+    engine_dir = next(d for d in find_engine_dirs(args.engines) if read_manifest(d).name == decoder.name)
+    results = {"tokens": args.tokens, "threads": args.threads, "concurrency": args.concurrency, "systems": {}, "skipped": {}, "embeddings": {}, "errors": {}}
     results["ours_engine"] = {"name": decoder.name, "precision": decoder.precision}
 
     port = free_port()
@@ -454,6 +634,8 @@ def main() -> int:
     args.structured = False  # the peers' servers are not asked for constrained output
     if "embeddings" in figures:
         results["embeddings"]["ours (HTTP)"] = figures.pop("embeddings")
+    if "error" in figures:
+        results["errors"]["ours"] = figures["error"]
     results["systems"]["ours"] = figures
 
     gguf = resolve_source(args.source).path
@@ -466,19 +648,20 @@ def main() -> int:
         version = subprocess.run([str(LLAMA_SERVER), "--version"], capture_output=True, text=True).stderr.strip().splitlines()
         llama = Server(
             "llama.cpp llama-server",
-            [str(LLAMA_SERVER), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", "8", "-c", str(8 * 2048), "-t", str(args.threads), "--no-webui", "--no-cache-prompt"],
+            [str(LLAMA_SERVER), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", "8", "-c", str(8 * 2048), "-t", str(args.threads), "--no-webui"],
             port,
             gguf.name,
         )
         name = f"llama.cpp server -np 8 ({gguf.name.split('.')[-2]})"
         results["systems"][name] = run_server(llama, args, None)
         results["systems"][name]["version"] = version[0] if version else "unknown"
+        if "error" in results["systems"][name]:
+            results["errors"][name] = results["systems"][name]["error"]
 
     if "in-process" not in args.skip:
         from runtime.engine import load_engine
         from runtime.settings import RuntimeSettings
 
-        engine_dir = next(d for d in find_engine_dirs(args.engines) if read_manifest(d).name == decoder.name)
         engine = load_engine(engine_dir, RuntimeSettings(verify_files=False))
         # The same token ids for every in-process peer: the chat template as our server renders it.
         prompts_ids = [
@@ -495,6 +678,9 @@ def main() -> int:
             results["embeddings"]["sentence-transformers (in-process)"] = sentence_transformers_rates(folder)
         except ImportError as exc:
             results["skipped"]["sentence-transformers"] = str(exc)
+    parity_file = engine_dir / "parity.json"
+    parity = json.loads(parity_file.read_text()) if parity_file.exists() else None
+    results["targets"] = targets(results, parity)
     print_table(results)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")

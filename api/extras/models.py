@@ -43,13 +43,16 @@ class Text(Reply, kw_only=True):
 
 
 class GeneratorStats(Reply, kw_only=True):
-    """One text model's scheduler: its slots, the requests in them and waiting, steps and tokens so far."""
+    """One text model's scheduler: its slots, the requests in them and waiting, steps and tokens so far,
+    and how often a prompt found its start in the prefix cache (and how many tokens it skipped)."""
 
     slots: int
     active: int
     waiting: int
     steps: int
     tokens: int
+    prefix_hits: int
+    cached_tokens: int
 
 
 class Health(Reply, kw_only=True):
