@@ -115,10 +115,11 @@ class ServerSettings:
     # Prompt tokens evaluated per scheduler tick, between batched decode steps: smaller keeps
     # running streams smoother while a long prompt arrives, larger gives a faster first token.
     prefill_chunk: int = field(default=512, metadata=option("--prefill-chunk", "prompt tokens evaluated per scheduler tick", parse=positive))
-    # Prefix reuse: a finished sequence's KV stays in its free slot, and a prompt that starts
-    # with the same tokens (a chat's next turn, a shared system prompt) evaluates only the rest.
-    no_prefix_cache: bool = field(default=False, metadata=option(
-        "--no-prefix-cache", "evaluate every prompt in full instead of reusing cached prefixes of earlier ones", parse=switch,
+    # Prefix reuse: a finished sequence's prompt KV stays in its free slot, and a prompt that
+    # starts with the same tokens (a chat's next turn, a shared system prompt) evaluates only
+    # the rest. This many positions at most are kept in free slots (per engine); 0 turns it off.
+    prefix_cache_tokens: int = field(default=4096, metadata=option(
+        "--prefix-cache-tokens", "prompt positions kept in free slots for prefix reuse, per engine; 0: off", parse=whole_number,
     ))
 
     # API keys: `Authorization: Bearer <key>` is required on every route but /health when any

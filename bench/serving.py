@@ -361,7 +361,9 @@ def multi_turn(url: str, model: str, turns: int = 5, rounds: int = 2) -> dict:
     import httpx
 
     later, cold, cached, history = [], [], [], 0
-    with httpx.Client() as client:
+    # A connection per request: llama-server closed a kept-alive connection after a one-token
+    # stream, and the next request on it failed before reaching the server.
+    with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
         for round_ in range(rounds):
             messages: list[dict] = [{"role": "system", "content": f"Conversation {round_} of run {os.getpid()}: you are a travel writer."}]
             for turn in range(turns):

@@ -66,6 +66,22 @@ def lazy_zeros(shape: tuple[int, ...], dtype: type) -> np.ndarray:
     return np.frombuffer(memory, dtype=dtype).reshape(shape)  # the array keeps the mapping alive
 
 
+def release_pages(array: np.ndarray, start: int, stop: int) -> None:
+    """Give the whole memory pages inside bytes [start, stop) of a lazy_zeros array back to the
+    kernel; they read as zeros again and stop counting as resident. Elsewhere: a no-op."""
+    mapping: object = array
+    while isinstance(mapping, np.ndarray):
+        mapping = mapping.base
+    if isinstance(mapping, memoryview):
+        mapping = mapping.obj
+    if not isinstance(mapping, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    page = mmap.PAGESIZE
+    first, last = -(-start // page) * page, (stop // page) * page
+    if last > first:
+        mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
 def _device_of(engine: Engine) -> str:
     return "cuda" if engine.providers and engine.providers[0] in _GPU_PROVIDERS else "cpu"
 
@@ -98,6 +114,14 @@ class _DecoderBase(ABC):
         self.lengths = np.zeros(slots, dtype=np.int64)
         # The token id at every cached position of every slot (valid up to lengths[slot]).
         self.cached_ids = np.zeros((slots, self.max_length), dtype=np.int64)
+        # How many leading positions of each slot were written by prompt evaluations of two or
+        # more tokens. Only those are offered for reuse: a run over two or more positions gives
+        # each row bit for bit what a longer or shorter such run gives it (chunked prefill equals
+        # one prefill), but a one-row step (every decode step of a lone sequence, and batched
+        # decode steps too) takes other kernels (ONNX Runtime's single-row MatMulNBits, the
+        # attention's token path) whose last-bit differences the int8 activation quantization
+        # of the int4 engine amplifies: reusing a decoded position could change the output.
+        self.exact_lengths = np.zeros(slots, dtype=np.int64)
         layers = kv.layers
         self._ids = manifest.require_input("token_ids").name
         self._logits = manifest.require_output("logits").name
@@ -113,14 +137,16 @@ class _DecoderBase(ABC):
     def reset(self, slot: int) -> None:
         """Forget the sequence in `slot`; its positions will be overwritten."""
         self.lengths[slot] = 0
+        self.exact_lengths[slot] = 0
 
     # Whether a slot's cache can be cut back to a prefix of its positions (`truncate`).
     can_truncate = False
 
     def common_prefix(self, slot: int, token_ids: Sequence[int] | np.ndarray) -> int:
-        """How many leading `token_ids` the cache of `slot` already holds, in order."""
+        """How many leading `token_ids` the cache of `slot` holds, in order, from prompt evaluations
+        (the positions that can be reused without changing any output; see exact_lengths)."""
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
-        n = min(len(ids), int(self.lengths[slot]))
+        n = min(len(ids), int(self.lengths[slot]), int(self.exact_lengths[slot]))
         if n == 0:
             return 0
         differ = np.flatnonzero(self.cached_ids[slot, :n] != ids[:n])
@@ -131,6 +157,7 @@ class _DecoderBase(ABC):
         if not self.can_truncate:
             raise ValueError(f"{type(self).__name__} cannot cut a cached sequence short")
         self.lengths[slot] = min(int(self.lengths[slot]), max(0, int(length)))
+        self.exact_lengths[slot] = min(int(self.exact_lengths[slot]), int(self.lengths[slot]))
 
     def _check_room(self, slot: int, new: int) -> None:
         total = int(self.lengths[slot]) + new
@@ -165,9 +192,12 @@ class _DecoderBase(ABC):
         if ids.shape[1] == 0:
             raise ValueError("prefill needs at least one token")
         keep = max(1, min(int(logits_to_keep), ids.shape[1]))
+        start = int(self.lengths[slot])
         logits = self._step(slot, ids, keep)[0].copy()  # a one-token prefill runs the decode binding, whose buffer is shared
         end = int(self.lengths[slot])
-        self.cached_ids[slot, end - ids.shape[1] : end] = ids[0]
+        self.cached_ids[slot, start:end] = ids[0]
+        if ids.shape[1] >= 2 and self.exact_lengths[slot] == start:
+            self.exact_lengths[slot] = end
         return logits
 
     def _decode_groups(self, slots: Sequence[int]) -> list[tuple[int, int]]:
@@ -203,6 +233,11 @@ class SharedKVDecoder(_DecoderBase):
         host = [tuple(lazy_zeros((slots, *self._slot_shape), self.dtype) for _ in range(2)) for _ in range(kv.layers)]
         self._pool = [tuple(ort.OrtValue.ortvalue_from_numpy(array, self.device, 0) for array in pair) for pair in host]
         self._host = host if self.device == "cpu" else None
+        # Per slot, the positions written since its pages were last given back: when a slot
+        # comes to hold a shorter sequence, the pages past it are released (_release), so the
+        # pool's resident size follows what is cached now, not the longest sequence ever held.
+        self._touched = np.zeros(slots, dtype=np.int64)
+        self._position_bytes = kv.head_dim * np.dtype(self.dtype).itemsize
         self._pointers = [(k.data_ptr(), v.data_ptr()) for k, v in self._pool]
         self._bindings: dict[tuple[int, int], tuple] = {}
         # One logits buffer for every cached decode binding: a run of slots [first, first+count)
@@ -210,6 +245,35 @@ class SharedKVDecoder(_DecoderBase):
         # to 136 buffers for 16 slots (160 MB of SmolLM2 logits), filling up as prefills leave
         # gaps between decoding slots. Callers copy the rows out before the next step.
         self._decode_logits = np.empty((self.slots, 1, self.vocab_size), dtype=np.float32)
+
+    # Pages are given back only when this many positions or more would be released (fewer are
+    # not worth the system calls: 180 for SmolLM2, one per layer, kind and head).
+    RELEASE_MIN_POSITIONS = 64
+
+    def reset(self, slot: int) -> None:
+        super().reset(slot)
+        self._release(slot)
+
+    def truncate(self, slot: int, length: int) -> None:
+        super().truncate(slot, length)
+        self._release(slot)
+
+    def _release(self, slot: int) -> None:
+        """Give back the pool's pages of `slot` past its cached positions."""
+        keep, touched = int(self.lengths[slot]), int(self._touched[slot])
+        if self._host is None or touched - keep < self.RELEASE_MIN_POSITIONS:
+            return
+        heads, length = self._slot_shape[0], self.max_length
+        row = self._position_bytes
+        for pair in self._host:
+            for array in pair:
+                for head in range(heads):  # each head's positions are one contiguous run
+                    base = ((slot * heads + head) * length) * row
+                    # Up to the page that holds the last position touched, within this head's run:
+                    # what lies past that position in its page was never written.
+                    stop = min(base + length * row, -(-(base + touched * row) // mmap.PAGESIZE) * mmap.PAGESIZE)
+                    release_pages(array, base + keep * row, stop)
+        self._touched[slot] = keep
 
     def cache_view(self, layer: int, kind: str) -> np.ndarray:
         """The live pool memory of one layer's keys or values (CPU pools only; for inspection)."""
@@ -225,7 +289,7 @@ class SharedKVDecoder(_DecoderBase):
         if self._host is None:
             raise ValueError("the KV pool lives on the GPU; slots cannot be moved on the host")
         self.copy_prefix(source, target, int(self.lengths[source]))
-        self.lengths[source] = 0
+        self.reset(source)
 
     def copy_prefix(self, source: int, target: int, length: int) -> None:
         """Make `target` hold the first `length` positions cached in `source` (which keeps them)."""
@@ -237,6 +301,9 @@ class SharedKVDecoder(_DecoderBase):
                 array[target, :, :length] = array[source, :, :length]
         self.cached_ids[target, :length] = self.cached_ids[source, :length]
         self.lengths[target] = length
+        self.exact_lengths[target] = min(length, int(self.exact_lengths[source]))
+        self._touched[target] = max(int(self._touched[target]), length)
+        self._release(target)
 
     def swap(self, a: int, b: int) -> None:
         """Exchange the sequences cached in slots `a` and `b` (copies only cached positions)."""
@@ -258,6 +325,10 @@ class SharedKVDecoder(_DecoderBase):
         self.cached_ids[a, :length_b] = self.cached_ids[b, :length_b]
         self.cached_ids[b, :length_a] = spare_ids
         self.lengths[a], self.lengths[b] = length_b, length_a
+        self.exact_lengths[[a, b]] = self.exact_lengths[[b, a]]
+        self._touched[[a, b]] = np.maximum(self._touched[[a, b]], self.lengths[[a, b]])
+        self._release(a)
+        self._release(b)
 
     def pool_bytes(self) -> int:
         """Bytes held by the KV pool."""
@@ -295,6 +366,7 @@ class SharedKVDecoder(_DecoderBase):
         binding.bind_output(self._logits, "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
         self._run(binding)
         self.lengths[first_slot : first_slot + count] += new
+        np.maximum(self._touched[first_slot : first_slot + count], lengths, out=self._touched[first_slot : first_slot + count])
         return logits
 
     def _decode_step(self, first_slot: int, tokens: np.ndarray) -> np.ndarray:
@@ -316,6 +388,7 @@ class SharedKVDecoder(_DecoderBase):
         total[...] = int(lengths.max()) + 1
         self._run(binding)
         self.lengths[first_slot : first_slot + count] += 1
+        np.maximum(self._touched[first_slot : first_slot + count], lengths, out=self._touched[first_slot : first_slot + count])
         return logits
 
     def _decode_binding(self, first_slot: int, count: int) -> tuple:

@@ -30,7 +30,7 @@ from runtime.errors import ChatTemplateError, ContextLengthError, RequestError
 from runtime.events import FINISH_LENGTH, FINISH_STOP, Delta, Event, Finish, TokenChoice, TokenLogprobs
 from runtime.grammar import Constraint, Grammar, GrammarVocabulary
 from runtime.sampling import Sample, SamplingParams, SequenceSampler, TokenLogprob
-from runtime.scheduler import Job, Scheduler, SchedulerStats
+from runtime.scheduler import DEFAULT_PREFIX_CACHE_TOKENS, Job, Scheduler, SchedulerStats
 from runtime.text import IncrementalDetokenizer, StopMatcher, TokenBytes
 
 CONTEXT_ERROR = "error"  # a prompt (plus max_tokens) that does not fit is refused, as OpenAI does
@@ -230,7 +230,7 @@ class TextGenerator:
         queue_limit: int = 64,
         max_tokens_limit: int | None = None,
         request_timeout_s: float | None = None,
-        prefix_reuse: bool = True,
+        prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS,
     ) -> None:
         if max_tokens_limit is not None and max_tokens_limit < 1:
             raise ValueError("max_tokens_limit must be at least 1")
@@ -249,7 +249,7 @@ class TextGenerator:
         self.eos_ids = tuple(self.manifest.eos_token_ids)
         # The vocabulary as the grammar engine sees it, self-tested now (grammars are refused if it fails).
         self.grammars = GrammarVocabulary(engine.tokenizer.to_str(), self.manifest.vocab_size, self.eos_ids, self.token_bytes.compute, self.token_bytes.special_ids)
-        self.scheduler = Scheduler(self.decoder, prefill_chunk=prefill_chunk, queue_limit=queue_limit, name=engine.name, prefix_reuse=prefix_reuse)
+        self.scheduler = Scheduler(self.decoder, prefill_chunk=prefill_chunk, queue_limit=queue_limit, name=engine.name, prefix_cache_tokens=prefix_cache_tokens)
 
     @property
     def name(self) -> str:

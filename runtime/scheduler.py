@@ -22,11 +22,15 @@ Prefix reuse: a slot given back keeps its cached positions (and the token ids th
 from) until another sequence needs the room. A new prompt takes the free slot whose cache
 shares the longest leading run of tokens with it, keeps those positions and evaluates only
 the rest, as llama.cpp's prompt cache and vLLM's automatic prefix caching do; so a chat's
-next turn re-reads none of its history. Without a match it takes the free slot whose cache
-was used longest ago. Packing is kept by swapping: a leaving sequence's cache goes to the
-highest slot while the sequence there moves into the hole. The last prompt token is always
-evaluated (its logits give the first token), and the positions reused hold exactly what a
-fresh evaluation would write, so outputs do not change (tests/integration/test_prefix_reuse.py).
+next turn re-reads its earlier prompt but not the whole history. Without a match it takes
+the free slot whose cache was used longest ago. Packing is kept by swapping: a leaving
+sequence's cache goes to the highest slot while the sequence there moves into the hole.
+
+Reuse never changes an output, bit for bit: only positions written by prompt evaluations
+are reused (not generated tokens' positions, which one-row decode kernels computed with
+other rounding; runtime.decoder explains), the last two prompt tokens or more are always
+evaluated, and no prompt is ever evaluated one token at a time, so each prompt position's
+values are those a fresh evaluation gives it (tests/integration/test_prefix_reuse.py).
 
 Faults stay with their request: when a batched step fails, each sequence is stepped alone
 once, so only the one(s) that fail again end — with the error as their last event — and
@@ -64,6 +68,10 @@ if TYPE_CHECKING:  # runtime.generation imports this module
     from runtime.generation import SequenceState
 
 log = logging.getLogger("appliance.scheduler")
+
+# Prompt positions kept in free slots for reuse, by default: two full contexts of SmolLM2
+# (188 MB of its fp32 KV), a few conversations' worth, beside whatever the active sequences hold.
+DEFAULT_PREFIX_CACHE_TOKENS = 4096
 
 # How long past its deadline a reader waits for the scheduler to end an overdue job before it
 # gives up on its own (the scheduler is stuck in a step that does not return).
@@ -143,11 +151,15 @@ class SchedulerStats:
 class Scheduler:
     """Runs many generations on one decoder, a batched decode step per tick."""
 
-    def __init__(self, decoder, prefill_chunk: int = 512, queue_limit: int = 64, name: str = "engine", prefix_reuse: bool = True) -> None:
+    def __init__(
+        self, decoder, prefill_chunk: int = 512, queue_limit: int = 64, name: str = "engine", prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS
+    ) -> None:
         if prefill_chunk < 1:
             raise ValueError("prefill_chunk must be positive")
         if queue_limit < 0:
             raise ValueError("queue_limit must be 0 or more")
+        if prefix_cache_tokens < 0:
+            raise ValueError("prefix_cache_tokens must be 0 or more")
         self.decoder = decoder
         self.prefill_chunk = prefill_chunk
         self.queue_limit = queue_limit
@@ -162,7 +174,9 @@ class Scheduler:
         # Compaction copies cache rows on the host; a pool that lives on a GPU cannot move yet.
         self._can_move = hasattr(decoder, "move") and getattr(decoder, "device", "cpu") == "cpu"
         # Reuse needs a cache that can be cut back to a prefix, and (when slots are packed) swapped.
-        self._reuse = prefix_reuse and getattr(decoder, "can_truncate", False) and (not self._can_move or hasattr(decoder, "swap"))
+        self._reuse = prefix_cache_tokens > 0 and getattr(decoder, "can_truncate", False) and (not self._can_move or hasattr(decoder, "swap"))
+        # Most positions kept in free slots for reuse; past it the caches used longest ago go.
+        self._retain = prefix_cache_tokens
         self._freed_at = [0] * decoder.slots  # when each slot was last given back (a count of releases; 0: never)
         self._releases = 0
         self._prefix_hits = 0
@@ -260,7 +274,10 @@ class Scheduler:
                 job.prefill_started_ns = time.perf_counter_ns()
             if job.prefilled == 0:
                 self.decoder.reset(job.slot)
-            chunk = job.prompt[job.prefilled : job.prefilled + budget]
+            size = self._chunk_size(len(job.prompt) - job.prefilled, budget)
+            if size == 0:
+                break
+            chunk = job.prompt[job.prefilled : job.prefilled + size]
             budget -= len(chunk)
             try:
                 logits = self.decoder.prefill(job.slot, np.asarray(chunk, dtype=np.int64), logits_to_keep=1)
@@ -274,6 +291,21 @@ class Scheduler:
                     self._finish(job, FINISH_LENGTH, {})
                 else:
                     self._advance([job], logits[-1:].copy())
+
+    @staticmethod
+    def _chunk_size(left: int, budget: int) -> int:
+        """Prompt tokens to evaluate now, of `left`, within `budget`; 0: wait for the next tick.
+
+        A prompt of two or more tokens is never evaluated one token at a time: a one-token run
+        takes the single-row kernels, whose rounding differs from a longer run's, and outputs
+        would then depend on where the chunks (or a reused prefix) happened to end.
+        """
+        size = min(left, budget)
+        if left - size == 1:  # leave two for the last chunk, not one
+            size -= 1
+        if size == 1 and left > 1:
+            return 0
+        return size
 
     def _decode_alone(self, jobs: list[Job], error: Exception) -> None:
         """A batched step failed: step each sequence by itself, so only the failing ones end.
@@ -374,8 +406,9 @@ class Scheduler:
         if not self._reuse:
             return free[0]
         decoder = self.decoder
-        # Reuse at most all but the last prompt token: evaluating it gives the first token's logits.
-        usable = job.prompt[: len(job.prompt) - 1]
+        # Reuse at most all but the last two prompt tokens: the rest is evaluated in a run of two
+        # or more, as a fresh prompt is (see _chunk_size), and gives the first token's logits.
+        usable = job.prompt[: len(job.prompt) - 2]
         common, source = max((decoder.common_prefix(slot, usable), -slot) for slot in free)
         source = -source
         # The cache to overwrite when none is taken over: an empty one, else the one freed longest ago.
@@ -462,6 +495,18 @@ class Scheduler:
                 self.decoder.move(highest, hole)
             self._slots[hole], self._slots[highest] = mover, None
             mover.slot = hole
+        if self._reuse:
+            self._trim_retained()
+
+    def _trim_retained(self) -> None:
+        """Drop the caches used longest ago from free slots until they hold at most the budget."""
+        kept = [slot for slot, held in enumerate(self._slots) if held is None and self.decoder.length(slot)]
+        total = sum(self.decoder.length(slot) for slot in kept)
+        for slot in sorted(kept, key=lambda slot: self._freed_at[slot]):
+            if total <= self._retain:
+                break
+            total -= self.decoder.length(slot)
+            self.decoder.reset(slot)  # its memory pages go back to the system
 
     def _fail_all(self, error: BaseException) -> None:
         for job in list(self._admitted) + list(self._waiting):

@@ -2,7 +2,9 @@
 
 The real default engine runs a five-turn chat twice, once with prefix reuse and once
 evaluating every prompt in full: every turn's tokens are the same, and from the second turn
-on the whole history is found in the cache. The tiny engine covers the slot mechanics: caches
+on the earlier prompt is found in the cache (the answers' positions came from decode steps
+and are evaluated again: see runtime/scheduler.py); a prompt sent twice gives the same
+tokens twice. The tiny engine covers the slot mechanics: caches
 that move when slots are packed (swapped out of a hole into the highest slot), a free slot
 picked by its prefix, the least recently used cache overwritten first, a failed request's
 cache dropped.
@@ -52,21 +54,23 @@ def real_engine(default_engines):
 
 def test_a_chat_reuses_its_history_and_gives_the_same_tokens(real_engine):
     reusing = TextGenerator(real_engine, prefill_chunk=64, slots=2)
-    fresh = TextGenerator(real_engine, prefill_chunk=64, slots=2, prefix_reuse=False)
+    fresh = TextGenerator(real_engine, prefill_chunk=64, slots=2, prefix_cache_tokens=0)
     try:
         with_cache = chat(reusing, QUESTIONS)
         without = chat(fresh, QUESTIONS)
+        again = chat(reusing, QUESTIONS[:1])[0]
     finally:
         reusing.close()
         fresh.close()
     assert [tokens for tokens, _ in with_cache] == [tokens for tokens, _ in without]
+    assert again[0] == with_cache[0][0] and again[1].usage.cached_tokens == again[1].usage.prompt_tokens - 2
     assert all(finish.usage.cached_tokens == 0 for _, finish in without)
     previous_prompt = 0
     for turn, (_, finish) in enumerate(with_cache):
         usage = finish.usage
-        assert usage.cached_tokens < usage.prompt_tokens  # the last prompt token is always evaluated
-        if turn:  # the earlier turn's prompt, at least, was in the cache
-            assert usage.cached_tokens >= previous_prompt, (turn, usage)
+        assert usage.cached_tokens <= usage.prompt_tokens - 2  # the last two prompt tokens are always evaluated
+        if turn:  # the earlier turn's prompt was in the cache
+            assert usage.cached_tokens == previous_prompt, (turn, usage)
         previous_prompt = usage.prompt_tokens
     assert reusing.stats().prefix_hits >= len(QUESTIONS) - 1
 
@@ -75,7 +79,7 @@ def test_a_chat_reuses_its_history_and_gives_the_same_tokens(real_engine):
 def tiny_pair(tiny_llama_engine):
     engine = load_engine(tiny_llama_engine.directory)
     reusing = TextGenerator(engine, prefill_chunk=8, slots=4)
-    fresh = TextGenerator(engine, prefill_chunk=8, slots=4, prefix_reuse=False)
+    fresh = TextGenerator(engine, prefill_chunk=8, slots=4, prefix_cache_tokens=0)
     yield reusing, fresh
     reusing.close()
     fresh.close()
@@ -101,9 +105,9 @@ def test_caches_moved_by_packing_are_reused_intact(tiny_pair):
     before = reusing.stats()
     results = [tokens_of(reusing, r) for r in reversed(follow)]
     assert [tokens for tokens, _ in results] == [tokens_of(fresh, r)[0] for r in reversed(follow)]
-    for (_, finish), request, answer in zip(results, reversed(first), reversed(expected), strict=True):
-        # The earlier prompt and all its answer but the last token (never fed back) were cached.
-        assert finish.usage.cached_tokens >= len(request.prompt_ids) + len(answer) - 1
+    for (_, finish), request in zip(results, reversed(first), strict=True):
+        # The earlier prompt was cached; its answer's positions came from decode steps and are not reused.
+        assert finish.usage.cached_tokens == len(request.prompt_ids)
     assert reusing.stats().prefix_hits - before.prefix_hits == 4
 
 
@@ -133,9 +137,9 @@ def test_a_shared_start_is_reused_and_a_changed_token_is_not(tiny_pair):
     tokens, finish = tokens_of(reusing, other)
     assert finish.usage.cached_tokens == 5  # up to the changed token, no further
     assert tokens == tokens_of(fresh, other)[0]
-    # The very same prompt again: all but its last token come from the cache.
+    # The very same prompt again: all but its last two tokens come from the cache.
     tokens, finish = tokens_of(reusing, base)
-    assert finish.usage.cached_tokens == len(base.prompt_ids) - 1
+    assert finish.usage.cached_tokens == len(base.prompt_ids) - 2
     assert tokens == tokens_of(fresh, base)[0]
 
 
@@ -165,11 +169,69 @@ def test_decoder_swap_exchanges_caches_and_their_tokens(tiny_llama_engine):
     decoder = open_decoder(load_engine(tiny_llama_engine.directory), slots=3)
     decoder.prefill(0, [1, 2, 3, 4, 5])
     decoder.prefill(2, [9, 8])
+    decoder.decode([2], [7])  # a decoded position: cached, but not offered for reuse
+    assert decoder.length(2) == 3 and decoder.common_prefix(2, [9, 8, 7]) == 2
     keys = decoder.cache_view(0, "key")
-    slot0, slot2 = keys[0, :, :5].copy(), keys[2, :, :2].copy()
+    slot0, slot2 = keys[0, :, :5].copy(), keys[2, :, :3].copy()
     decoder.swap(0, 2)
-    assert (decoder.length(0), decoder.length(2)) == (2, 5)
-    assert np.array_equal(keys[0, :, :2], slot2) and np.array_equal(keys[2, :, :5], slot0)
+    assert (decoder.length(0), decoder.length(2)) == (3, 5)
+    assert np.array_equal(keys[0, :, :3], slot2) and np.array_equal(keys[2, :, :5], slot0)
     assert decoder.common_prefix(2, [1, 2, 3, 7]) == 3 and decoder.common_prefix(0, [9, 8, 7]) == 2
     decoder.truncate(2, 2)
     assert decoder.length(2) == 2 and decoder.common_prefix(2, [1, 2, 3]) == 2
+
+
+@pytest.mark.parametrize(
+    ("left", "budget", "size"),
+    [(10, 512, 10), (1, 512, 1), (513, 512, 511), (3, 2, 0), (2, 1, 0), (5, 1, 0), (6, 4, 4), (5, 4, 3), (2, 2, 2)],
+)
+def test_no_prompt_is_evaluated_one_token_at_a_time(left, budget, size):
+    from runtime.scheduler import Scheduler
+
+    assert Scheduler._chunk_size(left, budget) == size
+
+
+def test_the_server_default_is_the_runtime_default():
+    import inspect
+
+    from api.registry import load_models
+    from api.settings import ServerSettings
+    from runtime.scheduler import DEFAULT_PREFIX_CACHE_TOKENS
+
+    assert ServerSettings().prefix_cache_tokens == DEFAULT_PREFIX_CACHE_TOKENS
+    assert inspect.signature(load_models).parameters["prefix_cache_tokens"].default == DEFAULT_PREFIX_CACHE_TOKENS
+
+
+def test_a_slot_that_holds_less_gives_its_pages_back(tiny_llama_engine):
+    from runtime.decoder import open_decoder
+
+    decoder = open_decoder(load_engine(tiny_llama_engine.directory), slots=2)
+    long_prompt = [5 + i % 500 for i in range(1500)]
+    decoder.prefill(0, long_prompt)
+    keys = decoder.cache_view(0, "key")
+    assert np.abs(keys[0, :, 200:1400]).max() > 0
+    decoder.truncate(0, 100)  # a shorter sequence takes the slot over
+    # The released pages read as zeros again: they were given back, not kept resident.
+    # (whole 4 KiB pages only: the tiny model's 64-byte positions make position 128 the first past 100).
+    assert np.abs(keys[0, :, 128:1500]).max() == 0 and np.abs(keys[0, :, :100]).max() > 0
+    decoder.reset(0)
+    assert np.abs(keys[0, :, :64]).max() == 0
+
+
+def test_free_slots_keep_at_most_the_budget(tiny_llama_engine):
+    engine = load_engine(tiny_llama_engine.directory)
+    probe = TextGenerator(engine, slots=1)
+    size = len(_request(probe, "conversation 0: " + "words to remember " * 30, 4).prompt_ids) + 4  # a prompt and its answer
+    probe.close()
+    budget = 2 * size + 3  # room for two of the four conversations
+    generator = TextGenerator(engine, prefill_chunk=512, slots=4, prefix_cache_tokens=budget)
+    try:
+        for i in range(4):
+            tokens_of(generator, _request(generator, f"conversation {i}: " + "words to remember " * 30, 4))
+        lengths = sorted(generator.decoder.length(s) for s in range(4))
+        assert lengths[:2] == [0, 0] and sum(lengths) <= budget, (lengths, budget)
+        # The latest conversation is the one kept.
+        last = _request(generator, "conversation 3: " + "words to remember " * 30, 4)
+        assert tokens_of(generator, last)[1].usage.cached_tokens == len(last.prompt_ids) - 2
+    finally:
+        generator.close()
