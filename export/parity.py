@@ -27,6 +27,8 @@ from runtime.engine import load_engine
 from runtime.settings import RuntimeSettings
 
 COSINE_BAR = 0.9999
+# The bar for a quantized encoder (int8 blocks of 32 reach ~0.9996 on all-MiniLM-L6-v2; int4 ~0.89).
+QUANTIZED_COSINE_BAR = 0.999
 
 
 def render_prompt(tokenizer: Any, prompt: ParityPrompt) -> list[int]:
@@ -171,7 +173,9 @@ def reference_embeddings(model_folder: Path, pooling: str, normalize: bool, max_
     return l2_normalize(vectors) if normalize else vectors
 
 
-def encoder_parity(model_folder: Path, engine_dir: Path, sentences: Sequence[str] = EMBEDDING_SENTENCES) -> dict[str, Any]:
+def encoder_parity(
+    model_folder: Path, engine_dir: Path, sentences: Sequence[str] = EMBEDDING_SENTENCES, cosine_bar: float = COSINE_BAR
+) -> dict[str, Any]:
     """Compare the embedding engine in `engine_dir` with the PyTorch model in `model_folder`."""
     from runtime.embeddings import Embedder
 
@@ -189,8 +193,8 @@ def encoder_parity(model_folder: Path, engine_dir: Path, sentences: Sequence[str
         "cosines": [float(c) for c in cosines],
         "max_abs_error": float(np.abs(ours.vectors - ref).max()),
         "token_counts": list(ours.token_counts),
-        "cosine_bar": COSINE_BAR,
-        "passed": bool(cosines.min() >= COSINE_BAR),
+        "cosine_bar": cosine_bar,
+        "passed": bool(cosines.min() >= cosine_bar),
     }
 
 

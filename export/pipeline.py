@@ -369,7 +369,7 @@ def _adds_bos(tokenizer: Any, bos: int | None) -> bool:
 def _export_encoder(source: ModelSource, staging: Path, name: str, options: ExportOptions, progress: Progress) -> tuple[Manifest, dict]:
     from export import optimum_export
     from export.loading import quiet_libraries, read_sentence_transformers_config
-    from export.parity import encoder_parity
+    from export.parity import COSINE_BAR, QUANTIZED_COSINE_BAR, encoder_parity
 
     if source.kind != "hf":
         raise UnsupportedModelError(f"{source.path}: embedding models are exported from Hugging Face folders only")
@@ -378,6 +378,13 @@ def _export_encoder(source: ModelSource, staging: Path, name: str, options: Expo
     st = read_sentence_transformers_config(source.path)
     with progress.step("exporting the encoder with optimum (feature-extraction)"):
         built = optimum_export.export_encoder(source.path, staging)
+    if options.precision != "fp32":
+        from export.quantize import quantize_graph_matmuls
+
+        bits = int(options.precision[3:])
+        with progress.step(f"quantizing the encoder's weights to {options.precision} (blocks of {options.block_size})"):
+            if not quantize_graph_matmuls(staging / built.graph_file, bits, options.block_size, options.symmetric, options.accuracy_level):
+                raise UnsupportedModelError(f"{source.path}: the encoder has no constant MatMul weights to quantize; export it with --precision fp32")
     with progress.step("writing tokenizer.json and manifest.json"):
         tokenizer_json = source.path / TOKENIZER_FILE
         if tokenizer_json.is_file():
@@ -416,11 +423,14 @@ def _export_encoder(source: ModelSource, staging: Path, name: str, options: Expo
         )
         write_manifest(staging, manifest)
     with progress.step("validating against the PyTorch model"):
-        parity = encoder_parity(source.path, staging)
+        parity = encoder_parity(source.path, staging, cosine_bar=COSINE_BAR if options.precision == "fp32" else QUANTIZED_COSINE_BAR)
     parity["precision"] = options.precision
     _write_parity(staging, manifest, parity)
     if not parity["passed"]:
-        raise ParityError(f"embedding engine's minimum cosine with PyTorch is {parity['min_cosine']:.6f}, below {parity['cosine_bar']}")
+        raise ParityError(
+            f"the {options.precision} embedding engine's minimum cosine with PyTorch is {parity['min_cosine']:.6f}, below {parity['cosine_bar']}"
+            + ("" if options.precision == "fp32" else "; export it with --precision int8 or fp32")
+        )
     return manifest, parity
 
 

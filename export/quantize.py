@@ -23,6 +23,7 @@ exactly, which is what the tests and the parity report use.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -176,3 +177,49 @@ def recover_q4_1(weight: np.ndarray, block_size: int = 32) -> tuple[QuantizedWei
     scales = safe.astype(np.float32)
     offsets = (low + 8 * scales).T.astype(np.float32)  # [blocks, N]
     return QuantizedWeight(np.ascontiguousarray(packed), scales.reshape(-1), None, k, n, 4, block_size), np.ascontiguousarray(offsets)
+
+
+def quantize_graph_matmuls(graph_path: Path, bits: int, block_size: int, symmetric: bool, accuracy_level: int) -> int:
+    """Rewrite, in place, every MatMul of an ONNX graph whose B is a constant 2-D weight into a
+    MatMulNBits over block-quantized weights; returns how many were rewritten.
+
+    For graphs we do not build ourselves (optimum's encoders): activations and everything else
+    stay as exported. A weight whose K is not a whole number of blocks keeps its fp32 MatMul.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(graph_path))
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    nodes, rewritten, replaced = [], 0, set()
+    for node in graph.node:
+        weight = weights.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if weight is None or len(weight.dims) != 2 or weight.dims[0] % block_size or readers[weight.name] != 1:
+            nodes.append(node)
+            continue
+        qw = quantize_blocks(numpy_helper.to_array(weight).astype(np.float32), bits, block_size, symmetric)
+        base = f"{weight.name}.q{bits}"
+        tensors = [numpy_helper.from_array(qw.packed, f"{base}.blocks"), numpy_helper.from_array(qw.scales, f"{base}.scales")]
+        if qw.zero_points is not None:
+            tensors.append(numpy_helper.from_array(qw.zero_points, f"{base}.zero_points"))
+        graph.initializer.extend(tensors)
+        nodes.append(helper.make_node(
+            "MatMulNBits", [node.input[0], *(t.name for t in tensors)], list(node.output), f"{node.name}/nbits", domain="com.microsoft",
+            K=qw.k, N=qw.n, bits=bits, block_size=block_size, accuracy_level=accuracy_level,
+        ))  # fmt: skip
+        replaced.add(weight.name)
+        rewritten += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    kept = [init for init in graph.initializer if init.name not in replaced]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(graph_path))
+    return rewritten

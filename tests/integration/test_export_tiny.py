@@ -231,6 +231,16 @@ def test_encoder_export_records_pooling_and_matches_pytorch(tiny_encoder_dir, tm
         embedder.encode([long_text], truncate=False)
 
 
+def test_an_int8_encoder_is_quantized_and_held_to_the_quantized_bar(tiny_encoder_dir, tmp_path):
+    import onnx
+
+    result = export_model(str(tiny_encoder_dir), tmp_path / "enc8", ExportOptions(precision="int8"))
+    ops = [node.op_type for node in onnx.load(str(result.directory / result.manifest.graph_file)).graph.node]
+    assert "MatMulNBits" in ops  # the weights really are int8 blocks, not an fp32 graph named int8
+    assert result.manifest.precision == result.parity["precision"] == "int8"
+    assert result.parity["passed"] and result.parity["cosine_bar"] == 0.999 and result.parity["min_cosine"] >= 0.999
+
+
 def test_a_short_context_export_still_validates_every_prompt(tiny_llama_dir, tmp_path):
     short = export_model(str(tiny_llama_dir), tmp_path / "short", ExportOptions(max_context=96))
     records = short.parity["prompts"]
