@@ -121,6 +121,12 @@ class ServerSettings:
     prefix_cache_tokens: int = field(default=4096, metadata=option(
         "--prefix-cache-tokens", "prompt positions kept in free slots for prefix reuse, per engine; 0: off", parse=whole_number,
     ))
+    # By default only positions written by prompt evaluations are reused, so reuse never changes
+    # an output. With this, generated tokens' positions are reused too (as llama.cpp does): a
+    # chat's next turn evaluates only its new message, but greedy output can differ on near ties.
+    prefix_cache_decoded: bool = field(default=False, metadata=option(
+        "--prefix-cache-decoded", "reuse generated tokens' cached positions too: faster chats, output may differ from a fresh evaluation", parse=switch,
+    ))
 
     # API keys: `Authorization: Bearer <key>` is required on every route but /health when any
     # is set. Keys given directly (APPLIANCE_API_KEYS, comma-separated) and files with one key

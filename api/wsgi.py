@@ -30,7 +30,7 @@ def _load() -> list:
     models = load_models(
         settings.engines, runtime, prefill_chunk=settings.prefill_chunk, slots=settings.slots, queue_limit=settings.queue_limit,
         warm=settings.warm, max_tokens_limit=settings.max_tokens, request_timeout_s=settings.request_timeout_s,
-        prefix_cache_tokens=settings.prefix_cache_tokens,
+        prefix_cache_tokens=settings.prefix_cache_tokens, prefix_cache_decoded=settings.prefix_cache_decoded,
     )
     for model in models:
         info = model.info

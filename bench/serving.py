@@ -568,7 +568,7 @@ def print_table(results: dict) -> None:
     for name, f in systems.items():
         if f.get("concurrent"):
             print(f"  {name:36} " + "  ".join(f"@{c}: {r['ttft_p50_ms']:.0f}/{r['ttft_p95_ms']:.0f}" for c, r in f["concurrent"].items()))
-    for name, f in systems.items():
+    for name, f in [*systems.items(), ("ours --prefix-cache-decoded", {"multi_turn": results.get("multi_turn_decoded")})]:
         turns = f.get("multi_turn")
         if turns:
             print(
@@ -642,6 +642,17 @@ def main() -> int:
     if "error" in figures:
         results["errors"]["ours"] = figures["error"]
     results["systems"]["ours"] = figures
+    if "multi-turn" not in args.skip:
+        # The same chat with generated tokens' positions reused too (serve --prefix-cache-decoded).
+        port = free_port()
+        decoded = Server("ours --prefix-cache-decoded", [*ours.command[:-1], str(port), "--prefix-cache-decoded"], port, decoder.name)
+        print(f"\n== {decoded.name}: multi-turn only (log: {decoded.log.relative_to(ROOT)})", flush=True)
+        try:
+            with decoded:
+                results["multi_turn_decoded"] = turns = multi_turn(decoded.url, decoded.model)
+            print(f"   later turns TTFT p50 {turns['later_ttft_p50_ms']:.0f} ms, cold {turns['cold_ttft_p50_ms']:.0f} ms ({turns['later_over_cold']:.2f}x)", flush=True)
+        except Exception as exc:  # reported, not fatal
+            results["errors"][decoded.name] = f"{type(exc).__name__}: {exc}"[:500]
 
     gguf = resolve_source(args.source).path
     if "llama.cpp" in args.skip:

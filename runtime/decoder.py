@@ -142,11 +142,12 @@ class _DecoderBase(ABC):
     # Whether a slot's cache can be cut back to a prefix of its positions (`truncate`).
     can_truncate = False
 
-    def common_prefix(self, slot: int, token_ids: Sequence[int] | np.ndarray) -> int:
-        """How many leading `token_ids` the cache of `slot` holds, in order, from prompt evaluations
-        (the positions that can be reused without changing any output; see exact_lengths)."""
+    def common_prefix(self, slot: int, token_ids: Sequence[int] | np.ndarray, exact: bool = True) -> int:
+        """How many leading `token_ids` the cache of `slot` holds, in order: from prompt evaluations
+        only (the positions that can be reused without changing any output; see exact_lengths),
+        or with `exact` False from decode steps too."""
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
-        n = min(len(ids), int(self.lengths[slot]), int(self.exact_lengths[slot]))
+        n = min(len(ids), int(self.lengths[slot]), int(self.exact_lengths[slot] if exact else self.lengths[slot]))
         if n == 0:
             return 0
         differ = np.flatnonzero(self.cached_ids[slot, :n] != ids[:n])

@@ -231,6 +231,7 @@ class TextGenerator:
         max_tokens_limit: int | None = None,
         request_timeout_s: float | None = None,
         prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS,
+        reuse_decoded: bool = False,
     ) -> None:
         if max_tokens_limit is not None and max_tokens_limit < 1:
             raise ValueError("max_tokens_limit must be at least 1")
@@ -249,7 +250,10 @@ class TextGenerator:
         self.eos_ids = tuple(self.manifest.eos_token_ids)
         # The vocabulary as the grammar engine sees it, self-tested now (grammars are refused if it fails).
         self.grammars = GrammarVocabulary(engine.tokenizer.to_str(), self.manifest.vocab_size, self.eos_ids, self.token_bytes.compute, self.token_bytes.special_ids)
-        self.scheduler = Scheduler(self.decoder, prefill_chunk=prefill_chunk, queue_limit=queue_limit, name=engine.name, prefix_cache_tokens=prefix_cache_tokens)
+        self.scheduler = Scheduler(
+            self.decoder, prefill_chunk=prefill_chunk, queue_limit=queue_limit, name=engine.name,
+            prefix_cache_tokens=prefix_cache_tokens, reuse_decoded=reuse_decoded,
+        )  # fmt: skip
 
     @property
     def name(self) -> str:

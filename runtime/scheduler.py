@@ -31,6 +31,8 @@ are reused (not generated tokens' positions, which one-row decode kernels comput
 other rounding; runtime.decoder explains), the last two prompt tokens or more are always
 evaluated, and no prompt is ever evaluated one token at a time, so each prompt position's
 values are those a fresh evaluation gives it (tests/integration/test_prefix_reuse.py).
+`reuse_decoded` (serve --prefix-cache-decoded) trades that for speed, as llama.cpp does: the
+generated tokens' positions are reused as well.
 
 Faults stay with their request: when a batched step fails, each sequence is stepped alone
 once, so only the one(s) that fail again end — with the error as their last event — and
@@ -152,7 +154,13 @@ class Scheduler:
     """Runs many generations on one decoder, a batched decode step per tick."""
 
     def __init__(
-        self, decoder, prefill_chunk: int = 512, queue_limit: int = 64, name: str = "engine", prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS
+        self,
+        decoder,
+        prefill_chunk: int = 512,
+        queue_limit: int = 64,
+        name: str = "engine",
+        prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS,
+        reuse_decoded: bool = False,
     ) -> None:
         if prefill_chunk < 1:
             raise ValueError("prefill_chunk must be positive")
@@ -177,6 +185,9 @@ class Scheduler:
         self._reuse = prefix_cache_tokens > 0 and getattr(decoder, "can_truncate", False) and (not self._can_move or hasattr(decoder, "swap"))
         # Most positions kept in free slots for reuse; past it the caches used longest ago go.
         self._retain = prefix_cache_tokens
+        # Reuse generated tokens' positions too: a chat's next turn then evaluates only its new
+        # message, but greedy output may differ from a fresh evaluation's on near ties.
+        self._exact = not reuse_decoded
         self._freed_at = [0] * decoder.slots  # when each slot was last given back (a count of releases; 0: never)
         self._releases = 0
         self._prefix_hits = 0
@@ -409,7 +420,7 @@ class Scheduler:
         # Reuse at most all but the last two prompt tokens: the rest is evaluated in a run of two
         # or more, as a fresh prompt is (see _chunk_size), and gives the first token's logits.
         usable = job.prompt[: len(job.prompt) - 2]
-        common, source = max((decoder.common_prefix(slot, usable), -slot) for slot in free)
+        common, source = max((decoder.common_prefix(slot, usable, self._exact), -slot) for slot in free)
         source = -source
         # The cache to overwrite when none is taken over: an empty one, else the one freed longest ago.
         victim = min(free, key=lambda slot: (decoder.length(slot) > 0, self._freed_at[slot]))

@@ -235,3 +235,16 @@ def test_free_slots_keep_at_most_the_budget(tiny_llama_engine):
         assert tokens_of(generator, last)[1].usage.cached_tokens == len(last.prompt_ids) - 2
     finally:
         generator.close()
+
+
+def test_reusing_decoded_positions_is_asked_for(tiny_llama_engine):
+    engine = load_engine(tiny_llama_engine.directory)
+    generator = TextGenerator(engine, slots=2, reuse_decoded=True)
+    try:
+        first = _request(generator, "tell me more", 12)
+        answer, _ = tokens_of(generator, first)
+        follow = GenerationRequest(first.prompt_ids + tuple(answer) + (5, 6, 7), GREEDY, max_tokens=3, ignore_eos=True)
+        # The prompt and every fed-back answer token (all but the last, never fed) are reused.
+        assert tokens_of(generator, follow)[1].usage.cached_tokens == len(first.prompt_ids) + len(answer) - 1
+    finally:
+        generator.close()
