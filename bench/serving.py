@@ -139,6 +139,15 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
 
+def http_client():
+    """An HTTP client that opens a connection per request, for every server alike: llama-server
+    closes a kept-alive connection after a stream, and the next request sent on it failed
+    ("Server disconnected without sending a response") before reaching the server."""
+    import httpx
+
+    return httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+
+
 def stream_chat(client, url: str, model: str, prompt: str, tokens: int, extra: dict | None = None) -> dict:
     """One streamed greedy chat completion: TTFT, decode rate, token count (from usage)."""
     body = {**(extra or {}),
@@ -176,10 +185,9 @@ def stream_chat(client, url: str, model: str, prompt: str, tokens: int, extra: d
 
 
 def single_stream(url: str, model: str, tokens: int, rounds: int) -> dict:
-    import httpx
 
     runs = []
-    with httpx.Client() as client:
+    with http_client() as client:
         stream_chat(client, url, model, PROMPTS[0], 8)  # warm-up
         for _ in range(rounds):
             for prompt in PROMPTS[:3]:
@@ -193,14 +201,13 @@ def single_stream(url: str, model: str, tokens: int, rounds: int) -> dict:
 
 def concurrent(url: str, model: str, tokens: int, streams: int, per_stream: int) -> dict:
     """`streams` clients, each sending `per_stream` requests back to back."""
-    import httpx
 
     results: list[dict] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
 
     def client_loop(index: int) -> None:
-        with httpx.Client() as client:
+        with http_client() as client:
             for j in range(per_stream):
                 try:
                     r = stream_chat(client, url, model, PROMPTS[(index + j) % len(PROMPTS)], tokens)
@@ -248,13 +255,12 @@ STRUCTURED_PROMPT = "List people you could meet in a small town, with their name
 
 def streams_of(url: str, model: str, tokens: int, extras: list[dict | None]) -> dict:
     """One request per stream, all at once (stream i sends extras[i]): tok/s per kind, per-stream decode rates."""
-    import httpx
 
     results: list[tuple[bool, dict]] = []
     lock = threading.Lock()
 
     def one(extra: dict | None) -> None:
-        with httpx.Client() as client:
+        with http_client() as client:
             r = stream_chat(client, url, model, STRUCTURED_PROMPT, tokens, extra)
         with lock:
             results.append((extra is not None, r))
@@ -306,9 +312,8 @@ def structured_cost(url: str, model: str, tokens: int, streams: int = 8, rounds:
 
 
 def embeddings_http(url: str, model: str, batch: int, total: int = 64) -> float:
-    import httpx
 
-    with httpx.Client() as client:
+    with http_client() as client:
         client.post(f"{url}/v1/embeddings", json={"model": model, "input": list(SENTENCES[:batch])}, timeout=120).raise_for_status()
         started = time.perf_counter()
         for start in range(0, total, batch):
@@ -360,12 +365,9 @@ def chat_ttft(client, url: str, model: str, messages: list[dict], tokens: int) -
 
 def multi_turn(url: str, model: str, turns: int = 5, rounds: int = 2) -> dict:
     """Later turns' TTFT against a cold prefill of the same conversation (a fresh system prompt)."""
-    import httpx
 
     later, cold, cached, history = [], [], [], 0
-    # A connection per request: llama-server closed a kept-alive connection after a one-token
-    # stream, and the next request on it failed before reaching the server.
-    with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
+    with http_client() as client:
         for round_ in range(rounds):
             messages: list[dict] = [{"role": "system", "content": f"Conversation {round_} of run {os.getpid()}: you are a travel writer."}]
             for turn in range(turns):
