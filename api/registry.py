@@ -276,6 +276,7 @@ def load_models(
     request_timeout_s: float | None = None,
     prefix_cache_tokens: int = 4096,  # runtime.scheduler.DEFAULT_PREFIX_CACHE_TOKENS (the runtime loads lazily here)
     prefix_cache_decoded: bool = False,
+    batch_invariant: bool = True,
 ) -> list[LoadedModel]:
     """Load every engine under `engines_dir`, each into a generator or an embedder, and warm it."""
     from runtime.embeddings import Embedder
@@ -300,7 +301,7 @@ def load_models(
             generator = TextGenerator(
                 engine, prefill_chunk=prefill_chunk, slots=slots, queue_limit=queue_limit,
                 max_tokens_limit=max_tokens_limit, request_timeout_s=request_timeout_s,
-                prefix_cache_tokens=prefix_cache_tokens, reuse_decoded=prefix_cache_decoded,
+                prefix_cache_tokens=prefix_cache_tokens, reuse_decoded=prefix_cache_decoded, batch_invariant=batch_invariant,
             )
             model = LoadedModel(info, generator=generator)
             if warm:  # the first run of a session allocates its buffers; do it before the first user

@@ -31,6 +31,7 @@ def _load() -> list:
         settings.engines, runtime, prefill_chunk=settings.prefill_chunk, slots=settings.slots, queue_limit=settings.queue_limit,
         warm=settings.warm, max_tokens_limit=settings.max_tokens, request_timeout_s=settings.request_timeout_s,
         prefix_cache_tokens=settings.prefix_cache_tokens, prefix_cache_decoded=settings.prefix_cache_decoded,
+        batch_invariant=not settings.fast_single_stream,
     )
     for model in models:
         info = model.info

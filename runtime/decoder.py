@@ -34,13 +34,17 @@ _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
-def open_decoder(engine: Engine, slots: int = 1) -> SharedKVDecoder | ConcatKVDecoder:
-    """The decoder matching the engine's graph style, with room for `slots` sequences."""
+def open_decoder(engine: Engine, slots: int = 1, batch_invariant: bool = False) -> SharedKVDecoder | ConcatKVDecoder:
+    """The decoder matching the engine's graph style, with room for `slots` sequences.
+
+    `batch_invariant` (GroupQueryAttention graphs): a lone sequence's steps run as two rows,
+    so that its output is bit for bit what it would be in any batch (SharedKVDecoder._padded_step).
+    """
     manifest = engine.manifest
     if manifest.task != TASK_TEXT_GENERATION:
         raise ManifestError(f"engine {manifest.name!r} is a {manifest.task} engine, not a text generator")
     if manifest.style == STYLE_GQA_SHARED_KV:
-        return SharedKVDecoder(engine, slots)
+        return SharedKVDecoder(engine, slots, batch_invariant)
     if manifest.style == STYLE_CONCAT_KV:
         return ConcatKVDecoder(engine, slots)
     raise ManifestError(f"engine {manifest.name!r}: no decoder for graph style {manifest.style!r}")
@@ -216,8 +220,10 @@ class SharedKVDecoder(_DecoderBase):
     # length forgets the positions after it, and the next step overwrites them.
     can_truncate = True
 
-    def __init__(self, engine: Engine, slots: int = 1) -> None:
+    def __init__(self, engine: Engine, slots: int = 1, batch_invariant: bool = False) -> None:
         super().__init__(engine, slots)
+        # Run one-row decode steps as two rows, so outputs never depend on the batch (_padded_step).
+        self.batch_invariant = batch_invariant and slots > 1
         manifest = self.manifest
         kv = manifest.require_kv_cache()
         if not kv.shared_buffer:
@@ -379,6 +385,10 @@ class SharedKVDecoder(_DecoderBase):
         change, which saves rebuilding some 125 bindings per step.
         """
         count = len(tokens)
+        if count == 1 and self.batch_invariant:
+            padded = self._padded_step(first_slot, int(tokens[0]))
+            if padded is not None:
+                return padded
         cached = self._bindings.get((first_slot, count))
         if cached is None:
             cached = self._bindings[(first_slot, count)] = self._decode_binding(first_slot, count)
@@ -391,6 +401,34 @@ class SharedKVDecoder(_DecoderBase):
         self.lengths[first_slot : first_slot + count] += 1
         np.maximum(self._touched[first_slot : first_slot + count], lengths, out=self._touched[first_slot : first_slot + count])
         return logits
+
+    def _padded_step(self, slot: int, token: int) -> np.ndarray | None:
+        """A lone sequence's decode step run as two rows, beside a neighbouring slot's.
+
+        ONNX Runtime's int4 MatMulNBits takes a single-row kernel for one row, whose rounding
+        differs in the last bits from the kernel every larger batch takes (rows of batches of
+        two or more agree bit for bit), and the int8 activations amplify that into different
+        greedy tokens on near ties. So with `batch_invariant` a one-row step runs two rows:
+        the neighbour is fed a token at its own length, which writes one position past what
+        it holds (nothing reads it: its length does not move, and its next step overwrites
+        it) and its logits are dropped. None when no neighbour has room for that write.
+        """
+        pad = slot + 1 if slot + 1 < self.slots else slot - 1
+        if pad < 0 or int(self.lengths[pad]) >= self.max_length:
+            return None
+        first = min(slot, pad)
+        cached = self._bindings.get((first, 2))
+        if cached is None:
+            cached = self._bindings[(first, 2)] = self._decode_binding(first, 2)
+        binding, ids, seqlens, total, logits, _ = cached
+        lengths = self.lengths[first : first + 2]
+        ids[:, 0] = token
+        seqlens[:] = lengths
+        total[...] = int(lengths.max()) + 1
+        self._run(binding)
+        self.lengths[slot] += 1
+        np.maximum(self._touched[first : first + 2], lengths + (np.arange(first, first + 2) == pad), out=self._touched[first : first + 2])
+        return logits[slot - first : slot - first + 1]
 
     def _decode_binding(self, first_slot: int, count: int) -> tuple:
         arrays = (

@@ -232,6 +232,7 @@ class TextGenerator:
         request_timeout_s: float | None = None,
         prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS,
         reuse_decoded: bool = False,
+        batch_invariant: bool = True,
     ) -> None:
         if max_tokens_limit is not None and max_tokens_limit < 1:
             raise ValueError("max_tokens_limit must be at least 1")
@@ -244,7 +245,7 @@ class TextGenerator:
         self.request_timeout_s = request_timeout_s
         self.manifest = engine.manifest
         self.tokenizer = engine.tokenizer
-        self.decoder = open_decoder(engine, slots=slots)
+        self.decoder = open_decoder(engine, slots=slots, batch_invariant=batch_invariant)
         self.prefill_chunk = prefill_chunk
         self.token_bytes = TokenBytes(engine.tokenizer)
         self.eos_ids = tuple(self.manifest.eos_token_ids)

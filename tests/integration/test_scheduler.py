@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from runtime.engine import load_engine
@@ -91,6 +92,37 @@ def test_greedy_tokens_alone_equal_tokens_beside_seven_others(real_generator):
     # Staggered arrivals: requests join while others are mid-decode (prefill between steps).
     assert run_together(real_generator, requests, stagger_s=0.02) == alone
     assert real_generator.stats().active == 0
+
+
+def test_batch_invariant_greedy_alone_equals_beside_fifteen_others(default_engines):
+    """With batch_invariant, a lone sequence's steps run as two rows: the same kernels as in
+    any batch, so every token matches bit for bit (the benchmark's 16-stream check, here)."""
+    generator = TextGenerator(load_engine(default_engines["decoder"]), prefill_chunk=512, slots=16, batch_invariant=True)
+    try:
+        prompts = PROMPTS * 2
+        requests = [
+            GenerationRequest(tuple(generator.chat_prompt_ids([{"role": "user", "content": p}])), GREEDY, max_tokens=48, ignore_eos=True)
+            for p in prompts
+        ]
+        alone = [tokens_of(generator, r)[0] for r in requests[:8]]
+        assert run_together(generator, requests) == alone + alone
+    finally:
+        generator.close()
+
+
+def test_a_padded_step_leaves_the_neighbour_as_it_was(tiny_llama_engine):
+    from runtime.decoder import open_decoder
+
+    decoder = open_decoder(load_engine(tiny_llama_engine.directory), slots=2, batch_invariant=True)
+    decoder.prefill(1, [3, 4, 5])
+    held = decoder.cache_view(0, "key")[1, :, :3].copy()
+    decoder.prefill(0, [7, 8])
+    first = decoder.decode([0], [9])
+    assert decoder.length(0) == 3 and decoder.length(1) == 3  # the neighbour's length did not move
+    assert np.array_equal(decoder.cache_view(0, "key")[1, :, :3], held)
+    plain = open_decoder(load_engine(tiny_llama_engine.directory), slots=2)
+    plain.prefill(0, [7, 8])
+    np.testing.assert_allclose(first, plain.decode([0], [9]), rtol=1e-4, atol=1e-4)
 
 
 # -- the tiny engine: mechanics ----------------------------------------------------------
