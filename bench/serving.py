@@ -148,6 +148,15 @@ def http_client():
     return httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
 
 
+def sse_chunks(client, url: str, body: dict):
+    """The JSON chunks of one streamed chat completion, as they arrive."""
+    with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                yield json.loads(line[6:])
+
+
 def stream_chat(client, url: str, model: str, prompt: str, tokens: int, extra: dict | None = None) -> dict:
     """One streamed greedy chat completion: TTFT, decode rate, token count (from usage)."""
     body = {**(extra or {}),
@@ -162,22 +171,17 @@ def stream_chat(client, url: str, model: str, prompt: str, tokens: int, extra: d
     started = time.perf_counter()
     first = last = None
     chunks, usage, parts = 0, None, []
-    with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            data = json.loads(line[6:])
-            if data.get("usage"):
-                usage = data["usage"]
-            for choice in data.get("choices", []):
-                text = choice.get("delta", {}).get("content")
-                if text:
-                    now = time.perf_counter()
-                    first = first or now
-                    last = now
-                    chunks += 1
-                    parts.append(text)
+    for data in sse_chunks(client, url, body):
+        if data.get("usage"):
+            usage = data["usage"]
+        for choice in data.get("choices", []):
+            text = choice.get("delta", {}).get("content")
+            if text:
+                now = time.perf_counter()
+                first = first or now
+                last = now
+                chunks += 1
+                parts.append(text)
     if first is None or last is None:
         raise RuntimeError(f"the stream for {prompt[:40]!r} ended without any text")
     count = (usage or {}).get("completion_tokens") or chunks
@@ -345,21 +349,16 @@ def chat_ttft(client, url: str, model: str, messages: list[dict], tokens: int) -
     }
     started = time.perf_counter()
     first, parts, cached = None, [], -1
-    with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            data = json.loads(line[6:])
-            usage = data.get("usage") or {}
-            details = usage.get("prompt_tokens_details") or {}
-            if "cached_tokens" in details:
-                cached = details["cached_tokens"]
-            for choice in data.get("choices", []):
-                text = choice.get("delta", {}).get("content")
-                if text:
-                    first = first or time.perf_counter()
-                    parts.append(text)
+    for data in sse_chunks(client, url, body):
+        usage = data.get("usage") or {}
+        details = usage.get("prompt_tokens_details") or {}
+        if "cached_tokens" in details:
+            cached = details["cached_tokens"]
+        for choice in data.get("choices", []):
+            text = choice.get("delta", {}).get("content")
+            if text:
+                first = first or time.perf_counter()
+                parts.append(text)
     return (first or time.perf_counter()) - started, "".join(parts), cached
 
 
