@@ -427,11 +427,9 @@ class Scheduler:
         # Take the matching cache over when that loses little of it (a chat's next turn); when
         # only a short shared start matches a longer cache (a common system prompt), copy that
         # start into the victim's slot instead, so the longer cache stays for its own chat.
-        take = common > 0 and (2 * common >= decoder.length(source) or source == victim or not self._can_move)
-        if not self._can_move:  # slots need not be packed: use the chosen slot where it is
-            target = source if take else victim
-            if not take:
-                common = 0
+        take = common > 0 and (2 * common >= decoder.length(source) or source == victim)
+        if not self._can_move:  # a GPU pool: no host copies, so a matching cache is always taken over in place
+            target = source if common else victim
         else:
             target = free[0]  # active sequences stay packed in [0, n)
             if take:

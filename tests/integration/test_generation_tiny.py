@@ -176,10 +176,12 @@ def test_closing_a_stream_frees_its_slot_at_the_next_tick(generator):
     deadline = time.monotonic() + 5
     while generator.stats().active and time.monotonic() < deadline:
         time.sleep(0.001)
-    assert generator.stats().active == 0 and generator.decoder.length(0) == 0
+    assert generator.stats().active == 0
     assert generator.stats().steps - steps <= 2, "the slot should be free within a tick or so"
+    # The cancelled request's prompt stays cached in the free slot, for the next one to reuse.
+    assert generator.decoder.common_prefix(0, ids) == len(ids)
     _, finish = run(generator, GenerationRequest(ids, GREEDY, max_tokens=3, ignore_eos=True))
-    assert finish.usage.completion_tokens == 3
+    assert finish.usage.completion_tokens == 3 and finish.usage.cached_tokens == len(ids) - 2
 
 
 def test_concurrent_callers_each_get_their_own_answer(generator):
