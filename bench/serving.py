@@ -524,7 +524,8 @@ def targets(results: dict, parity: dict | None) -> list[dict]:
     add("aggregate tok/s at 8 streams >= 2.5x llama.cpp (stretch 3x)", _get(ours, "concurrent", "8", "aggregate_tok_s"), _get(llama, "concurrent", "8", "aggregate_tok_s"), 2.5, True)
     add("aggregate tok/s at 16 streams >= 3x llama.cpp", _get(ours, "concurrent", "16", "aggregate_tok_s"), _get(llama, "concurrent", "16", "aggregate_tok_s"), 3.0, True)
     add("TTFT p50 at 8 streams <= 0.5x llama.cpp's", _get(ours, "concurrent", "8", "ttft_p50_ms"), _get(llama, "concurrent", "8", "ttft_p50_ms"), 0.5, False)
-    add("server peak RSS, both engines, 16-stream burst <= 700 MB", _get(ours, "peak_rss_mb_burst"), None, 700, False, "MB")
+    burst = _get(ours, "peak_rss_mb_burst") if _get(ours, "concurrent", "16", "aggregate_tok_s") is not None else None  # only after a 16-stream phase
+    add("server peak RSS, both engines, 16-stream burst <= 700 MB", burst, None, 700, False, "MB")
     add("multi-turn: later turns' TTFT <= 0.25x a cold prefill", _get(ours, "multi_turn", "later_over_cold"), None, 0.25, False, "x")
     add("embeddings/s at batch 1 >= 2x sentence-transformers", _get(our_emb, "1"), _get(st, "1"), 2.0, True)
     add("embeddings/s at batch 32 >= 2x sentence-transformers", _get(our_emb, "32"), _get(st, "32"), 2.0, True)
