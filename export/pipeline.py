@@ -429,7 +429,7 @@ def _export_encoder(source: ModelSource, staging: Path, name: str, options: Expo
     if not parity["passed"]:
         raise ParityError(
             f"the {options.precision} embedding engine's minimum cosine with PyTorch is {parity['min_cosine']:.6f}, below {parity['cosine_bar']}"
-            + ("" if options.precision == "fp32" else "; export it with --precision int8 or fp32")
+            + {"fp32": "", "int8": "; export it with --precision fp32"}.get(options.precision, "; export it with --precision int8 or fp32")
         )
     return manifest, parity
 
