@@ -389,17 +389,8 @@ class SharedKVDecoder(_DecoderBase):
             padded = self._padded_step(first_slot, int(tokens[0]))
             if padded is not None:
                 return padded
-        cached = self._bindings.get((first_slot, count))
-        if cached is None:
-            cached = self._bindings[(first_slot, count)] = self._decode_binding(first_slot, count)
-        binding, ids, seqlens, total, logits, _ = cached
-        lengths = self.lengths[first_slot : first_slot + count]
-        ids[:, 0] = tokens
-        seqlens[:] = lengths
-        total[...] = int(lengths.max()) + 1
-        self._run(binding)
+        logits = self._cached_step(first_slot, count, tokens)
         self.lengths[first_slot : first_slot + count] += 1
-        np.maximum(self._touched[first_slot : first_slot + count], lengths, out=self._touched[first_slot : first_slot + count])
         return logits
 
     def _padded_step(self, slot: int, token: int) -> np.ndarray | None:
@@ -417,18 +408,25 @@ class SharedKVDecoder(_DecoderBase):
         if pad < 0 or int(self.lengths[pad]) >= self.max_length:
             return None
         first = min(slot, pad)
-        cached = self._bindings.get((first, 2))
+        logits = self._cached_step(first, 2, np.array([token, token]))
+        self.lengths[slot] += 1
+        return logits[slot - first : slot - first + 1]
+
+    def _cached_step(self, first_slot: int, count: int, tokens: np.ndarray) -> np.ndarray:
+        """Run one token for each of slots [first_slot, first_slot+count) through the binding
+        built once for them; the caller advances the lengths of the rows that count."""
+        cached = self._bindings.get((first_slot, count))
         if cached is None:
-            cached = self._bindings[(first, 2)] = self._decode_binding(first, 2)
+            cached = self._bindings[(first_slot, count)] = self._decode_binding(first_slot, count)
         binding, ids, seqlens, total, logits, _ = cached
-        lengths = self.lengths[first : first + 2]
-        ids[:, 0] = token
+        rows = slice(first_slot, first_slot + count)
+        lengths = self.lengths[rows]
+        ids[:, 0] = tokens
         seqlens[:] = lengths
         total[...] = int(lengths.max()) + 1
         self._run(binding)
-        self.lengths[slot] += 1
-        np.maximum(self._touched[first : first + 2], lengths + (np.arange(first, first + 2) == pad), out=self._touched[first : first + 2])
-        return logits[slot - first : slot - first + 1]
+        np.maximum(self._touched[rows], lengths + 1, out=self._touched[rows])  # each row wrote the position at its length
+        return logits
 
     def _decode_binding(self, first_slot: int, count: int) -> tuple:
         arrays = (

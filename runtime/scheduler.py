@@ -283,8 +283,6 @@ class Scheduler:
                 continue
             if job.prefill_started_ns == 0:
                 job.prefill_started_ns = time.perf_counter_ns()
-            if job.prefilled == 0:
-                self.decoder.reset(job.slot)
             size = self._chunk_size(len(job.prompt) - job.prefilled, budget)
             if size == 0:
                 break
@@ -412,9 +410,10 @@ class Scheduler:
             self._admitted.append(job)
 
     def _place(self, job: Job) -> int:
-        """The free slot `job` takes, with as much of its prompt cached there as can be reused."""
+        """The free slot `job` takes, holding as much of its prompt as can be reused (reset when nothing is)."""
         free = [i for i, held in enumerate(self._slots) if held is None]
         if not self._reuse:
+            self.decoder.reset(free[0])
             return free[0]
         decoder = self.decoder
         # Reuse at most all but the last two prompt tokens: the rest is evaluated in a run of two
