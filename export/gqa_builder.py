@@ -23,6 +23,12 @@ sequence); total_sequence_length int32 scalar (max over the batch of cached + ne
 logits_to_keep int64 [1]; past_key_values.{i}.key/value float32
 [batch, kv_heads, max_context, head_dim]. Outputs: logits float32 [batch, kept, vocab];
 present.{i}.key/value (same shape and, bound by the runtime, same memory as the past).
+
+GPU engines (`dtype="float16"`): ONNX Runtime's CUDA GroupQueryAttention runs fp16/bf16 only,
+so the whole graph computes in fp16: weights, norms, rotary caches, the residual stream and
+the KV cache are float16, quantized blocks keep fp16 scales (a GGUF's Q4_1 scales are fp16 to
+begin with, so they carry over exactly), and the logits are cast to float32 at the end so the
+sampler sees the same dtype on every engine.
 """
 
 from __future__ import annotations
@@ -39,10 +45,13 @@ from runtime.manifest import KVLayout, TensorSpec
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 STATIC_ROPE_TYPES = (None, "default", "linear", "llama3")  # inv_freq does not depend on length
 OPSET = 21
+# Compute dtypes the builder writes: float32 (CPU engines) and float16 (CUDA / TensorRT engines).
+DTYPES = ("float32", "float16")
 IR_VERSION = 10  # what onnxruntime >= 1.20 reads
 MS_DOMAIN = "com.microsoft"
 GRAPH_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
+COPY_GRAPH_FILE = "kv_copy.onnx"
 
 
 @dataclass(frozen=True)
@@ -90,15 +99,19 @@ def _head_dim(config: Any) -> int:
 class _Graph:
     """A tiny helper around onnx.helper: nodes, initializers and unique names."""
 
-    def __init__(self) -> None:
+    def __init__(self, float_type: type = np.float32) -> None:
         from onnx import helper, numpy_helper
 
+        # Floating-point constants are stored in the graph's compute dtype.
+        self.float_type = float_type
         self.helper = helper
         self.numpy_helper = numpy_helper
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
 
     def const(self, name: str, array: np.ndarray) -> str:
+        if np.issubdtype(array.dtype, np.floating):
+            array = array.astype(self.float_type, copy=False)
         self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
@@ -107,11 +120,14 @@ class _Graph:
         return outputs
 
 
-def build_gqa_graph(model: Any, max_context: int, out_dir: Path, quant: WeightQuantization | None = None) -> BuiltGraph:
+def build_gqa_graph(
+    model: Any, max_context: int, out_dir: Path, quant: WeightQuantization | None = None, dtype: str = "float32"
+) -> BuiltGraph:
     """Write model.onnx (+ model.onnx.data) for the llama-family `model` into `out_dir`.
 
     With `quant`, every projection becomes a MatMulNBits over block-quantized weights
-    (export/quantize.py); the vocabulary projection follows `quant.lm_head`.
+    (export/quantize.py); the vocabulary projection follows `quant.lm_head`. `dtype` is the
+    compute dtype of activations, float weights and the KV cache (float16 for GPU engines).
     """
     import onnx
     import torch
@@ -120,12 +136,15 @@ def build_gqa_graph(model: Any, max_context: int, out_dir: Path, quant: WeightQu
     reason = unsupported_reason(config, max_context)
     if reason:
         raise ValueError(reason)
+    if dtype not in DTYPES:
+        raise ValueError(f"compute dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    float_type = np.float16 if dtype == "float16" else np.float32
     layers = config.num_hidden_layers
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = _head_dim(config)
     vocab, eps = config.vocab_size, float(config.rms_norm_eps)
     weights = {name: tensor.detach().to(torch.float32).cpu().numpy() for name, tensor in model.state_dict().items()}
-    g = _Graph()
+    g = _Graph(float_type)
     f32 = onnx.TensorProto.FLOAT
     weight_bytes = 0
 
@@ -138,7 +157,7 @@ def build_gqa_graph(model: Any, max_context: int, out_dir: Path, quant: WeightQu
         nonlocal weight_bytes
         out = f"{node_name}/out"
         if q is None:
-            weight_bytes += w.nbytes
+            weight_bytes += w.size * np.dtype(float_type).itemsize
             return g.node("MatMul", [x, g.const(weight_name, w)], [out], node_name)[0]
         exact = recover_q4_1(w, q.block_size) if q.method == "source-blocks" and q.bits == 4 else None
         qw = exact[0] if exact is not None else quantize_blocks(w, q.bits, q.block_size, q.symmetric)
@@ -146,13 +165,13 @@ def build_gqa_graph(model: Any, max_context: int, out_dir: Path, quant: WeightQu
             # Q8_0 blocks (GGUF's usual embedding type) come back exactly from symmetric int8 blocks of 32.
             lossless = exact is not None or _lossless(qw, w)
             (carried if lossless else rounded).append(weight_name)
-        weight_bytes += qw.nbytes
+        weight_bytes += qw.nbytes - (qw.scales.nbytes - qw.scales.size * np.dtype(float_type).itemsize)
         y = nbits(x, qw, weight_name, f"{node_name}/nbits" if exact is not None else node_name, q.accuracy_level)
         if exact is None:
             return y
         # The blocks' offsets: per-block sums of x (shared by every matrix reading x) @ offsets.
         offsets = exact[1]
-        weight_bytes += offsets.nbytes
+        weight_bytes += offsets.size * np.dtype(float_type).itemsize
         if x not in block_sums:
             shape = g.const(f"{x}/block_shape", np.array([0, 0, -1, q.block_size], dtype=np.int64))
             blocked = g.node("Reshape", [x, shape], [f"{x}/blocked"], f"{x}/block_reshape")[0]
@@ -263,14 +282,18 @@ def build_gqa_graph(model: Any, max_context: int, out_dir: Path, quant: WeightQu
     )[0]  # fmt: skip
     if head_quant is None and _lm_head_is_tied(model, weights):
         # Tied weights: one copy on disk; ONNX Runtime folds the transpose once at load.
-        weight_bytes += weights["model.embed_tokens.weight"].nbytes
+        weight_bytes += weights["model.embed_tokens.weight"].size * np.dtype(float_type).itemsize
         head = g.node("Transpose", [embed], ["lm_head.weight_t"], "lm_head_transpose", perm=[1, 0])[0]
-        g.node("MatMul", [kept, head], ["logits"], "lm_head")
+        g.node("MatMul", [kept, head], ["logits" if dtype == "float32" else "lm_head/out"], "lm_head")
     else:
         # A quantized head is its own copy, beside the embedding's rows.
         head_weight = weights.get("lm_head.weight", weights["model.embed_tokens.weight"]).T
         logits = matmul(kept, np.ascontiguousarray(head_weight), "lm_head.weight_t", "lm_head", head_quant)
-        g.node("Identity", [logits], ["logits"], "logits")
+        if dtype == "float32":
+            g.node("Identity", [logits], ["logits"], "logits")
+    if dtype != "float32":
+        # The sampler reads float32 logits from every engine: cast once, at the very end.
+        g.node("Cast", [g.nodes[-1].output[0]], ["logits"], "logits", to=f32)
 
     kv_shape = ["batch", kv_heads, max_context, head_dim]
     inputs = [
@@ -282,10 +305,10 @@ def build_gqa_graph(model: Any, max_context: int, out_dir: Path, quant: WeightQu
     outputs = [TensorSpec("logits", "logits", "float32", ("batch", "kept", vocab))]
     for i in range(layers):
         for kind in ("key", "value"):
-            inputs.append(TensorSpec(f"past_key_values.{i}.{kind}", f"past_{kind}", "float32", tuple(kv_shape), i))
-            outputs.append(TensorSpec(f"present.{i}.{kind}", f"present_{kind}", "float32", tuple(kv_shape), i))
+            inputs.append(TensorSpec(f"past_key_values.{i}.{kind}", f"past_{kind}", dtype, tuple(kv_shape), i))
+            outputs.append(TensorSpec(f"present.{i}.{kind}", f"present_{kind}", dtype, tuple(kv_shape), i))
 
-    elem = {"int64": onnx.TensorProto.INT64, "int32": onnx.TensorProto.INT32, "float32": f32}
+    elem = {"int64": onnx.TensorProto.INT64, "int32": onnx.TensorProto.INT32, "float32": f32, "float16": onnx.TensorProto.FLOAT16}
     graph = onnx.helper.make_graph(
         g.nodes,
         f"{config.model_type}-gqa-shared-kv",
@@ -300,8 +323,30 @@ def build_gqa_graph(model: Any, max_context: int, out_dir: Path, quant: WeightQu
         ir_version=IR_VERSION,
     )
     onnx.save_model(proto, str(out_dir / GRAPH_FILE), save_as_external_data=True, all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
-    layout = KVLayout(layers=layers, kv_heads=kv_heads, head_dim=head_dim, max_length=max_context, dtype="float32", shared_buffer=True)
+    write_kv_copy_graph(out_dir / COPY_GRAPH_FILE, 2 * layers, [kv_heads, max_context, head_dim], elem[dtype])
+    layout = KVLayout(
+        layers=layers, kv_heads=kv_heads, head_dim=head_dim, max_length=max_context, dtype=dtype, shared_buffer=True, copy_graph=COPY_GRAPH_FILE,
+    )  # fmt: skip
     return BuiltGraph(GRAPH_FILE, tuple(inputs), tuple(outputs), layout, len(g.nodes), weight_bytes, tuple(carried), tuple(rounded))
+
+
+def write_kv_copy_graph(path: Path, tensors: int, slot_shape: list[int], element_type: int) -> None:
+    """The KV pool's slot-to-slot copy (KVLayout.copy_graph): target.i = Identity(source.i).
+
+    The runtime binds each source at one slot of the pool and each target at another; the
+    Identity kernels copy device to device (CUDA) or memory to memory (CPU).
+    """
+    import onnx
+
+    h = onnx.helper
+    shape: list[str | int] = ["slot_rows", *slot_shape]
+    nodes = [h.make_node("Identity", [f"source.{i}"], [f"target.{i}"], name=f"copy.{i}") for i in range(tensors)]
+    graph = h.make_graph(
+        nodes, "kv-slot-copy",
+        [h.make_tensor_value_info(f"source.{i}", element_type, shape) for i in range(tensors)],
+        [h.make_tensor_value_info(f"target.{i}", element_type, shape) for i in range(tensors)],
+    )  # fmt: skip
+    onnx.save_model(h.make_model(graph, opset_imports=[h.make_opsetid("", OPSET)], producer_name="appliance", ir_version=IR_VERSION), str(path))
 
 
 def _lossless(qw: QuantizedWeight, w: np.ndarray) -> bool:

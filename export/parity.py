@@ -99,11 +99,12 @@ def decoder_parity(
     new_tokens: int = 64,
     prompts: Sequence[ParityPrompt] = DECODER_PROMPTS,
     on_prompt: Callable[[str], None] = lambda name: None,
+    settings: RuntimeSettings = RuntimeSettings(),
 ) -> dict[str, Any]:
     """Compare the engine in `engine_dir` with `model`; return the parity record."""
     from runtime.decoder import open_decoder
 
-    engine = load_engine(engine_dir, RuntimeSettings())
+    engine = load_engine(engine_dir, settings)
     decoder = open_decoder(engine, slots=1)
     # An engine exported with a short --max-context still gets every prompt: a prompt that
     # would not fit with its greedy tokens is cut to its beginning (and recorded as such).
@@ -141,6 +142,7 @@ def decoder_parity(
     return {
         "kind": "decoder-vs-pytorch",
         "reference": "transformers PyTorch model (fp32) loaded from the same source",
+        "providers": engine.providers,
         "greedy_tokens_per_prompt": new_tokens,
         "greedy_identical": all(r["greedy_identical"] for r in records),
         "tokenizer_identical": all(r["tokenizer_identical"] for r in records),
@@ -221,6 +223,7 @@ def quantized_parity(
     engine_dir: Path,
     hf_tokenizer: Any,
     on_passage: Callable[[str], None] = lambda name: None,
+    engine_settings: RuntimeSettings = RuntimeSettings(),
 ) -> dict[str, Any]:
     """Teacher-forced agreement of a quantized engine with the fp32 engine of the same model.
 
@@ -232,7 +235,7 @@ def quantized_parity(
     """
     from runtime.decoder import open_decoder
 
-    decoders = [open_decoder(load_engine(d, RuntimeSettings()), slots=1) for d in (reference_dir, engine_dir)]
+    decoders = [open_decoder(load_engine(d, s), slots=1) for d, s in ((reference_dir, RuntimeSettings()), (engine_dir, engine_settings))]
     room = min(d.max_length for d in decoders)
     records, agree_total, kl_total, positions = [], 0, 0.0, 0
     nll = [0.0, 0.0]

@@ -27,6 +27,9 @@ class Engine:
     load_duration_ns: int
     # The model's chat template, compiled; None when the model has none (completions only).
     chat_template: ChatTemplate | None = None
+    # GPU engines: the device the session runs on, and whether decode steps replay CUDA graphs.
+    device_id: int = 0
+    cuda_graph: bool = False
 
     @property
     def name(self) -> str:
@@ -52,7 +55,8 @@ def load_engine(directory: Path | str, settings: RuntimeSettings = RuntimeSettin
     chat_template = _compile_chat_template(manifest, tokenizer)
     session = create_session(directory, manifest, settings)
     _check_io_names(session, manifest)
-    return Engine(directory, manifest, session, tokenizer, time.perf_counter_ns() - started, chat_template)
+    cuda_graph = settings.cuda_graph and "CUDAExecutionProvider" in session.get_providers()
+    return Engine(directory, manifest, session, tokenizer, time.perf_counter_ns() - started, chat_template, settings.device_id, cuda_graph)
 
 
 def _compile_chat_template(manifest: Manifest, tokenizer: Tokenizer) -> ChatTemplate | None:

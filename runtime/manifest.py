@@ -106,6 +106,10 @@ class KVLayout:
     dtype: str
     shared_buffer: bool
     layout: str = "batch,kv_heads,sequence,head_dim"
+    # A graph of Identity nodes, one per cache tensor (source.{i} -> target.{i}, i = 2 * layer
+    # + 0 for keys, 1 for values), that copies a slot's cache to another slot where the pool
+    # lives in device memory (GPU engines): the runtime never imports a CUDA library itself.
+    copy_graph: str | None = None
 
     def bytes_per_position(self) -> int:
         """Bytes one token position occupies across all layers, key and value."""
@@ -127,6 +131,33 @@ class EmbeddingSpec:
     def __post_init__(self) -> None:
         if self.pooling not in self.POOLINGS:
             raise ManifestError(f"unknown pooling {self.pooling!r}; expected one of {self.POOLINGS}")
+
+
+@dataclass(frozen=True)
+class TensorRTSpec:
+    """How the ONNX Runtime TensorRT execution provider builds and caches this engine's plans.
+
+    The shape profiles are in the provider's own syntax (`name:AxBxC,name2:...`), written by
+    the export from the graph's dynamic inputs and the batch/context limits. The identity
+    fields are recorded when the export built the plan cache on a GPU machine: a plan is
+    only valid for the TensorRT version and the GPU model it was built with, so the runtime
+    refuses a cache built elsewhere instead of letting TensorRT fail or silently rebuild.
+    """
+
+    # Folder inside the engine directory that holds the plan cache and the timing cache.
+    cache_dir: str
+    # Optimization profile: smallest, typical and largest shapes of every dynamic input.
+    profile_min_shapes: str
+    profile_opt_shapes: str
+    profile_max_shapes: str
+    # Largest batch (scheduler slots) the profile covers.
+    max_batch: int
+    # Let TensorRT pick fp16 kernels (the graph computes in fp16 already).
+    fp16: bool = True
+    # Recorded when the cache was built (None: no cache yet, the first load builds it).
+    tensorrt_version: str | None = None
+    gpu_name: str | None = None
+    compute_capability: str | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +185,8 @@ class Manifest:
     chat_template: str | None = None
     kv_cache: KVLayout | None = None
     embedding: EmbeddingSpec | None = None
+    # TensorRT engines only (export --backend tensorrt).
+    tensorrt: TensorRTSpec | None = None
     tokenizer_file: str = TOKENIZER_FILE
     # What the export changed in the model's tokenizer.json, and why (export.loading.save_tokenizer).
     tokenizer_changes: tuple[str, ...] = ()
@@ -171,6 +204,12 @@ class Manifest:
             raise ManifestError("a text-generation manifest needs a kv_cache section")
         if self.task == TASK_EMBEDDING and self.embedding is None:
             raise ManifestError("a feature-extraction manifest needs an embedding section")
+
+    @property
+    def requires_gpu(self) -> bool:
+        """GPU engines (fp16 compute, CUDA or TensorRT) name no CPU provider: the CPU EP can
+        execute their fp16 graphs, but slowly, so it runs them only when asked explicitly."""
+        return "CPUExecutionProvider" not in self.execution_providers
 
     # -- lookups the runtime uses instead of hard-coded names ---------------------------
 
@@ -220,6 +259,7 @@ class Manifest:
             "outputs": [t.to_dict() for t in self.outputs],
             "kv_cache": dataclasses.asdict(self.kv_cache) if self.kv_cache else None,
             "embedding": dataclasses.asdict(self.embedding) if self.embedding else None,
+            "tensorrt": dataclasses.asdict(self.tensorrt) if self.tensorrt else None,
             "vocab_size": self.vocab_size,
             "bos_token_id": self.bos_token_id,
             "eos_token_ids": list(self.eos_token_ids),
@@ -250,6 +290,7 @@ class Manifest:
         try:
             kv = data.get("kv_cache")
             emb = data.get("embedding")
+            trt = data.get("tensorrt")
             return cls(
                 format_version=version,
                 name=data["name"],
@@ -262,6 +303,7 @@ class Manifest:
                 outputs=tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
                 kv_cache=KVLayout(**kv) if kv else None,
                 embedding=EmbeddingSpec(**emb) if emb else None,
+                tensorrt=TensorRTSpec(**trt) if trt else None,
                 vocab_size=int(data["vocab_size"]),
                 bos_token_id=data.get("bos_token_id"),
                 eos_token_ids=tuple(data.get("eos_token_ids", ())),

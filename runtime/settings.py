@@ -17,5 +17,9 @@ class RuntimeSettings:
     # Execution providers to use, in order; empty means "the engine's intended providers
     # that this machine has, then CPU".
     providers: tuple[str, ...] = ()
+    # GPU engines: the CUDA device to run on, and whether decode steps are captured as CUDA
+    # graphs and replayed (less launch overhead per step; fixed shapes per captured batch).
+    device_id: int = 0
+    cuda_graph: bool = False
     # Check every file's sha256 against the manifest at load (seconds for big engines).
     verify_files: bool = True

@@ -154,3 +154,16 @@ def test_not_an_engine_directory(tmp_path: Path):
 
 def test_format_version_is_current():
     assert decoder_manifest().to_dict()["format_version"] == FORMAT_VERSION
+
+
+def test_a_tensorrt_section_round_trips_and_marks_a_gpu_engine():
+    from runtime.manifest import TensorRTSpec
+
+    spec = TensorRTSpec("tensorrt", "input_ids:1x1", "input_ids:8x1", "input_ids:32x64", 32, True, "10.13.0", "NVIDIA H200", "9.0")
+    manifest = decoder_manifest(precision="fp16", execution_providers=("TensorrtExecutionProvider", "CUDAExecutionProvider"), tensorrt=spec)
+    assert Manifest.from_dict(json.loads(json.dumps(manifest.to_dict()))) == manifest
+    assert manifest.requires_gpu and not decoder_manifest().requires_gpu
+    # Manifests written before the TensorRT section existed still read (no section, no GPU needed).
+    old = decoder_manifest().to_dict()
+    del old["tensorrt"]
+    assert Manifest.from_dict(old).tensorrt is None
