@@ -9,8 +9,12 @@ metrics live in a private registry, so several apps in one process never collide
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from runtime.scheduler import SchedulerStats
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _RATES = (1, 2, 5, 10, 20, 40, 60, 80, 100, 150, 200, 300, 500, 1000)
@@ -44,7 +48,31 @@ class Metrics:
             "appliance_queue_depth", "Generations submitted and waiting for their first token", ["model"], multiprocess_mode="livesum", registry=r
         )
         self.active = Gauge("appliance_active_generations", "Generations producing tokens now", ["model"], multiprocess_mode="livesum", registry=r)
+        # vLLM's names, so routers in front of many servers (llm-d, vllm-router, KServe's
+        # autoscalers) balance across appliances as they do across vLLM replicas. Each worker
+        # sets its own scheduler's figures (livesum: the server's total) at every generation's
+        # submission, first token and end. KV use is the fraction of the KV pool's slots held by
+        # running sequences: our pool reserves a whole context per slot (vLLM: blocks used).
+        self.router_running = Gauge(
+            "vllm:num_requests_running", "Sequences holding a KV slot (prefilling or decoding)", ["model_name"], multiprocess_mode="livesum", registry=r
+        )
+        self.router_waiting = Gauge(
+            "vllm:num_requests_waiting", "Sequences queued for a KV slot", ["model_name"], multiprocess_mode="livesum", registry=r
+        )
+        self.kv_slots_used = Gauge("appliance_kv_slots_in_use", "KV pool slots held by running sequences", ["model"], multiprocess_mode="livesum", registry=r)
+        self.kv_slots = Gauge("appliance_kv_slots", "KV pool slots (sequences generated at once)", ["model"], multiprocess_mode="livesum", registry=r)
+        self.kv_usage = Gauge(
+            "vllm:kv_cache_usage_perc", "Fraction of the KV pool held by running sequences (1 = full; several workers: the fullest one)", ["model_name"], multiprocess_mode="max", registry=r
+        )
         self.finished = Counter("appliance_generations", "Generations ended, by how they ended: stop, length, cancelled (the client went away) or error", ["model", "reason"], registry=r)
+
+    def scheduler(self, model: str, stats: SchedulerStats) -> None:
+        """Set the router gauges from this worker's scheduler of `model`."""
+        self.router_running.labels(model).set(stats.active)
+        self.router_waiting.labels(model).set(stats.waiting)
+        self.kv_slots_used.labels(model).set(stats.active)
+        self.kv_slots.labels(model).set(stats.slots)
+        self.kv_usage.labels(model).set(stats.active / stats.slots if stats.slots else 0.0)
 
     def prefix_reused(self, model: str, cached_tokens: int) -> None:
         """Count a generation's lookup in the prefix cache: a hit when part of its prompt was cached."""

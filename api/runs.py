@@ -51,6 +51,8 @@ def tracked(model: LoadedModel, events: Events, metrics: Metrics) -> Generator[E
     first_token_at = None
     ended = "cancelled"  # unless a Finish or an error comes: the client went away
     metrics.queue_depth.labels(name).inc()
+    scheduler = model.text().stats
+    metrics.scheduler(name, scheduler())
     try:
         with closing(events):
             for event in events:
@@ -61,6 +63,7 @@ def tracked(model: LoadedModel, events: Events, metrics: Metrics) -> Generator[E
                     first_token_at = time.perf_counter()
                     metrics.queue_depth.labels(name).dec()
                     metrics.active.labels(name).inc()
+                    metrics.scheduler(name, scheduler())
                     metrics.time_to_first_token.labels(name).observe(first_token_at - submitted)
                 if isinstance(event, Finish):
                     ended = event.reason
@@ -82,6 +85,7 @@ def tracked(model: LoadedModel, events: Events, metrics: Metrics) -> Generator[E
             metrics.queue_depth.labels(name).dec()
         else:
             metrics.active.labels(name).dec()
+        metrics.scheduler(name, scheduler())  # this one's slot may free at the scheduler's next tick: the next event sets it again
 
 
 def stream_events(
