@@ -4,7 +4,7 @@
 context carries the models and everything else the routes use.
 
 Middleware, in order: CORS (answers browsers' preflights), then the boundary: API keys on
-every route but /health, refusal while draining, and request metrics.
+every route but /health and the chat page (api/ui.py), refusal while draining, and request metrics.
 
 Errors are translated here, once, into the dialect of the route: paths under `/api/` are
 Ollama's (`{"error": "..."}`), every other path answers OpenAI's error object.
@@ -17,6 +17,7 @@ from typing import Any
 
 import falcon
 
+from api import ui
 from api.context import ServerContext
 from api.cors import Cors
 from api.errors import ApiError, MethodNotAllowed, RouteNotFound, Unavailable, ollama_error_body, openai_error_body
@@ -25,6 +26,7 @@ from api.framing import describe_error
 from api.ollama import routes as ollama
 from api.openai import routes as openai
 from api.openapi import openapi_document
+from api.residency import RequestLeases
 from api.wire import encode
 from runtime.errors import ApplianceError
 
@@ -33,9 +35,13 @@ OLLAMA_PREFIX = "/api/"
 
 def routes(ctx: ServerContext) -> list[tuple[str, Any]]:
     """Every route of the server with its resource (the OpenAPI document describes each)."""
+    chat_page, chat_assets = ui.resources()
     return [
         ("/v1/chat/completions", openai.ChatCompletions(ctx)),
         ("/v1/completions", openai.Completions(ctx)),
+        ("/v1/responses", openai.Responses(ctx)),
+        ("/v1/responses/{response_id}", openai.StoredResponse(ctx)),
+        ("/v1/responses/{response_id}/input_items", openai.ResponseInputItems(ctx)),
         ("/v1/embeddings", openai.Embeddings(ctx)),
         ("/v1/models", openai.Models(ctx)),
         ("/v1/models/{model_id}", openai.Model(ctx)),
@@ -46,6 +52,9 @@ def routes(ctx: ServerContext) -> list[tuple[str, Any]]:
         ("/api/tags", ollama.Tags(ctx)),
         ("/api/show", ollama.Show(ctx)),
         ("/api/ps", ollama.Ps(ctx)),
+        ("/api/pull", ollama.Pull(ctx)),
+        ("/api/delete", ollama.Delete(ctx)),
+        ("/api/copy", ollama.Copy(ctx)),
         ("/api/version", ollama.Version()),
         ("/tokenize", extras.Tokenize(ctx)),
         ("/detokenize", extras.Detokenize(ctx)),
@@ -55,12 +64,15 @@ def routes(ctx: ServerContext) -> list[tuple[str, Any]]:
         ("/health", extras.Health(ctx)),
         ("/metrics", extras.Metrics(ctx)),
         ("/openapi.json", extras.OpenAPI(openapi_document(ctx.settings, authenticated=ctx.auth.enabled))),
-        ("/", extras.Root()),
+        (ui.PAGE_PATH, chat_page),
+        *chat_assets,
+        ("/", extras.Root(chat_page)),
     ]
 
 
-# Answered without an API key: load balancers and orchestrators probe it.
-UNAUTHENTICATED_PATHS = frozenset({"/health"})
+# Answered without an API key: load balancers and orchestrators probe /health; a browser loads the
+# chat page and its assets (navigating, it cannot send a bearer header; the page's API calls do).
+UNAUTHENTICATED_PATHS = frozenset({"/health", *ui.PUBLIC_PATHS})
 
 
 class _Boundary:
@@ -71,12 +83,20 @@ class _Boundary:
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
-        if req.path not in UNAUTHENTICATED_PATHS and not req.context.get("preflight"):
+        # The models this request looks up are held until its answer is sent (api/residency.py).
+        req.context.leases = RequestLeases()
+        if req.path not in UNAUTHENTICATED_PATHS and not req.context.get("preflight") and not ui.wants_page(req):
             self.ctx.auth.check(req.get_header("Authorization"))
         if self.ctx.draining and req.path != "/health":
             raise Unavailable("the server is shutting down; retry on another instance", headers={"Retry-After": "10", "Connection": "close"})
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool) -> None:
+        leases = req.context.get("leases")
+        if leases is not None:
+            if resp.stream is not None:
+                resp.stream = leases.until_closed(resp.stream)  # given back when the server has sent (or dropped) it
+            else:
+                leases.release()
         route = req.uri_template or "unmatched"
         self.ctx.metrics.requests.labels(route, req.method, resp.status[:3] if isinstance(resp.status, str) else str(resp.status)).inc()
         started = getattr(req.context, "started", None)

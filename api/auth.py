@@ -1,8 +1,9 @@
 """API keys: who may use the server, and where it may listen without them.
 
-With keys configured, every request but `GET /health` (and CORS preflights, which browsers
-send without credentials) must carry `Authorization: Bearer <key>`; both OpenAI and Ollama
-clients can send that header. A missing or wrong key is a 401 in the route's dialect.
+With keys configured, every request but `GET /health`, the chat page's files (api/ui.py) and
+CORS preflights (which browsers send without credentials) must carry
+`Authorization: Bearer <key>`; both OpenAI and Ollama clients can send that header. A
+missing or wrong key is a 401 in the route's dialect.
 
 Keys are compared in constant time: the presented token and every key are reduced to SHA-256
 digests and compared with `hmac.compare_digest`, always against all keys, so neither a
@@ -132,7 +133,7 @@ def exposure_problem(settings: ServerSettings, keys: ApiKeys) -> str | None:
 def describe(settings: ServerSettings, keys: ApiKeys) -> str:
     """One line for the start-up log: who can use the server."""
     if keys.enabled:
-        return f"authentication on: {len(keys)} API key(s); every route but /health needs 'Authorization: Bearer <key>'"
+        return f"authentication on: {len(keys)} API key(s); every route but /health and the chat page needs 'Authorization: Bearer <key>'"
     if is_loopback(settings.host):
         return (
             f"no API key configured: listening on {settings.host} only, open to every process on this machine "

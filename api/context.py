@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 
 from api.auth import ApiKeys
 from api.metrics import Metrics
+from api.pulls import Pulls
 from api.registry import ModelRegistry
+from api.residency import FOREVER
+from api.response_store import ResponseStore
 from api.settings import ServerSettings
 
 
@@ -33,5 +36,13 @@ class ServerContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("appliance.api"))
     # The API keys requests must carry (none: authentication off).
     auth: ApiKeys = field(default_factory=ApiKeys)
+    # Stored responses of the Responses API (in memory unless the server names a shared file).
+    responses: ResponseStore = field(default_factory=ResponseStore)
+    # Ollama's /api/pull: the builds running in this worker, and what builds engines (none: only served models pull).
+    pulls: Pulls = field(default_factory=Pulls)
     # Set when the worker received SIGTERM: new requests get 503, in-flight ones finish.
     draining: bool = False
+
+    def __post_init__(self) -> None:
+        # Requests that send no keep_alive keep their model loaded this long (the server's --keep-alive).
+        self.registry.keep_alive_s = FOREVER if self.settings.keep_alive_s < 0 else self.settings.keep_alive_s

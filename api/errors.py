@@ -12,11 +12,14 @@ handler, into the dialect of the route that failed: OpenAI routes (and the extra
         ├── Unauthorized               401: no API key, or not one of the server's (WWW-Authenticate)
         ├── Forbidden                  403: a browser origin the server does not allow (CORS)
         ├── ModelNotFound              404: no engine of that name
-        ├── RouteNotFound              404
+        │   └── NotPullable            404: a name /api/pull can neither find nor build
+        ├── NotFound                   404: no such stored response (or other named thing)
+        │   └── RouteNotFound          404: no such route
         ├── MethodNotAllowed           405
         ├── BodyTooLarge               413
         ├── Overloaded                 429: the engine's queue is full (Retry-After)
-        └── Unavailable                503: engines still loading, or the server is draining
+        ├── Unavailable                503: engines still loading, or the server is draining
+        └── BuildFailed                500: /api/pull could not fetch or export the model
 """
 
 from __future__ import annotations
@@ -84,9 +87,25 @@ class ModelNotFound(ApiError):
         super().__init__(f"model '{name}' not found; available models: {listed}", param="model")
 
 
-class RouteNotFound(ApiError):
+class NotPullable(ModelNotFound):
+    def __init__(self, name: str, served: list[str], buildable: list[str]) -> None:
+        ApiError.__init__(
+            self,
+            f"model '{name}' cannot be pulled: this server neither serves it nor builds it; it serves {', '.join(served) or 'no models'}"
+            f" and can pull {', '.join(buildable) or 'nothing else (it cannot build engines)'}",
+            param="model",
+        )
+
+
+class NotFound(ApiError):
+    """404 for a thing a route names that does not exist (a stored response)."""
+
     status = 404
     code = "not_found"
+
+
+class RouteNotFound(NotFound):
+    pass
 
 
 class MethodNotAllowed(ApiError):
@@ -107,6 +126,11 @@ class Overloaded(ApiError):
 class Unavailable(ApiError):
     status = 503
     code = "service_unavailable"
+
+
+class BuildFailed(ApiError):
+    status = 500
+    code = "pull_failed"
 
 
 class OpenAIErrorDetail(msgspec.Struct, kw_only=True):

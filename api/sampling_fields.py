@@ -8,6 +8,7 @@ Fireworks' names that OpenAI-style clients send at the top level.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Annotated, ClassVar, Literal
 
@@ -28,6 +29,7 @@ from api.wire import (
     TopK,
     TopP,
     TypicalP,
+    bounded,
     logit_bias_map,
 )
 from runtime.generation import CONTEXT_ERROR, GenerationRequest
@@ -44,11 +46,16 @@ def finite_logprob(value: float) -> float:
     return value if math.isfinite(value) else LOGPROB_FLOOR
 
 
-def _mirostat_off(value: object) -> bool:
-    return value == 0
+# A token string's ids in the model's vocabulary (no BOS added), for logit_bias_type "tokens".
+Tokenize = Callable[[str], list[int]]
 
-
-_MIROSTAT = "mirostat sampling is not implemented; use temperature, top_k, top_p, min_p or typical_p"
+MirostatMode = Annotated[int, bounded("mirostat")]
+MirostatTau = Annotated[float, bounded("mirostat_tau")]
+MirostatEta = Annotated[float, bounded("mirostat_eta")]
+_FIREWORKS_MIROSTAT = (
+    "Fireworks' mirostat_target (a perplexity) and mirostat_lr are not mapped onto llama.cpp's mirostat; "
+    "send mirostat_mode (1 or 2) with mirostat_tau (target surprise in bits) and mirostat_eta"
+)
 
 
 class SamplingFields(Body, kw_only=True):
@@ -65,26 +72,35 @@ class SamplingFields(Body, kw_only=True):
     frequency_penalty: Penalty | None = None
     logit_bias: LogitBias | None = None
     seed: Annotated[int, Meta(description="Any integer; negative ones wrap around (Ollama's -1 draws one).")] | None = None
-    # Declared so that asking for them is a clear 400, not silence (llama.cpp's samplers we lack).
-    mirostat: int | None = None
-    mirostat_mode: int | None = None
-    mirostat_tau: float | None = None
-    mirostat_eta: float | None = None
+    # Mirostat, llama.cpp's names: `mirostat` (its server's and Ollama's) or `mirostat_mode`
+    # (llama-cpp-python's) is the version, 0 (off), 1 or 2.
+    mirostat: MirostatMode | None = None
+    mirostat_mode: MirostatMode | None = None
+    mirostat_tau: MirostatTau | None = None
+    mirostat_eta: MirostatEta | None = None
+    # Declared so that asking for it is a clear 400, not silence (a llama.cpp sampler we lack).
     tfs_z: float | None = None
 
     refused: ClassVar[dict[str, Refused]] = {
-        "mirostat": Refused(_MIROSTAT, allows=_mirostat_off),
-        "mirostat_mode": Refused(_MIROSTAT, allows=_mirostat_off),
         "tfs_z": Refused("tail-free sampling is not implemented (1 disables it)", harmless=(1, 1.0)),
-        # Ollama's defaults ask for nothing while mirostat is off; any other value is meant for it.
-        "mirostat_tau": Refused("it only steers mirostat sampling, which is not implemented", harmless=(5, 5.0)),
-        "mirostat_eta": Refused("it only steers mirostat sampling, which is not implemented", harmless=(0.1,)),
     }
 
-    def sampling(self, defaults: SamplingParams, logprobs: bool = False, top_logprobs: int = 0) -> SamplingParams:
-        """These controls over one dialect's `defaults`."""
+    def sampling(
+        self,
+        defaults: SamplingParams,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
+        logit_bias_type: str | None = None,
+        tokenize: Tokenize | None = None,
+    ) -> SamplingParams:
+        """These controls over one dialect's `defaults`; `tokenize` reads logit_bias keys that are
+        token strings (`logit_bias_type` "tokens")."""
         seed = self.seed if self.seed is not None else defaults.seed
         top_k = self.top_k if self.top_k is not None else defaults.top_k
+        if self.mirostat is not None and self.mirostat_mode is not None and self.mirostat != self.mirostat_mode:
+            raise BadRequest("'mirostat' and 'mirostat_mode' name the same setting; give one, or the same value", param="mirostat_mode")
+        mirostat = self.mirostat if self.mirostat is not None else self.mirostat_mode
+        bias = self.logit_bias
         return SamplingParams(
             temperature=_given(self.temperature, defaults.temperature),
             top_k=0 if top_k == -1 else top_k,
@@ -95,12 +111,35 @@ class SamplingFields(Body, kw_only=True):
             repeat_last_n=self.repeat_last_n if self.repeat_last_n is not None else defaults.repeat_last_n,
             presence_penalty=_given(self.presence_penalty, defaults.presence_penalty),
             frequency_penalty=_given(self.frequency_penalty, defaults.frequency_penalty),
-            logit_bias=logit_bias_map(self.logit_bias) if self.logit_bias is not None else dict(defaults.logit_bias),
+            logit_bias=_bias(bias, logit_bias_type, tokenize) if bias is not None else dict(defaults.logit_bias),
             # Any 64-bit seed is accepted; negative ones (Ollama's -1 means "random") wrap around.
             seed=None if seed is None or seed == -1 else seed % 2**64,
             logprobs=logprobs,
             top_logprobs=min(top_logprobs, MAX_TOP_LOGPROBS),
+            mirostat=mirostat if mirostat is not None else defaults.mirostat,
+            mirostat_tau=_given(self.mirostat_tau, defaults.mirostat_tau),
+            mirostat_eta=_given(self.mirostat_eta, defaults.mirostat_eta),
         )
+
+
+def _bias(value: dict[str, float], logit_bias_type: str | None, tokenize: Tokenize | None) -> dict[int, float]:
+    """logit_bias keyed by token id, or (logit_bias_type "tokens") by token strings.
+
+    A token string is tokenized in the model's vocabulary without BOS, and its bias applies to
+    every token it becomes, as llama.cpp's server and llama-cpp-python do ("Paris" may be one
+    token or two); a token named by several strings gets the bias of the last one.
+    """
+    if logit_bias_type != "tokens":
+        return logit_bias_map(value)
+    if tokenize is None:
+        raise BadRequest("logit_bias_type 'tokens' needs a text model's vocabulary", param="logit_bias_type")
+    result: dict[int, float] = {}
+    for text, bias in value.items():
+        ids = tokenize(text) if text else []
+        if not ids:
+            raise BadRequest(f"'logit_bias' key {text!r} is no token of this model's vocabulary", param="logit_bias")
+        result.update((int(token), float(bias)) for token in ids)
+    return result
 
 
 def _given(value: float | None, default: float) -> float:
@@ -119,19 +158,28 @@ class GenerationExtras(SamplingFields, kw_only=True):
     # vLLM's and Fireworks' name of the repetition penalty, over the whole sequence.
     repetition_penalty: RepeatPenalty | None = None
     grammar: Annotated[str, Meta(description="A GBNF grammar (llama.cpp's dialect) the output must match.")] | None = None
-    logit_bias_type: Literal["input_ids", "tokens"] | None = None
+    logit_bias_type: Annotated[
+        Literal["input_ids", "tokens"],
+        Meta(description="llama.cpp's: whether logit_bias keys are token ids (input_ids, the default) or token strings (tokens)."),
+    ] | None = None
     mirostat_target: float | None = None
     mirostat_lr: float | None = None
 
     refused: ClassVar[dict[str, Refused]] = {
         **SamplingFields.refused,
-        "logit_bias_type": Refused("logit_bias keys are token ids ('input_ids'); token strings are not supported", harmless=("input_ids",)),
-        "mirostat_target": Refused(_MIROSTAT),
-        "mirostat_lr": Refused(_MIROSTAT),
+        "mirostat_target": Refused(_FIREWORKS_MIROSTAT),
+        "mirostat_lr": Refused(_FIREWORKS_MIROSTAT),
     }
 
-    def sampling(self, defaults: SamplingParams, logprobs: bool = False, top_logprobs: int = 0) -> SamplingParams:
-        params = super().sampling(defaults, logprobs, top_logprobs)
+    def sampling(
+        self,
+        defaults: SamplingParams,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
+        logit_bias_type: str | None = None,
+        tokenize: Tokenize | None = None,
+    ) -> SamplingParams:
+        params = super().sampling(defaults, logprobs, top_logprobs, logit_bias_type or self.logit_bias_type, tokenize)
         if self.repetition_penalty is None:
             return params
         if self.repeat_penalty is not None:

@@ -9,6 +9,7 @@ APPLIANCE_<FIELD> in the environment, read with the same parser.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -44,6 +45,29 @@ def positive_seconds(text: str) -> float:
     if not value > 0:
         raise ValueError(f"must be more than 0 seconds (got {text})")
     return value
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def keep_alive(text: str) -> float:
+    """Ollama's keep_alive as seconds: a Go duration ("5m", "30s", "1h30m", "250ms", "-1m") or a number of seconds.
+
+    A negative value is kept as -1: for as long as the server runs.
+    """
+    word = text.strip()
+    try:
+        value = float(word)
+    except ValueError:
+        sign, body = (-1.0, word[1:]) if word.startswith("-") else (1.0, word.removeprefix("+"))
+        parts = list(_DURATION.finditer(body))
+        if not body or not parts or "".join(m.group(0) for m in parts) != body:
+            raise ValueError(f"not a duration: {text!r} (a number of seconds, or e.g. 30s, 5m, 1h30m; negative: forever)") from None
+        value = sign * sum(float(m.group(1)) * _DURATION_UNITS[m.group(2)] for m in parts)
+    if value != value:  # NaN
+        raise ValueError(f"not a duration: {text!r}")
+    return -1.0 if value < 0 else value
 
 
 def switch(text: str) -> bool:
@@ -135,6 +159,13 @@ class ServerSettings:
     prefix_cache_decoded: bool = field(default=False, metadata=option(
         "--prefix-cache-decoded", "reuse generated tokens' cached positions too: faster chats, output may differ from a fresh evaluation", parse=switch,
     ))
+    # How long a model stays loaded after its last request, unless the request says (Ollama's
+    # keep_alive); then it is unloaded (memory freed) and the next request loads it again. -1:
+    # for the server's lifetime, the default. Each worker unloads its own copy.
+    keep_alive_s: float = field(default=-1.0, metadata=option(
+        "--keep-alive", "how long a model stays loaded after its last request, e.g. 30s, 5m, 1h, or seconds; -1: for the server's lifetime; "
+        "requests may set their own (Ollama's keep_alive)", parse=keep_alive, metavar="DURATION",
+    ))
 
     # API keys: `Authorization: Bearer <key>` is required on every route but /health when any
     # is set. Keys given directly (APPLIANCE_API_KEYS, comma-separated) and files with one key
@@ -150,6 +181,12 @@ class ServerSettings:
     # Origins (scheme://host[:port]) browsers may call the server from; "*" for any. None by default.
     cors_origins: tuple[str, ...] = field(default=(), metadata=option(
         "--cors-origin", "browser origin allowed to call the server, e.g. https://app.example, or *", group="access", metavar="ORIGIN",
+    ))
+    # Ollama's /api/pull may build a default model's engine into the engines folder, and
+    # /api/delete and /api/copy change it; with this, requests never change the folder (a pull
+    # of a model already served still succeeds).
+    read_only_engines: bool = field(default=False, metadata=option(
+        "--read-only-engines", "refuse /api/pull builds, /api/delete and /api/copy: requests never change the engines folder", parse=switch, group="access",
     ))
 
     # Most tokens one request may generate (max_tokens / num_predict); requests that set no
@@ -171,6 +208,44 @@ class ServerSettings:
     # waiting then gets 503 with Retry-After, a running one ends with a timeout error (504).
     request_timeout_s: float = field(default=600.0, metadata=option(
         "--request-timeout", "seconds one generation request may take, queueing included", parse=positive_seconds, group="limits",
+    ))
+
+    # Stored responses of the Responses API (GET /v1/responses/{id}, previous_response_id):
+    # one SQLite file every worker opens. Unset, the server keeps them in a private temporary
+    # file for its lifetime; a file given here keeps them across restarts too.
+    response_store: str = field(default="", metadata=option(
+        "--response-store", "SQLite file of stored responses (Responses API); default: a temporary file for the server's lifetime",
+        group="limits", metavar="FILE",
+    ))
+    # Most stored responses (the oldest go first; 0 turns storing off) and how long one is kept.
+    response_store_max: int = field(default=1000, metadata=option(
+        "--response-store-max", "most stored responses, oldest dropped first; 0: store none", parse=whole_number, group="limits",
+    ))
+    response_store_ttl_s: float = field(default=86400.0, metadata=option(
+        "--response-store-ttl", "seconds a stored response is kept", parse=positive_seconds, group="limits",
+    ))
+
+    # Embedding inputs given as token ids are read in the embedding model's own vocabulary only
+    # when the operator says that is what clients send; otherwise they are refused (400), since
+    # LangChain's OpenAIEmbeddings sends tiktoken ids by default, which would give wrong vectors.
+    embedding_token_ids: bool = field(default=False, metadata=option(
+        "--embedding-token-ids", "read /v1/embeddings token-id inputs in the model's own vocabulary (default: refuse them, as other tokenizers' ids give wrong vectors)",
+        parse=switch,
+    ))
+
+    # Execution providers, in order, for every engine (e.g. CUDAExecutionProvider); empty: each
+    # engine's own (its manifest), GPU ones where a GPU is present. Naming CPUExecutionProvider
+    # alone runs a GPU engine on the CPU, slowly; naming a provider that cannot run is an error.
+    providers: tuple[str, ...] = field(default=(), metadata=option(
+        "--providers", "ONNX Runtime execution provider for every engine, in order of preference (repeatable); default: each engine's own",
+        group="gpu", metavar="PROVIDER",
+    ))
+    # The CUDA device GPU engines run on (CUDA_VISIBLE_DEVICES picks among several too).
+    device_id: int = field(default=0, metadata=option("--device-id", "CUDA device GPU engines run on", parse=whole_number, group="gpu"))
+    # Capture each batched decode step as a CUDA graph and replay it (ONNX Runtime's
+    # enable_cuda_graph): less kernel-launch overhead per token. Not verified on a GPU yet.
+    cuda_graph: bool = field(default=False, metadata=option(
+        "--cuda-graph", "replay decode steps as CUDA graphs (CUDA engines; not yet verified on a GPU)", parse=switch, group="gpu",
     ))
 
     # Run one short generation / embedding per engine before reporting healthy.

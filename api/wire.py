@@ -84,10 +84,13 @@ TypicalP = Annotated[float, bounded("typical_p")]
 RepeatPenalty = Annotated[float, bounded("repeat_penalty")]
 RepeatLastN = Annotated[int, bounded("repeat_last_n")]
 Penalty = Annotated[float, Meta(ge=-2, le=2)]
+# Keys are token ids ("42"), or token strings with llama.cpp's `logit_bias_type: "tokens"`:
+# `logit_bias_map` checks them, knowing which.
 LogitBias = dict[
-    Annotated[str, Meta(pattern=r"^\s*[0-9]+\s*$")],
+    Annotated[str, Meta(description='A token id such as "42" (a token string with logit_bias_type "tokens").')],
     Annotated[float, Meta(ge=-100, le=100)],
 ]
+_TOKEN_ID = re.compile(r"^\s*[0-9]+\s*$")
 
 
 def stop_tuple(value: str | list[str] | None) -> tuple[str, ...]:
@@ -98,7 +101,14 @@ def stop_tuple(value: str | list[str] | None) -> tuple[str, ...]:
     return tuple(item for item in items if item)
 
 
-def logit_bias_map(value: dict[str, float] | None) -> dict[int, float]:
+def logit_bias_map(value: dict[str, float] | None, param: str = "logit_bias") -> dict[int, float]:
+    """logit_bias keyed by token id; a 400 naming the first key that is not one."""
+    for token in value or {}:
+        if not _TOKEN_ID.match(token):
+            raise BadRequest(
+                f"'{param}' keys must be token ids such as \"42\" (got {token!r}); to name tokens by their text, "
+                f"send logit_bias_type \"tokens\"", param=param,
+            )
     return {int(token): bias for token, bias in (value or {}).items()}
 
 
@@ -145,7 +155,10 @@ def _validation_error(detail: str, raw: bytes) -> BadRequest:
     if missing:
         path = f"{path}.{missing.group('field')}"
     if "[...]" in path:
-        path = _name_dict_key(path, raw)
+        try:
+            path = _name_dict_key(path, raw)
+        except msgspec.DecodeError as exc:  # the typed pass stopped at the bad value, before the body's broken JSON (a NaN, say)
+            return _syntax_error(str(exc), raw)
     param = path.lstrip(".") or None
     if param is None and detail.startswith("Expected `object`"):
         return BadRequest(f"the request body must be a JSON object: {detail[0].lower()}{detail[1:]}")

@@ -13,26 +13,31 @@ import logging
 from api.app import create_app
 from api.auth import describe, load_api_keys
 from api.context import ServerContext
-from api.registry import ModelRegistry, load_models
+from api.pulls import ChildProcessBuilder, Pulls
+from api.registry import ModelRegistry, RuntimeLoader
+from api.response_store import ResponseStore
 from api.settings import ServerSettings
 from runtime.settings import RuntimeSettings
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
 
 settings = ServerSettings.from_env()
-context = ServerContext(ModelRegistry(), settings, auth=load_api_keys(settings))
+responses = ResponseStore(settings.response_store or ":memory:", max_records=settings.response_store_max, ttl_s=settings.response_store_ttl_s)
+loader = RuntimeLoader(
+    RuntimeSettings(intra_op_threads=settings.intra_op_threads, providers=settings.providers, device_id=settings.device_id, cuda_graph=settings.cuda_graph),
+    prefill_chunk=settings.prefill_chunk, slots=settings.slots,
+    queue_limit=settings.queue_limit, warm=settings.warm, max_tokens_limit=settings.max_tokens, request_timeout_s=settings.request_timeout_s,
+    prefix_cache_tokens=settings.prefix_cache_tokens, prefix_cache_decoded=settings.prefix_cache_decoded, batch_invariant=not settings.fast_single_stream,
+)
+# /api/pull builds default models' engines in a child process (`python -m export.engines`): torch never enters a worker.
+pulls = Pulls(ChildProcessBuilder())
+context = ServerContext(ModelRegistry(loader, settings.engines), settings, auth=load_api_keys(settings), responses=responses, pulls=pulls)
 application = create_app(context)
 context.log.info("%s", describe(settings, context.auth))
 
 
 def _load() -> list:
-    runtime = RuntimeSettings(intra_op_threads=settings.intra_op_threads)
-    models = load_models(
-        settings.engines, runtime, prefill_chunk=settings.prefill_chunk, slots=settings.slots, queue_limit=settings.queue_limit,
-        warm=settings.warm, max_tokens_limit=settings.max_tokens, request_timeout_s=settings.request_timeout_s,
-        prefix_cache_tokens=settings.prefix_cache_tokens, prefix_cache_decoded=settings.prefix_cache_decoded,
-        batch_invariant=not settings.fast_single_stream,
-    )
+    models = loader.load_all(settings.engines)
     for model in models:
         info = model.info
         context.log.info(

@@ -44,7 +44,7 @@ def _export(args: argparse.Namespace) -> int:
     options = ExportOptions(
         precision=args.precision, max_context=args.max_context, backend=args.backend, builder=args.builder, force=args.force,
         block_size=args.block_size, symmetric=args.symmetric, accuracy_level=args.accuracy_level, lm_head_precision=args.lm_head_precision,
-        quant_method=args.quant_method,
+        quant_method=args.quant_method, device=args.device, max_batch=args.max_batch,
     )
     result = export_model(args.source, args.out, options, cache_dir=args.cache_dir, pip_args=args.pip_arg, progress=Progress())
     parity = result.parity
@@ -132,7 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     """The command line; `width` fixes the help's line length (default: the terminal's)."""
-    from export.pipeline import BACKENDS, BUILDERS, DEFAULT_MAX_CONTEXT, PRECISIONS, ExportOptions
+    from export.pipeline import BACKENDS, BUILDERS, DEFAULT_MAX_CONTEXT, DEVICES, PRECISIONS, ExportOptions
 
     def formatter(prog: str) -> argparse.HelpFormatter:
         return argparse.HelpFormatter(prog, width=width)
@@ -154,9 +154,11 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="export a model to an engine directory")
     export.add_argument("source", metavar="SOURCE", help="default model name, Hugging Face model folder, or .gguf file")
     export.add_argument("--out", type=Path, default=None, help="engine directory (default: engines/<name>[-<precision>])")
-    export.add_argument("--precision", choices=PRECISIONS, default="fp32", help="weight precision (default: fp32)")
+    export.add_argument("--precision", choices=PRECISIONS, default="fp32", help="weight precision; fp16 is a GPU precision (default: fp32)")
     export.add_argument("--max-context", type=int, default=DEFAULT_MAX_CONTEXT, help=f"decoders: KV buffer length in tokens, the engine's context (default: {DEFAULT_MAX_CONTEXT})")
-    export.add_argument("--backend", choices=BACKENDS, default="onnx", help="engine backend (default: onnx)")
+    export.add_argument("--backend", choices=BACKENDS, default="onnx", help="engine backend: onnx (ONNX Runtime, CPU or CUDA), or tensorrt (ONNX Runtime's TensorRT provider, plans built here: needs an NVIDIA GPU) (default: onnx)")
+    export.add_argument("--device", choices=DEVICES, default="auto", help="where the engine runs: cpu (fp32 compute) or cuda (fp16 compute, for the CUDA and TensorRT providers); auto: cuda for fp16 and tensorrt, else cpu (default: auto)")
+    export.add_argument("--max-batch", type=int, default=ExportOptions().max_batch, help="tensorrt: the largest batch (serve --slots) its optimization profile covers (default: %(default)s)")
     export.add_argument("--builder", choices=BUILDERS, default="auto", help="decoder graph builder (default: auto)")
     export.add_argument("--force", action="store_true", help="replace an existing engine directory")
     quant = ExportOptions()

@@ -5,7 +5,8 @@ chat prompts, greedy, exactly N new tokens (EOS ignored), in interleaved rounds:
 
 * runtime: TextGenerator in this process (the decode loop alone);
 * openai-sse: POST /v1/chat/completions with stream=true, read as the frames arrive;
-* ollama-ndjson: POST /api/chat (streams by default).
+* ollama-ndjson: POST /api/chat (streams by default);
+* responses-sse: POST /v1/responses with stream=true (typed events; the response is stored).
 
 Time to first token is measured from sending the request to the first text; decode tokens/s
 over the remaining tokens, up to the last one's arrival.
@@ -87,22 +88,30 @@ def run_http(url: str, route: str, model: str, prompt: str, tokens: int) -> tupl
     if route == "openai-sse":
         path, body = "/v1/chat/completions", {"model": model, "messages": messages, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
                                               "stream": True, "stream_options": {"include_usage": True}}
+    elif route == "responses-sse":
+        path, body = "/v1/responses", {"model": model, "input": prompt, "max_output_tokens": tokens, "temperature": 0, "ignore_eos": True, "stream": True}
     else:
         path, body = "/api/chat", {"model": model, "messages": messages, "ignore_eos": True,
                                    "options": {"num_predict": tokens, "temperature": 0, "repeat_penalty": 1.0}}
     started, first, last, count = time.perf_counter(), None, None, 0
     with httpx.stream("POST", url + path, json=body, timeout=300) as response:
         for line in response.iter_lines():
-            if not line or line == "data: [DONE]":
+            if not line or line == "data: [DONE]" or line.startswith("event: "):
                 continue
             data = json.loads(line.removeprefix("data: "))
-            text = (data["choices"][0]["delta"].get("content") if data.get("choices") else None) if route == "openai-sse" else (
-                data["message"]["content"] if not data.get("done") else None)
+            if route == "responses-sse":
+                text = data.get("delta") if data["type"] == "response.output_text.delta" else None
+                if data["type"] in ("response.completed", "response.incomplete"):
+                    count = data["response"]["usage"]["output_tokens"]
+            elif route == "openai-sse":
+                text = data["choices"][0]["delta"].get("content") if data.get("choices") else None
+            else:
+                text = data["message"]["content"] if not data.get("done") else None
             if text:
                 now = time.perf_counter()
                 first = first or now
                 last = now
-            if data.get("usage"):
+            if route == "openai-sse" and data.get("usage"):
                 count = data["usage"]["completion_tokens"]
             if data.get("done"):
                 count = data["eval_count"]
@@ -175,12 +184,12 @@ def main() -> None:
     try:
         generator = TextGenerator(load_engine(args.engine))
         model = generator.name
-        results: dict[str, list[tuple[float, float]]] = {"runtime": [], "openai-sse": [], "ollama-ndjson": []}
+        results: dict[str, list[tuple[float, float]]] = {"runtime": [], "openai-sse": [], "ollama-ndjson": [], "responses-sse": []}
         for _ in range(args.rounds):
             for prompt in PROMPTS:
                 ttft, rate, _ = run_runtime(generator, prompt, args.tokens)
                 results["runtime"].append((ttft, rate))
-                for route in ("openai-sse", "ollama-ndjson"):
+                for route in ("openai-sse", "ollama-ndjson", "responses-sse"):
                     ttft, rate, count = run_http(url, route, model, prompt, args.tokens)
                     assert count == args.tokens, f"{route} generated {count} tokens"
                     results[route].append((ttft, rate))

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from export.errors import BackendUnavailableError, DestinationExistsError, ExportError, ParityError, UnsupportedModelError
 from export.progress import Progress, Silent
 from export.sources import ModelSource, resolve_source
+from runtime.gpu import nvidia_gpu_present
 from runtime.manifest import (
     PARITY_FILE,
     STYLE_CONCAT_KV,
@@ -40,19 +41,25 @@ from runtime.manifest import (
     TOKENIZER_FILE,
     EmbeddingSpec,
     Manifest,
+    TensorRTSpec,
     write_manifest,
 )
-from runtime.session import nvidia_gpu_present
+from runtime.session import CPU, CUDA, TENSORRT
+from runtime.settings import RuntimeSettings
 
 if TYPE_CHECKING:
     from export.gqa_builder import BuiltGraph
     from export.optimum_export import OptimumGraph
     from export.quantize import WeightQuantization
 
-PRECISIONS = ("fp32", "int8", "int4")  # int8/int4: weight-only, block-wise (export/quantize.py)
+PRECISIONS = ("fp32", "fp16", "int8", "int4")  # int8/int4: weight-only, block-wise (export/quantize.py)
 BACKENDS = ("onnx", "tensorrt")
+# Where the engine is meant to run: "cpu" computes in fp32; "cuda" (CUDA and TensorRT engines)
+# in fp16, because ONNX Runtime's CUDA GroupQueryAttention runs fp16/bf16 only.
+DEVICES = ("auto", "cpu", "cuda")
 BUILDERS = ("auto", "gqa", "optimum")
 DEFAULT_MAX_CONTEXT = 2048
+TENSORRT_CACHE_DIR = "tensorrt"  # plan and timing caches, inside the engine directory
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,10 @@ class ExportOptions:
     # rounding only matrices that are not on such a grid), or "auto": source-blocks for int4,
     # rtn for int8.
     quant_method: str = "auto"
+    # "cpu", "cuda", or "auto": cuda for fp16 and for --backend tensorrt, cpu otherwise.
+    device: str = "auto"
+    # TensorRT: the largest batch (serve --slots) its optimization profile covers.
+    max_batch: int = 32
     # Replace an existing output directory.
     force: bool = False
 
@@ -89,6 +100,18 @@ class ExportOptions:
             raise ExportError(f"precision {self.precision!r} is not available; choose one of {', '.join(PRECISIONS)}")
         if self.backend not in BACKENDS:
             raise ExportError(f"backend {self.backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
+        if self.device not in DEVICES:
+            raise ExportError(f"device {self.device!r} is unknown; choose one of {', '.join(DEVICES)}")
+        if self.device == "cpu" and (self.precision == "fp16" or self.backend == "tensorrt"):
+            what = "fp16 engines" if self.precision == "fp16" else "TensorRT engines"
+            raise ExportError(f"{what} are GPU engines: drop --device cpu (or choose --device cuda); CPU engines are fp32, int8 or int4")
+        if self.target_device == "cuda" and self.precision == "fp32":
+            raise ExportError(
+                "ONNX Runtime's CUDA GroupQueryAttention runs fp16 only: a GPU engine is --precision fp16 "
+                "(or int4 / int8 with fp16 scales); fp32 engines are CPU engines"
+            )
+        if not 1 <= self.max_batch <= 1024:
+            raise ExportError(f"--max-batch {self.max_batch} is out of range (1 to 1024)")
         if self.builder not in BUILDERS:
             raise ExportError(f"builder {self.builder!r} is unknown; choose one of {', '.join(BUILDERS)}")
         if not 16 <= self.max_context <= 1 << 20:
@@ -102,9 +125,28 @@ class ExportOptions:
                 raise ExportError(f"quantization options: {exc}") from None
 
     @property
+    def target_device(self) -> str:
+        """"cpu" or "cuda": where the engine is meant to run."""
+        if self.device != "auto":
+            return self.device
+        return "cuda" if self.precision == "fp16" or self.backend == "tensorrt" else "cpu"
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype of activations, float weights and the KV cache."""
+        return "float16" if self.target_device == "cuda" else "float32"
+
+    @property
+    def execution_providers(self) -> tuple[str, ...]:
+        """The providers the manifest names: GPU engines name no CPU provider (Manifest.requires_gpu)."""
+        if self.backend == "tensorrt":
+            return (TENSORRT, CUDA)
+        return (CUDA,) if self.target_device == "cuda" else (CPU,)
+
+    @property
     def quantization(self) -> WeightQuantization | None:
         """The weight quantization of an int8/int4 export, None for fp32."""
-        if self.precision == "fp32":
+        if self.precision in ("fp32", "fp16"):
             return None
         from export.quantize import WeightQuantization
 
@@ -122,24 +164,41 @@ class ExportResult:
 
 
 def default_output(source: ModelSource, options: ExportOptions, engines_dir: Path = Path("engines")) -> Path:
-    """engines/<name>-<precision> for decoders, engines/<name> for embedding models."""
-    suffix = f"-{options.precision}" if source.task == TASK_TEXT_GENERATION else ""
+    """engines/<name>-<precision> for decoders (-cuda for quantized GPU engines, -trt for TensorRT
+    ones: fp16 is a GPU precision already), engines/<name> for embedding models."""
+    if source.task != TASK_TEXT_GENERATION:
+        return engines_dir / source.name
+    suffix = f"-{options.precision}"
+    if options.backend == "tensorrt":
+        suffix += "-trt"
+    elif options.target_device == "cuda" and options.precision != "fp16":
+        suffix += "-cuda"
     return engines_dir / f"{source.name}{suffix}"
 
 
 def check_backend(backend: str) -> None:
-    """Refuse a backend this machine cannot build for, with a message that says why."""
+    """Refuse a backend this machine cannot build for, with a message that says why.
+
+    TensorRT plans are built for the GPU and TensorRT version at hand, so a TensorRT export
+    needs both here; an fp16 CUDA engine (--backend onnx) builds anywhere, and on a machine
+    without a GPU its parity check runs on the CPU execution provider.
+    """
     if backend != "tensorrt":
         return
     if not nvidia_gpu_present():
         raise BackendUnavailableError(
-            "--backend tensorrt needs an NVIDIA GPU and this machine has none (no /dev/nvidiactl); "
-            "export with --backend onnx (the default) here, or run the TensorRT export on the GPU machine"
+            "--backend tensorrt needs an NVIDIA GPU and this machine has none (no /dev/nvidiactl): TensorRT builds its plans "
+            "for the GPU it runs on; export with --precision fp16 (a CUDA engine) here, or run the TensorRT export on the GPU machine"
         )
-    raise BackendUnavailableError(
-        "TensorRT engine builds are not implemented in this version of the appliance; "
-        "export with --backend onnx and serve it with the CUDA execution provider"
-    )
+    from runtime.gpu import tensorrt_version
+    from runtime.session import available_providers
+
+    if TENSORRT not in available_providers() or tensorrt_version() is None:
+        raise BackendUnavailableError(
+            "--backend tensorrt needs onnxruntime-gpu with its TensorRT execution provider and the tensorrt package "
+            f"(this environment has providers {', '.join(available_providers())}, TensorRT {tensorrt_version() or 'not installed'}); "
+            "install them with make install-gpu"
+        )
 
 
 def export_model(
@@ -163,6 +222,11 @@ def export_model(
     _check_destination(target, options)
     if source.task == TASK_EMBEDDING and options.builder == "gqa":
         raise UnsupportedModelError(f"--builder gqa builds decoders; {source.name} is an embedding model (use --builder auto)")
+    if source.task == TASK_EMBEDDING and (options.target_device == "cuda" or options.precision == "fp16"):
+        raise UnsupportedModelError(
+            f"{source.name} is an embedding model: its engines are fp32, int8 or int4 and name CUDA themselves "
+            "(an fp32 encoder runs on the CUDA execution provider as it is); export it without --precision fp16, --device cuda or --backend tensorrt"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(target)
     staging = target.parent / f".{target.name}.partial-{os.getpid()}"
@@ -251,6 +315,11 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
         raise UnsupportedModelError(f"--builder gqa cannot build {source.architecture}: {reason}")
     use_gqa = options.builder == "gqa" or (options.builder == "auto" and reason is None)
     quant = options.quantization
+    if options.target_device == "cuda" and not use_gqa:
+        raise UnsupportedModelError(
+            f"GPU engines (fp16 GroupQueryAttention) need our builder, which cannot build {source.architecture}: "
+            f"{reason or '--builder optimum was chosen'}; export it for the CPU (--precision fp32 --device cpu)"
+        )
     if quant is not None and not use_gqa:
         raise UnsupportedModelError(
             f"--precision {options.precision} needs our GroupQueryAttention builder, which cannot build "
@@ -260,17 +329,20 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
     providers: tuple[str, ...]
     extra: tuple[str, ...]
     if use_gqa:
-        kind = "fp32" if quant is None else f"{options.precision} (blocks of {quant.block_size}, lm_head {quant.lm_head})"
+        kind = options.precision if quant is None else f"{options.precision} (blocks of {quant.block_size}, lm_head {quant.lm_head})"
+        kind += ", fp16 compute for the GPU" if options.compute_dtype == "float16" and options.precision != "fp16" else ""
         with progress.step(f"building the GroupQueryAttention graph, {kind}, KV buffer of {options.max_context} positions"):
-            built = gqa_builder.build_gqa_graph(loaded.model, options.max_context, staging, quant)
-        style, providers, extra = STYLE_GQA_SHARED_KV, ("CPUExecutionProvider",), ()
+            built = gqa_builder.build_gqa_graph(loaded.model, options.max_context, staging, quant, options.compute_dtype)
+        # fp32 GroupQueryAttention runs on the CPU only (ONNX Runtime's CUDA kernel is fp16/bf16),
+        # and fp16 engines are meant for the GPU: each names its own providers.
+        style, providers, extra = STYLE_GQA_SHARED_KV, options.execution_providers, ()
     else:
         why = reason if options.builder == "auto" else "--builder optimum"
         with progress.step(f"exporting with optimum, concatenated KV ({why})"):
             built = optimum_export.export_concat_decoder(loaded.model, options.max_context, staging)
         style, providers, extra = STYLE_CONCAT_KV, ("CUDAExecutionProvider", "CPUExecutionProvider"), ("optimum", "optimum-onnx")
 
-    def manifest_for(built: BuiltGraph | OptimumGraph, precision: str) -> Manifest:
+    def manifest_for(built: BuiltGraph | OptimumGraph, precision: str, providers: tuple[str, ...] = providers) -> Manifest:
         return Manifest(
             name=name,
             task=TASK_TEXT_GENERATION,
@@ -282,8 +354,8 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
             outputs=built.outputs,
             kv_cache=built.kv_cache,
             precision=precision,
-            # fp32 GroupQueryAttention runs on CPU only: ONNX Runtime's CUDA kernel is fp16/bf16.
             execution_providers=providers,
+            tensorrt=tensorrt_spec(built, options, staging / built.graph_file) if options.backend == "tensorrt" and precision == options.precision else None,
             vocab_size=int(config.vocab_size),
             context_length=options.max_context,
             bos_token_id=loaded.bos_token_id,
@@ -301,18 +373,28 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
         changes = save_tokenizer(loaded.tokenizer, staging / TOKENIZER_FILE)
         manifest = dataclasses.replace(manifest_for(built, options.precision), tokenizer_changes=changes)
         write_manifest(staging, manifest)
-    with progress.step("validating against the PyTorch model", total=len(DECODER_PROMPTS)) as step:
+    if options.backend == "tensorrt":
+        with progress.step("building the TensorRT plans (minutes: TensorRT times kernels for this GPU)"):
+            manifest = _build_tensorrt_plans(staging, manifest)
+    settings = _check_settings(manifest)
+    where = ", ".join(settings.providers) if settings.providers else ", ".join(manifest.execution_providers)
+    with progress.step(f"validating against the PyTorch model (engine on {where})", total=len(DECODER_PROMPTS)) as step:
         parity = decoder_parity(
-            loaded.model, loaded.tokenizer, staging, options.parity_tokens, on_prompt=lambda prompt: step.advance(detail=prompt)
+            loaded.model, loaded.tokenizer, staging, options.parity_tokens, on_prompt=lambda prompt: step.advance(detail=prompt), settings=settings
         )
     parity["precision"] = options.precision
+    parity["compute_dtype"] = options.compute_dtype
+    if isinstance(built, gqa_builder.BuiltGraph):
+        parity["matmul_weight_bytes"] = built.matmul_weight_bytes
     if quant is not None:
         assert isinstance(built, gqa_builder.BuiltGraph)  # quantization needs our builder (refused above otherwise)
         parity["weight_quantization"] = dataclasses.asdict(quant)
-        parity["matmul_weight_bytes"] = built.matmul_weight_bytes
         if quant.method == "source-blocks":
             parity["source_blocks"] = {"carried_exactly": list(built.carried), "rounded": list(built.rounded)}
-        parity["versus_fp32_engine"] = _compare_with_fp32_engine(loaded, staging, manifest_for, options, progress)
+    if options.precision != "fp32":
+        parity["versus_fp32_engine"] = _compare_with_fp32_engine(loaded, staging, manifest_for, options, progress, settings)
+    if options.precision == "fp16":
+        parity["fp16_bars"] = {"max_rel_logit_error": FP16_MAX_REL_LOGIT_ERROR, "min_top1_agreement": FP16_MIN_TOP1_AGREEMENT}
     _write_parity(staging, manifest, parity)
     if not parity["tokenizer_identical"]:
         bad = [r["name"] for r in parity["prompts"] if not r["tokenizer_identical"]]
@@ -328,7 +410,9 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
             f"{len(built.rounded)} of {len(built.rounded) + len(built.carried)} matrices were not on a 4-bit block grid and were "
             f"rounded to nearest instead of carried over (parity.json lists them)"
         )
-    if quant is not None:
+    if options.precision == "fp16":
+        _check_fp16_parity(parity)
+    if options.precision != "fp32":
         versus = parity["versus_fp32_engine"]
         progress.note(
             f"{options.precision} engine vs the fp32 engine: top-1 agreement {versus['top1_agreement']:.4f} over "
@@ -338,7 +422,12 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
 
 
 def _compare_with_fp32_engine(
-    loaded: Any, staging: Path, manifest_for: Callable[[BuiltGraph, str], Manifest], options: ExportOptions, progress: Progress
+    loaded: Any,
+    staging: Path,
+    manifest_for: Callable[[BuiltGraph, str, tuple[str, ...]], Manifest],
+    options: ExportOptions,
+    progress: Progress,
+    settings: RuntimeSettings,
 ) -> dict:
     """Build the fp32 engine beside the staging folder and measure the quantized one against it."""
     from export import gqa_builder
@@ -350,12 +439,139 @@ def _compare_with_fp32_engine(
         with progress.step("building the fp32 engine to compare with"):
             built = gqa_builder.build_gqa_graph(loaded.model, options.max_context, reference)
             shutil.copyfile(staging / TOKENIZER_FILE, reference / TOKENIZER_FILE)
-            write_manifest(reference, manifest_for(built, "fp32"))
+            write_manifest(reference, manifest_for(built, "fp32", (CPU,)))
         passages = len(reference_sequences(loaded.tokenizer))
         with progress.step("teacher-forced agreement with the fp32 engine", total=passages) as step:
-            return quantized_parity(reference, staging, loaded.tokenizer, on_passage=lambda name: step.advance(detail=name))
+            return quantized_parity(reference, staging, loaded.tokenizer, on_passage=lambda name: step.advance(detail=name), engine_settings=settings)
     finally:
         shutil.rmtree(reference, ignore_errors=True)
+
+
+# fp16 engines pass when their logits stay within fp16's reach of PyTorch's fp32 ones: the
+# largest logit error at most this fraction of the largest |logit| (SmolLM2: see parity.json;
+# fp16 keeps 11 significant bits, ~5e-4 relative per operation, and 30 layers compound it).
+FP16_MAX_REL_LOGIT_ERROR = 0.02
+# ...and their teacher-forced top-1 agreement with the fp32 engine at least this.
+FP16_MIN_TOP1_AGREEMENT = 0.97
+
+
+def _check_fp16_parity(parity: dict[str, Any]) -> None:
+    """Fail an fp16 export whose logits are off by more than fp16 rounding explains."""
+    versus = parity["versus_fp32_engine"]
+    if parity["max_rel_logit_error"] > FP16_MAX_REL_LOGIT_ERROR or versus["top1_agreement"] < FP16_MIN_TOP1_AGREEMENT:
+        raise ParityError(
+            f"the fp16 engine is further from PyTorch than fp16 rounding explains: largest logit error "
+            f"{parity['max_rel_logit_error']:.3g} of the largest logit (bar {FP16_MAX_REL_LOGIT_ERROR}), top-1 agreement with the "
+            f"fp32 engine {versus['top1_agreement']:.4f} (bar {FP16_MIN_TOP1_AGREEMENT}); this model may overflow fp16 "
+            "activations: export it for the CPU (--precision fp32) instead"
+        )
+
+
+def _check_settings(manifest: Manifest) -> RuntimeSettings:
+    """How the export's parity check runs the engine: on its own providers where this machine has
+    them, else (a GPU engine on a machine without a GPU) on the CPU execution provider, which
+    runs the same fp16 graph; parity.json records which."""
+    from runtime.session import available_providers
+
+    if not manifest.requires_gpu:
+        return RuntimeSettings()
+    if nvidia_gpu_present() and any(p in available_providers() for p in manifest.execution_providers):
+        return RuntimeSettings(providers=(*manifest.execution_providers, CPU))
+    return RuntimeSettings(providers=(CPU,))
+
+
+def tensorrt_spec(built: BuiltGraph | OptimumGraph, options: ExportOptions, graph_path: Path) -> TensorRTSpec:
+    """The TensorRT section of the manifest: an optimization profile for every dynamic tensor a
+    TensorRT subgraph can start from.
+
+    TensorRT takes the standard ops; the com.microsoft ones (GroupQueryAttention, MatMulNBits,
+    the fused norms, the quantized gather) go to the CUDA provider, so the graph is cut into
+    TensorRT subgraphs whose inputs are graph inputs or outputs of those nodes, and ONNX
+    Runtime wants a profile for each of them once any is given. Batch dimensions run from 1 to
+    --max-batch (typical: 8 streams), sequence dimensions from 1 to the context (typical: one
+    token, a decode step); fixed dimensions are what they are.
+    """
+    typical_batch = min(8, options.max_batch)
+    ranges = {"batch": (1, typical_batch, options.max_batch), "sequence": (1, 1, options.max_context)}
+    tensors = [(spec.name, spec.shape) for spec in built.inputs] + _contrib_outputs(graph_path)
+    shapes: list[list[str]] = [[], [], []]
+    for name, shape in tensors:
+        if not any(isinstance(d, str) for d in shape):
+            continue  # static tensors need no profile
+        for i in range(3):
+            dims = [str(ranges[str(d)][i]) if isinstance(d, str) else str(d) for d in shape]
+            shapes[i].append(f"{name}:{'x'.join(dims)}")
+    return TensorRTSpec(
+        cache_dir=TENSORRT_CACHE_DIR,
+        profile_min_shapes=",".join(shapes[0]),
+        profile_opt_shapes=",".join(shapes[1]),
+        profile_max_shapes=",".join(shapes[2]),
+        max_batch=options.max_batch,
+    )
+
+
+def _contrib_outputs(graph_path: Path) -> list[tuple[str, tuple[int | str, ...]]]:
+    """The activations [batch, sequence, width] that our builder's contrib-op nodes produce,
+    with each width read from the node (the KV cache outputs are graph outputs, not listed)."""
+    import onnx
+
+    graph = onnx.load(str(graph_path), load_external_data=False).graph
+    dims = {t.name: list(t.dims) for t in graph.initializer}
+    head_dim = next(
+        (int(i.type.tensor_type.shape.dim[3].dim_value) for i in graph.input if i.name.startswith("past_key_values.")), 0
+    )  # fmt: skip
+    found: list[tuple[str, tuple[int | str, ...]]] = []
+    for node in graph.node:
+        if node.domain != "com.microsoft" and node.op_type != "SimplifiedLayerNormalization":  # a contrib op in the ai.onnx domain
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "MatMulNBits":
+            width, outputs = int(attrs["N"]), node.output[:1]
+        elif node.op_type == "GroupQueryAttention":
+            width, outputs = int(attrs["num_heads"]) * head_dim, node.output[:1]
+        elif node.op_type == "SkipSimplifiedLayerNormalization":
+            width, outputs = int(dims[node.input[2]][0]), [node.output[0], *node.output[3:4]]
+        elif node.op_type == "SimplifiedLayerNormalization":
+            width, outputs = int(dims[node.input[1]][0]), node.output[:1]
+        elif node.op_type == "GatherBlockQuantized":
+            width, outputs = int(dims[node.input[0]][1]) * 8 // int(attrs.get("bits", 4)), node.output[:1]
+        else:
+            raise UnsupportedModelError(f"no TensorRT profile rule for {node.op_type}; export with --backend onnx")
+        found += [(name, ("batch", "sequence", width)) for name in outputs if name]
+    return found
+
+
+def _build_tensorrt_plans(staging: Path, manifest: Manifest) -> Manifest:
+    """Build the plan cache in the engine directory and record what it was built for.
+
+    Creating the session with the TensorRT provider builds a plan per TensorRT subgraph over
+    the manifest's profile; a prefill and a decode step run through it so that every plan is
+    built and cached now, not at the first request. The TensorRT version and the GPU model go
+    into the manifest: the runtime refuses the cache anywhere else (runtime.session).
+    """
+    from runtime.decoder import open_decoder
+    from runtime.engine import load_engine
+    from runtime.gpu import gpu_identity, tensorrt_version
+
+    assert manifest.tensorrt is not None
+    (staging / manifest.tensorrt.cache_dir).mkdir(exist_ok=True)
+    engine = load_engine(staging, RuntimeSettings(providers=(TENSORRT, CUDA, CPU)))
+    if TENSORRT not in engine.providers:
+        raise BackendUnavailableError(f"ONNX Runtime did not create the TensorRT provider (it runs {', '.join(engine.providers)})")
+    decoder = open_decoder(engine, slots=min(2, manifest.tensorrt.max_batch))
+    decoder.prefill(0, [manifest.bos_token_id or 0] * 4)
+    decoder.decode([0], [manifest.bos_token_id or 0])
+    gpu = gpu_identity()
+    identity = dataclasses.replace(
+        manifest.tensorrt,
+        tensorrt_version=tensorrt_version(),
+        gpu_name=gpu.name if gpu else None,
+        compute_capability=gpu.compute_capability if gpu else None,
+    )
+    manifest = dataclasses.replace(manifest, tensorrt=identity)
+    del decoder, engine
+    write_manifest(staging, manifest)  # the plans are files of the engine: hashed like the rest
+    return manifest
 
 
 def _adds_bos(tokenizer: Any, bos: int | None) -> bool:

@@ -8,6 +8,7 @@ logs, pipes) each step prints exactly one line when it ends, so logs stay readab
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 import threading
 import time
@@ -31,6 +32,7 @@ class Step:
         self.done += count
         if detail:
             self.detail = detail
+        self.progress.advanced(self)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -52,6 +54,9 @@ class Progress:
     def note(self, message: str) -> None:
         """A one-off line outside any step."""
         print(f"[{self.prefix}] {message}", file=self.stream, flush=True)
+
+    def advanced(self, step: Step) -> None:
+        """A step's counter moved (the live line repaints by itself)."""
 
     @contextmanager
     def step(self, title: str, total: int | None = None, spinner: bool = True) -> Iterator[Step]:
@@ -94,3 +99,35 @@ class Silent(Progress):
     @contextmanager
     def step(self, title: str, total: int | None = None, spinner: bool = True) -> Iterator[Step]:
         yield Step(self, title, total)
+
+
+class JsonLines(Progress):
+    """One JSON object per line for a program to read: a step's start, each advance and its end.
+
+    `{"event": "start" | "advance" | "done" | "failed", "title", "completed", "total"}` and
+    `{"event": "note", "message"}`. The server's /api/pull runs the export in a child process
+    and turns these lines into Ollama's progress lines.
+    """
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        super().__init__(stream=stream or sys.stdout, live=False)
+
+    def _emit(self, record: dict[str, object]) -> None:
+        print(json.dumps(record, ensure_ascii=False), file=self.stream, flush=True)
+
+    def note(self, message: str) -> None:
+        self._emit({"event": "note", "message": message})
+
+    def advanced(self, step: Step) -> None:
+        self._emit({"event": "advance", "title": step.title, "completed": step.done, "total": step.total})
+
+    @contextmanager
+    def step(self, title: str, total: int | None = None, spinner: bool = True) -> Iterator[Step]:
+        step = Step(self, title, total)
+        self._emit({"event": "start", "title": title, "completed": 0, "total": total})
+        ok = False
+        try:
+            yield step
+            ok = True
+        finally:
+            self._emit({"event": "done" if ok else "failed", "title": title, "completed": step.done, "total": total, "seconds": round(step.elapsed(), 3)})

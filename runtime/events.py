@@ -37,12 +37,32 @@ class TokenLogprobs:
 
 
 @dataclass(frozen=True)
+class PromptLogprobs:
+    """The prompt's own tokens with their log-probabilities (a request's `prompt_logprobs`).
+
+    The first prompt token has none: nothing precedes it (OpenAI and vLLM answer null).
+    `rest[i]` is prompt token i + 1 with its log-probability given the tokens before it and
+    the most likely tokens at its position: the model's own distribution, before any
+    penalty, bias or temperature.
+    """
+
+    first_token_id: int
+    first_token: str
+    rest: tuple[TokenLogprobs, ...] = ()
+
+
+@dataclass(frozen=True)
 class Delta:
-    """New text and the tokens generated since the previous event."""
+    """New text and the tokens generated since the previous event.
+
+    A request that asked for prompt log-probabilities gets them in one Delta of their own,
+    before any generated token (no text, no token ids).
+    """
 
     text: str
     token_ids: tuple[int, ...]
     logprobs: tuple[TokenLogprobs, ...] = ()
+    prompt_logprobs: PromptLogprobs | None = None
 
 
 @dataclass(frozen=True)

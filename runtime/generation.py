@@ -4,7 +4,8 @@
 the decode loop, a plain generator:
 
 1. fit the prompt into the context (or refuse it, by the request's policy);
-2. evaluate the prompt in bounded chunks (prefill), keeping only the last position's logits;
+2. evaluate the prompt in bounded chunks (prefill), keeping only the last position's logits
+   (every position's, for a request that wants its prompt's log-probabilities);
 3. repeat: sample a token from the logits, turn it into text (holding back incomplete
    characters and possible stop-string beginnings), yield a `Delta`, stop on EOS, a stop
    token, a stop string, max_tokens or a full context, else run one decode step;
@@ -24,18 +25,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from runtime.decoder import open_decoder
 from runtime.engine import Engine
 from runtime.errors import ChatTemplateError, ContextLengthError, RequestError
-from runtime.events import FINISH_LENGTH, FINISH_STOP, Delta, Event, Finish, TokenChoice, TokenLogprobs
+from runtime.events import FINISH_LENGTH, FINISH_STOP, Delta, Event, Finish, PromptLogprobs, TokenChoice, TokenLogprobs
 from runtime.grammar import Constraint, Grammar, GrammarVocabulary
-from runtime.sampling import Sample, SamplingParams, SequenceSampler, TokenLogprob
+from runtime.sampling import MAX_TOP_LOGPROBS, Sample, SamplingParams, SequenceSampler, TokenLogprob, prompt_logprobs
 from runtime.scheduler import DEFAULT_PREFIX_CACHE_TOKENS, Job, Scheduler, SchedulerStats
 from runtime.text import IncrementalDetokenizer, StopMatcher, TokenBytes
 
 CONTEXT_ERROR = "error"  # a prompt (plus max_tokens) that does not fit is refused, as OpenAI does
 CONTEXT_TRUNCATE = "truncate"  # the oldest prompt tokens make way for max_tokens (see fit_context)
 CONTEXT_POLICIES = (CONTEXT_ERROR, CONTEXT_TRUNCATE)
+# Fill-in-the-middle tokens (prefix, suffix, middle) as vocabularies spell them: StarCoder's,
+# SantaCoder's and SmolLM's; Qwen2.5-Coder's.
+FIM_SPELLINGS = (("<fim_prefix>", "<fim_suffix>", "<fim_middle>"), ("<fim-prefix>", "<fim-suffix>", "<fim-middle>"), ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"))
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,10 @@ class GenerationRequest:
     skip_special_tokens: bool = True
     # What the output must match (runtime/grammar.py); None: anything.
     grammar: Grammar | None = None
+    # Log-probabilities of the prompt's own tokens, with this many alternatives each (0..20),
+    # sent in one Delta before the first generated token; None: not computed. The whole
+    # prompt is then evaluated (no prefix reuse), keeping every position's logits.
+    prompt_logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +152,24 @@ class SequenceState:
         self.stops = StopMatcher(request.stop)
         self._token_bytes = generator.token_bytes
         self.constraint = Constraint(generator.grammars.matcher(request.grammar)) if request.grammar is not None else None
+        self._prompt_records: list[TokenLogprob] = []
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        return self.request.prompt_logprobs is not None
+
+    def score_prompt(self, start: int, logits: np.ndarray) -> None:
+        """Record the prompt tokens that rows of `logits` predict: row j is position start + j,
+        whose logits give the distribution of prompt token start + j + 1 (if the prompt has one)."""
+        targets = self.fitted.ids[start + 1 : start + 1 + len(logits)]
+        if targets:
+            self._prompt_records.extend(prompt_logprobs(logits, targets, self.request.prompt_logprobs or 0))
+
+    def prompt_delta(self) -> Delta:
+        """The Delta carrying the prompt's log-probabilities, once the whole prompt is scored."""
+        first = self.fitted.ids[0]
+        rest = tuple(self._logprobs(record) for record in self._prompt_records)
+        return Delta("", (), prompt_logprobs=PromptLogprobs(first, self._choice(first, 0.0).token, rest))
 
     @property
     def generated(self) -> int:
@@ -269,6 +297,16 @@ class TextGenerator:
         return self.engine.chat_template is not None
 
     @property
+    def fim_token_ids(self) -> tuple[int, int, int] | None:
+        """The vocabulary's fill-in-the-middle tokens (prefix, suffix, middle); None if it has none."""
+        for spelling in FIM_SPELLINGS:
+            ids = [self.tokenizer.token_to_id(token) for token in spelling]
+            if all(i is not None for i in ids):
+                prefix, suffix, middle = (int(i) for i in ids if i is not None)
+                return prefix, suffix, middle
+        return None
+
+    @property
     def chat_template_source(self) -> str | None:
         """The chat template's Jinja source (the API reads from it which tool-call format the model uses)."""
         return self.engine.chat_template.source if self.engine.chat_template is not None else None
@@ -309,6 +347,8 @@ class TextGenerator:
         self._check_ids(request.prompt_ids, "prompt")
         self._check_ids(request.stop_token_ids, "stop_token_ids")
         request.sampling.validate(self.manifest.vocab_size)
+        if request.prompt_logprobs is not None and not 0 <= request.prompt_logprobs <= MAX_TOP_LOGPROBS:
+            raise RequestError(f"prompt_logprobs must be between 0 and {MAX_TOP_LOGPROBS} (got {request.prompt_logprobs})", param="logprobs")
         if request.max_tokens is not None and request.max_tokens < 0:
             raise RequestError(f"max_tokens must be 0 or more (got {request.max_tokens})", param="max_tokens")
         limit = self.max_tokens_limit

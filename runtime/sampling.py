@@ -19,6 +19,14 @@ batch. The order of operations, per row:
    below `min_p` times the most likely one, each step renormalising over the survivors
    (llama.cpp's truncation order, with the temperature applied first as transformers and
    vLLM do). One uniform draw from the row's own generator picks the token.
+5. **Mirostat** rows (`mirostat` 1 or 2, llama.cpp's samplers) replace step 4's truncation:
+   after the temperature, mirostat 2 keeps the tokens whose surprise (-log2 p) is at most
+   the row's running `mu`, mirostat 1 estimates the Zipf exponent from the 100 most likely
+   tokens and keeps the k that its target surprise implies; one draw picks among them, and
+   `mu` moves by `eta` times the error between the chosen token's surprise (over the kept
+   set) and the target `tau`. `mu` starts at 2 tau and lives in the row's state, so it carries
+   over from step to step of that sequence only. top_k, top_p, typical_p and min_p do not
+   apply to mirostat rows (llama.cpp's sampler chain drops them too).
 
 A full sort of the vocabulary costs milliseconds, a large share of a decode step, so the
 nucleus is searched among the 512 most likely tokens first and the whole vocabulary is
@@ -67,7 +75,13 @@ SAMPLING_RANGES = {
     "presence_penalty": Range(-2, 2, rule="must be between -2 and 2"),
     "frequency_penalty": Range(-2, 2, rule="must be between -2 and 2"),
     "top_logprobs": Range(0, MAX_TOP_LOGPROBS, rule=f"must be between 0 and {MAX_TOP_LOGPROBS}"),
+    "mirostat": Range(0, 2, rule="must be 0 (off), 1 or 2", description="Mirostat sampling (llama.cpp's): 0 off, 1 version 1, 2 version 2."),
+    "mirostat_tau": Range(0, rule="must be 0 or more", description="Mirostat's target surprise in bits (entropy per token)."),
+    "mirostat_eta": Range(0, rule="must be 0 or more", description="Mirostat's learning rate: how fast mu follows the target."),
 }
+
+# Mirostat 1 estimates the Zipf exponent from this many most likely tokens (llama.cpp's m).
+MIROSTAT_M = 100
 
 
 @dataclass(frozen=True)
@@ -98,10 +112,16 @@ class SamplingParams:
     # Return the chosen token's log-probability, and this many alternatives (0..20).
     logprobs: bool = False
     top_logprobs: int = 0
+    # Mirostat (llama.cpp's samplers): 0 off, 1 or 2 the version; its target surprise in bits
+    # (tau) and learning rate (eta). It replaces top_k, top_p, typical_p and min_p.
+    mirostat: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0 or self.top_k == 1
+        # Mirostat ignores top_k, as llama.cpp's sampler chain does.
+        return self.temperature == 0 or (self.top_k == 1 and not self.mirostat)
 
     def validate(self, vocab_size: int) -> None:
         """Raise RequestError naming the first parameter out of range (`SAMPLING_RANGES`)."""
@@ -109,6 +129,8 @@ class SamplingParams:
             value = getattr(self, name)
             if not allowed.contains(value):
                 raise RequestError(f"{name} {allowed.rule} (got {value!r})", param=name)
+        if self.mirostat not in (0, 1, 2):
+            raise RequestError(f"mirostat {SAMPLING_RANGES['mirostat'].rule} (got {self.mirostat!r})", param="mirostat")
         if self.seed is not None and not 0 <= self.seed < 2**64:
             raise RequestError(f"seed must be between 0 and 2**64 - 1 (got {self.seed})", param="seed")
         for token, bias in self.logit_bias.items():
@@ -154,6 +176,8 @@ class SequenceSampler:
         self._counts: dict[int, int] = {}
         self._bias_ids = np.fromiter((int(t) for t in params.logit_bias), dtype=np.int64, count=len(params.logit_bias))
         self._bias_values = np.fromiter((float(v) for v in params.logit_bias.values()), dtype=np.float32, count=len(params.logit_bias))
+        # Mirostat's running maximum surprise, in bits; it starts at twice the target.
+        self.mu = 2.0 * params.mirostat_tau
         self._extend(prompt_ids)
 
     def _extend(self, tokens: Sequence[int]) -> None:
@@ -279,6 +303,54 @@ def _draw(scaled: np.ndarray, p: SamplingParams, rng: np.random.Generator) -> in
     return int(order[min(index, len(order) - 1)])
 
 
+def _mirostat_draw(scaled: np.ndarray, state: SequenceSampler) -> int:
+    """One mirostat step over a row of temperature-scaled logits; updates `state.mu`.
+
+    llama.cpp's algorithms (llama_sampler_mirostat / _v2), with surprises in bits:
+    v2 keeps the tokens whose surprise is at most mu (at least the most likely one);
+    v1 estimates the Zipf exponent s_hat from the MIROSTAT_M most likely tokens and keeps
+    the k = (eps * 2^mu / (1 - V^-eps))^(1/s_hat) most likely, eps = s_hat - 1.
+    Then: draw among the kept tokens (renormalised), mu -= eta * (surprise - tau).
+    """
+    p = state.params
+    logprobs = scaled - scaled.max()
+    logprobs = logprobs - np.log(np.exp(logprobs).sum())
+    if p.mirostat == 2:
+        # -log2(p) <= mu  <=>  ln p >= -mu ln 2; no sort needed to find them.
+        kept = np.flatnonzero(logprobs >= -state.mu * np.log(2.0))
+        if kept.size == 0:
+            kept = np.array([int(np.argmax(logprobs))])
+        order = kept[np.argsort(-logprobs[kept], kind="stable")]
+    else:
+        finite = int(np.isfinite(logprobs).sum())
+        m = min(MIROSTAT_M, finite)
+        top = np.argpartition(-logprobs, m - 1)[:m] if m < logprobs.size else np.arange(logprobs.size)
+        top = top[np.argsort(-logprobs[top], kind="stable")][:m]
+        i = np.arange(m - 1, dtype=np.float64)
+        t = np.log((i + 2) / (i + 1))
+        b = (logprobs[top[:-1]] - logprobs[top[1:]]).astype(np.float64)  # log(p_i / p_i+1), from log-probabilities
+        s_hat = float((t * b).sum() / (t * t).sum()) if m > 1 else 1.0
+        epsilon = s_hat - 1
+        with np.errstate(all="ignore"):
+            k = (epsilon * 2.0**state.mu / (1 - float(logprobs.size) ** -epsilon)) ** (1 / s_hat) if s_hat > 0 else np.inf
+        k = int(min(max(k, 1), finite)) if np.isfinite(k) else finite
+        order = np.argpartition(-logprobs, k - 1)[:k] if k < logprobs.size else np.arange(logprobs.size)
+        order = order[np.argsort(-logprobs[order], kind="stable")]
+    probs = np.exp(logprobs[order].astype(np.float64) - logprobs[order].max())
+    probs /= probs.sum()
+    index = min(int(np.searchsorted(np.cumsum(probs), state.rng.random(), side="right")), len(order) - 1)
+    surprise = -float(np.log2(probs[index]))
+    state.mu -= p.mirostat_eta * (surprise - p.mirostat_tau)
+    return int(order[index])
+
+
+def prompt_logprobs(logits: np.ndarray, targets: Sequence[int], top: int) -> list[TokenLogprob]:
+    """Each row's log-probability of its target token (the prompt token that followed), and the
+    `top` most likely tokens there: the model's own distribution, without penalties or bias."""
+    rows = log_softmax(logits[: len(targets)].astype(np.float32, copy=False))
+    return [_logprob_record(row, int(token), top) for row, token in zip(rows, targets)]
+
+
 def _logprob_record(row_logprobs: np.ndarray, token: int, top: int) -> TokenLogprob:
     alternatives: tuple[tuple[int, float], ...] = ()
     if top:
@@ -302,7 +374,8 @@ def sample_batch(logits: np.ndarray, states: Sequence[SequenceSampler]) -> list[
     for drawn in np.flatnonzero(~greedy):
         row = int(drawn)
         state = states[row]
-        tokens[row] = _draw(logits[row] / np.float32(state.params.temperature), state.params, state.rng)
+        scaled = logits[row] / np.float32(state.params.temperature)
+        tokens[row] = _mirostat_draw(scaled, state) if state.params.mirostat else _draw(scaled, state.params, state.rng)
     samples = []
     for row, state in enumerate(states):
         record = None

@@ -31,6 +31,9 @@ are reused (not generated tokens' positions, which one-row decode kernels comput
 other rounding; runtime.decoder explains), the last two prompt tokens or more are always
 evaluated, and no prompt is ever evaluated one token at a time, so each prompt position's
 values are those a fresh evaluation gives it (tests/integration/test_prefix_reuse.py).
+A request that asks for its prompt's log-probabilities reuses nothing: it needs the logits of
+every prompt position, so its whole prompt is evaluated (in runs of at most
+PROMPT_LOGPROBS_CHUNK, each keeping its logits).
 `reuse_decoded` (serve --prefix-cache-decoded) trades that for speed, as llama.cpp does: the
 generated tokens' positions are reused as well.
 
@@ -74,6 +77,10 @@ log = logging.getLogger("appliance.scheduler")
 # Prompt positions kept in free slots for reuse, by default: two full contexts of SmolLM2
 # (188 MB of its fp32 KV), a few conversations' worth, beside whatever the active sequences hold.
 DEFAULT_PREFIX_CACHE_TOKENS = 4096
+
+# Most prompt tokens per prefill run for a request that wants its prompt's log-probabilities:
+# each keeps its logits (192 KiB a position for SmolLM2's 49,152 tokens), so 128 hold 24 MiB.
+PROMPT_LOGPROBS_CHUNK = 128
 
 # How long past its deadline a reader waits for the scheduler to end an overdue job before it
 # gives up on its own (the scheduler is stuck in a step that does not return).
@@ -283,19 +290,26 @@ class Scheduler:
                 continue
             if job.prefill_started_ns == 0:
                 job.prefill_started_ns = time.perf_counter_ns()
-            size = self._chunk_size(len(job.prompt) - job.prefilled, budget)
+            scoring = job.state.wants_prompt_logprobs
+            size = self._chunk_size(len(job.prompt) - job.prefilled, min(budget, PROMPT_LOGPROBS_CHUNK) if scoring else budget)
             if size == 0:
                 break
             chunk = job.prompt[job.prefilled : job.prefilled + size]
             budget -= len(chunk)
             try:
-                logits = self.decoder.prefill(job.slot, np.asarray(chunk, dtype=np.int64), logits_to_keep=1)
+                # A request scoring its prompt keeps every position's logits (the graph projects
+                # only the kept positions onto the vocabulary); the others only the last one.
+                logits = self.decoder.prefill(job.slot, np.asarray(chunk, dtype=np.int64), logits_to_keep=len(chunk) if scoring else 1)
+                if scoring:
+                    job.state.score_prompt(job.prefilled, logits)
             except Exception as exc:
                 self._fail(job, exc, "evaluating its prompt")
                 continue
             job.prefilled += len(chunk)
             if job.prefilled == len(job.prompt):
                 job.eval_started_ns = time.perf_counter_ns()
+                if scoring:
+                    job.events.put(job.state.prompt_delta())
                 if job.state.fitted.max_new_tokens == 0:  # max_tokens 0: evaluate the prompt only
                     self._finish(job, FINISH_LENGTH, {})
                 else:
@@ -418,7 +432,8 @@ class Scheduler:
         decoder = self.decoder
         # Reuse at most all but the last two prompt tokens: the rest is evaluated in a run of two
         # or more, as a fresh prompt is (see _chunk_size), and gives the first token's logits.
-        usable = job.prompt[: len(job.prompt) - 2]
+        # A request scoring its prompt needs every position's logits: it reuses nothing.
+        usable = () if job.state.wants_prompt_logprobs else job.prompt[: len(job.prompt) - 2]
         common, source = max((decoder.common_prefix(slot, usable, self._exact), -slot) for slot in free)
         source = -source
         # The cache to overwrite when none is taken over: an empty one, else the one freed longest ago.

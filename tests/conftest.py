@@ -17,6 +17,25 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """GPU-only tests (marked gpu) skip, saying why, where there is no NVIDIA GPU to run them."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_tests:
+        return
+    import onnxruntime as ort
+
+    from runtime.gpu import nvidia_gpu_present
+
+    if not nvidia_gpu_present():
+        reason = "no NVIDIA GPU"
+    elif "CUDAExecutionProvider" not in ort.get_available_providers():
+        reason = "an NVIDIA GPU, but this onnxruntime has no CUDA provider: make install-gpu"
+    else:
+        return
+    for item in gpu_tests:
+        item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny_models import make_tiny_llama
@@ -69,14 +88,24 @@ def default_engines(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     "int4" (the engine `make serve` builds) and "encoder" share one folder, which the
     server tests serve; "decoder" is the fp32 engine, compared with PyTorch, in its own.
     """
-    out = tmp_path_factory.mktemp("default-engines")
-    cli("pull", "smollm2-135m-instruct", "all-minilm-l6-v2")
+    # APPLIANCE_TEST_ENGINE_CACHE (local iteration only; CI never sets it) keeps the exports in a
+    # folder between runs: an engine whose manifest is there is not exported again.
+    cache = os.environ.get("APPLIANCE_TEST_ENGINE_CACHE")
+    out = Path(cache) if cache else tmp_path_factory.mktemp("default-engines")
     engines = {
         "decoder": out / "fp32" / "smollm2-135m-instruct-fp32",
         "int4": out / "serve" / "smollm2-135m-instruct-int4",
         "encoder": out / "serve" / "all-minilm-l6-v2",
     }
-    cli("export", "smollm2-135m-instruct", "--precision", "fp32", "--out", str(engines["decoder"]))
-    cli("export", "smollm2-135m-instruct", "--precision", "int4", "--out", str(engines["int4"]))
-    cli("export", "all-minilm-l6-v2", "--out", str(engines["encoder"]))
+    if all((path / "manifest.json").is_file() for path in engines.values()):
+        return engines
+    cli("pull", "smollm2-135m-instruct", "all-minilm-l6-v2")
+    exports = {
+        "decoder": ("smollm2-135m-instruct", "--precision", "fp32"),
+        "int4": ("smollm2-135m-instruct", "--precision", "int4"),
+        "encoder": ("all-minilm-l6-v2",),
+    }
+    for key, args in exports.items():
+        if not (engines[key] / "manifest.json").is_file():
+            cli("export", *args, "--out", str(engines[key]))
     return engines

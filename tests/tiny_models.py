@@ -23,7 +23,11 @@ _CORPUS = [p.text for p in DECODER_PROMPTS] + list(EMBEDDING_SENTENCES) + [
 ]
 
 
-def _byte_bpe(vocab_size: int):
+# Fill-in-the-middle tokens, StarCoder's spelling (make_tiny_llama(fim=True)).
+FIM_TOKENS = ["<fim_prefix>", "<fim_suffix>", "<fim_middle>"]
+
+
+def _byte_bpe(vocab_size: int, extra_special: list[str] | None = None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -32,22 +36,23 @@ def _byte_bpe(vocab_size: int):
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", *(extra_special or [])],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(_CORPUS * 4, trainer)
     return tokenizer
 
 
-def _save_decoder_tokenizer(folder: Path, vocab_size: int) -> int:
+def _save_decoder_tokenizer(folder: Path, vocab_size: int, extra_special: list[str] | None = None) -> int:
     from transformers import PreTrainedTokenizerFast
 
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=_byte_bpe(vocab_size),
+        tokenizer_object=_byte_bpe(vocab_size, extra_special),
         bos_token="<|im_start|>",
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         unk_token="<|endoftext|>",
+        **({"additional_special_tokens": extra_special} if extra_special else {}),
     )
     fast.chat_template = CHATML
     fast.save_pretrained(folder)
@@ -66,12 +71,13 @@ def _init_weights(model, std: float) -> None:
                 param.copy_(std * torch.randn(param.shape, generator=generator))
 
 
-def make_tiny_llama(folder: Path, *, model_type: str = "llama", tie: bool = True) -> Path:
-    """A 2-layer llama (or qwen2, with q/k/v biases) with 4 query and 2 KV heads of 16 dims."""
+def make_tiny_llama(folder: Path, *, model_type: str = "llama", tie: bool = True, fim: bool = False) -> Path:
+    """A 2-layer llama (or qwen2, with q/k/v biases) with 4 query and 2 KV heads of 16 dims;
+    with `fim`, its vocabulary has the fill-in-the-middle tokens too (FIM_TOKENS)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = _save_decoder_tokenizer(folder, 600)
+    vocab = _save_decoder_tokenizer(folder, 600, FIM_TOKENS if fim else None)
     config = AutoConfig.for_model(
         model_type,
         vocab_size=vocab,

@@ -8,21 +8,23 @@ from typing import Any
 
 import falcon
 
+from api import ui
 from api.context import ServerContext
 from api.errors import BadRequest
 from api.extras import models
 from api.framing import read_request, send_json
 from api.registry import LoadedModel
+from runtime.manifest import TASK_TEXT_GENERATION
 
 
 def _model(ctx: ServerContext, name: str | None) -> LoadedModel:
     """The named model, or the only text model when the body names none (llama-cpp-python serves one)."""
     if name is not None:
         return ctx.registry.get(name)
-    text_models = [m for m in ctx.registry.models() if m.generator is not None]
+    text_models = [info.name for info in ctx.registry.served() if info.task == TASK_TEXT_GENERATION]
     if len(text_models) != 1:
         raise BadRequest(f"'model' is required: this server has {len(text_models)} text models", param="model")
-    return text_models[0]
+    return ctx.registry.get(text_models[0])
 
 
 def _tokenize(model: LoadedModel, text: str, add_special: bool) -> list[int]:
@@ -85,6 +87,12 @@ class Metrics:
         self.ctx = ctx
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        # This worker's schedulers as they are now (a sequence's slot frees a tick after its
+        # stream ends); other workers' figures are from their last generation event.
+        if self.ctx.registry.ready:
+            for model in self.ctx.registry.models():
+                if model.generator is not None:
+                    self.ctx.metrics.scheduler(model.name, model.generator.stats())
         body, content_type = self.ctx.metrics.render()
         resp.content_type = content_type
         resp.data = body
@@ -99,9 +107,16 @@ class OpenAPI:
 
 
 class Root:
-    """`GET /`: Ollama clients probe it to see whether a server is up."""
+    """`GET /`: Ollama clients probe it to see whether a server is up; a browser gets the chat page."""
+
+    def __init__(self, page: ui.Page) -> None:
+        self.page = page
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.vary = ("Accept",)
+        if ui.prefers_html(req):
+            self.page.on_get(req, resp)
+            return
         resp.content_type = "text/plain; charset=utf-8"
         resp.text = "appliance is running (OpenAI API under /v1, Ollama API under /api)"
 

@@ -17,12 +17,11 @@ from api.wire import TEXT_ONLY, UNSET, Body, Refused, Reply, StopStrings, TokenI
 _FIXED = "it is fixed when the server starts (see `appliance serve --help`)"
 
 
-def _keeps_loaded(value: object) -> bool:
-    """keep_alive: models stay loaded for the server's lifetime, so only 0 (unload now) asks for something else."""
-    return value not in (0, 0.0, "0", "0s", "0m", "0h")
-
-
-_KEEP_ALIVE = Refused("models stay loaded for the server's lifetime; unloading is not supported", allows=_keeps_loaded)
+# keep_alive: how long the model stays loaded after this request (api/residency.py).
+KeepAlive = Annotated[
+    str | float,
+    Meta(description='How long the model stays loaded after this request: a duration ("5m", "30s", "1h"), seconds, negative for ever, 0 to unload it.'),
+]
 
 
 class Options(SamplingFields, kw_only=True):
@@ -58,7 +57,7 @@ class _Generation(GenerationExtras, kw_only=True):
     options: Options | None = None
     stream: bool | None = None
     format: Annotated[Literal["json", ""] | dict[str, object], Meta(description='"json" for a JSON object, or a JSON Schema the output must match.')] | None = None
-    keep_alive: str | float | None = None
+    keep_alive: KeepAlive | None = None
     think: bool | str | None = None
     truncate: bool | None = None
     shift: bool | None = None
@@ -67,7 +66,6 @@ class _Generation(GenerationExtras, kw_only=True):
 
     refused: ClassVar[dict[str, Refused]] = {
         **GenerationExtras.refused,
-        "keep_alive": _KEEP_ALIVE,
         "think": Refused("this model has no thinking mode", harmless=(False,)),
         "shift": Refused("the context is never shifted: a full context ends generation ('length'); send shift false", harmless=(False,)),
     }
@@ -80,13 +78,12 @@ class GenerateRequest(_Generation, kw_only=True):
     system: str | None = None
     raw: bool | None = None
     context: TokenIds | None = None
-    suffix: str | None = None
+    suffix: Annotated[str, Meta(description="Fill-in-the-middle: the text after the completion, for models with FIM tokens (prefix-suffix-middle).")] | None = None
     images: list[str] | None = None
     template: str | None = None
 
     refused: ClassVar[dict[str, Refused]] = {
         **_Generation.refused,
-        "suffix": Refused("fill-in-the-middle needs a model and template that support it"),
         "images": Refused(TEXT_ONLY),
         "template": Refused("custom prompt templates are not supported; the model's own chat template is used (or send raw: true)"),
     }
@@ -151,9 +148,9 @@ class EmbedRequest(Body, kw_only=True):
     truncate: bool | None = None
     dimensions: Annotated[int, Meta(ge=1)] | None = None
     options: Options | None = None
-    keep_alive: str | float | None = None
+    keep_alive: KeepAlive | None = None
 
-    refused: ClassVar[dict[str, Refused]] = {"options": _EMBED_OPTIONS, "keep_alive": _KEEP_ALIVE}
+    refused: ClassVar[dict[str, Refused]] = {"options": _EMBED_OPTIONS}
 
 
 class EmbeddingsRequest(Body, kw_only=True):
@@ -162,9 +159,9 @@ class EmbeddingsRequest(Body, kw_only=True):
     model: str
     prompt: str | None = None
     options: Options | None = None
-    keep_alive: str | float | None = None
+    keep_alive: KeepAlive | None = None
 
-    refused: ClassVar[dict[str, Refused]] = {"options": _EMBED_OPTIONS, "keep_alive": _KEEP_ALIVE}
+    refused: ClassVar[dict[str, Refused]] = {"options": _EMBED_OPTIONS}
 
 
 class ShowRequest(Body, kw_only=True):
@@ -177,7 +174,47 @@ class ShowRequest(Body, kw_only=True):
     refused: ClassVar[dict[str, Refused]] = {"verbose": Refused("the verbose tensor and tokenizer listing is not available", harmless=(False,))}
 
 
+class PullRequest(Body, kw_only=True):
+    """POST /api/pull; older clients send `name`."""
+
+    model: str | None = None
+    name: str | None = None
+    insecure: bool | None = None
+    stream: bool | None = None
+    username: str | None = None
+    password: str | None = None
+
+    refused: ClassVar[dict[str, Refused]] = {
+        "insecure": Refused("pulls fetch from PyPI over TLS and check each package's sha256; there is no insecure mode", harmless=(False,)),
+        "username": Refused("pulls fetch public packages from PyPI: there is no registry to sign in to"),
+        "password": Refused("pulls fetch public packages from PyPI: there is no registry to sign in to"),
+    }
+
+
+class DeleteRequest(Body, kw_only=True):
+    """DELETE /api/delete; older clients send `name`."""
+
+    model: str | None = None
+    name: str | None = None
+
+
+class CopyRequest(Body, kw_only=True):
+    """POST /api/copy."""
+
+    source: str
+    destination: str
+
+
 # -- answers -------------------------------------------------------------------------------
+
+
+class ProgressResponse(Reply, kw_only=True):
+    """/api/pull: one status line of a stream (the last is `{"status": "success"}`), or that last one alone."""
+
+    status: str
+    digest: str | UnsetType = UNSET
+    total: int | UnsetType = UNSET
+    completed: int | UnsetType = UNSET
 
 
 class Logprob(Reply, kw_only=True):

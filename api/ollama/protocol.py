@@ -11,7 +11,11 @@ Differences from OpenAI that clients rely on:
   the next request may send back.
 - A prompt longer than the context is cut at its start, as Ollama does (`"truncate": false`
   refuses it instead).
-- An empty prompt (or no messages) only loads the model: `done_reason: "load"`.
+- An empty prompt (or no messages) only loads the model: `done_reason: "load"`; with
+  `keep_alive: 0` it unloads it instead: `done_reason: "unload"`.
+- `keep_alive` (a duration like "5m", seconds, negative for ever) is how long the model
+  stays loaded after the request; a request that had to load it again says so in its
+  `load_duration`.
 """
 
 from __future__ import annotations
@@ -23,13 +27,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
+
 from api.errors import BadRequest, NotSupported
+from api.fim import fim_prompt
 from api.framing import NDJSON_KEEPALIVE, ndjson_line
 from api.ollama import models as m
+from api.pulls import Status
 from api.registry import ModelInfo, TextModel
+from api.residency import FOREVER
 from api.runs import Choice, Collected
-from api.sampling_fields import check_limit, finite_logprob
-from api.settings import ServerSettings
+from api.sampling_fields import SamplingFields, check_limit, finite_logprob
+from api.settings import ServerSettings, keep_alive
 from api.structured import AUTO, GENERIC, NO_PARAMETERS, Call, Tool, ToolPlan, check_tools, history_message, schema_grammar, tool_format
 from api.wire import stop_tuple
 from runtime.events import Delta, Event, Finish, KeepAlive, TokenChoice, TokenLogprobs
@@ -41,8 +50,9 @@ from runtime.sampling import SamplingParams
 OLLAMA_DEFAULTS = SamplingParams(temperature=0.8, top_k=40, top_p=0.9, repeat_penalty=1.1, repeat_last_n=64)
 # The Ollama API version whose routes and fields this server follows (`/api/version`).
 OLLAMA_API_VERSION = "0.12.6"
-# Models stay loaded for the server's lifetime: `expires_at` is never.
-NEVER = "9999-12-31T23:59:59Z"
+# What Ollama's /api/ps adds to now for a model kept loaded for ever: the longest Go duration
+# (math.MaxInt64 nanoseconds, about 292 years), so "for ever" reads as a date in 2318.
+FOREVER_S = (2**63 - 1) / 1e9
 
 
 def timestamp(seconds: float) -> str:
@@ -60,6 +70,25 @@ class Plan:
     chat: bool
     # /api/chat with tools: the answer is a tool envelope (api/structured.py).
     tools: ToolPlan | None = None
+    # Nanoseconds this request waited for the model to load (it had been unloaded), for load_duration.
+    load_ns: int = 0
+
+
+def keep_alive_seconds(value: str | float | None) -> float | None:
+    """A request's keep_alive in seconds (FOREVER for a negative one); None when it sent none."""
+    if value is None:
+        return None
+    try:
+        seconds = keep_alive(value) if isinstance(value, str) else keep_alive(repr(float(value)))
+    except ValueError as exc:
+        raise BadRequest(f"'keep_alive': {exc}", param="keep_alive") from None
+    return FOREVER if seconds < 0 else seconds
+
+
+def unloads(body: m.GenerateRequest | m.ChatRequest) -> bool:
+    """Ollama's unload call: nothing to generate and keep_alive 0."""
+    empty = not body.messages if isinstance(body, m.ChatRequest) else not body.prompt and not body.context
+    return empty and keep_alive_seconds(body.keep_alive) == 0
 
 
 def format_grammar(value: str | dict[str, object] | None) -> Grammar | None:
@@ -71,11 +100,23 @@ def format_grammar(value: str | dict[str, object] | None) -> Grammar | None:
     return schema_grammar(value, "format")
 
 
-def _request(body: m.GenerateRequest | m.ChatRequest, prompt: tuple[int, ...], chat: bool, tools: ToolPlan | None = None) -> Plan:
+def _with_top_level_sampling(body: m.GenerateRequest | m.ChatRequest, options: m.Options) -> m.Options:
+    """`options` with the sampling controls some clients send at the top level (OpenAI-style) filled in.
+
+    Ollama reads them only from `options`; a top-level `temperature` must not be silently lost,
+    so it counts where `options` does not set the same control (`options` wins).
+    """
+    given = {name: getattr(body, name) for name in SamplingFields.__struct_fields__ if getattr(body, name) is not None and getattr(options, name) is None}
+    return msgspec.structs.replace(options, **given) if given else options
+
+
+def _request(body: m.GenerateRequest | m.ChatRequest, prompt: tuple[int, ...], chat: bool, tools: ToolPlan | None = None, generator: TextModel | None = None) -> Plan:
     logprobs = bool(body.logprobs)
     top_logprobs = body.top_logprobs or 0
-    options = body.options or m.Options()
-    sampling = options.sampling(OLLAMA_DEFAULTS, logprobs, top_logprobs)
+    options = _with_top_level_sampling(body, body.options or m.Options())
+    # options.logit_bias keys are token strings when the body says logit_bias_type "tokens".
+    tokenize = (lambda text: generator.tokenize(text, add_special_tokens=False)) if generator is not None else None
+    sampling = options.sampling(OLLAMA_DEFAULTS, logprobs, top_logprobs, body.logit_bias_type, tokenize)
     num_predict = options.num_predict if options.num_predict is not None else -1
     max_tokens = None if num_predict < 0 else num_predict
     policy = CONTEXT_ERROR if body.truncate is False else CONTEXT_TRUNCATE
@@ -94,12 +135,18 @@ def parse_generate(body: m.GenerateRequest, generator: TextModel, settings: Serv
     context = tuple(body.context or ())
     if not prompt and not context:
         return Plan(body.model, None, body.stream is not False, False, 0, chat=False)
+    if body.suffix:
+        # Fill-in-the-middle: the prompt is the code before, the suffix the code after; the model
+        # writes what goes between (no chat template, as Ollama's FIM templates have none).
+        if context:
+            raise BadRequest("'context' cannot be combined with 'suffix': a fill-in-the-middle prompt starts afresh", param="context")
+        return _request(body, fim_prompt(generator, prompt, body.suffix), chat=False, generator=generator)
     if body.raw or not generator.has_chat_template:
         ids = generator.tokenize(prompt) if prompt else []
     else:
         messages = ([{"role": "system", "content": body.system}] if body.system else []) + [{"role": "user", "content": prompt}]
         ids = generator.chat_prompt_ids(messages)
-    return _request(body, context + tuple(ids), chat=False)
+    return _request(body, context + tuple(ids), chat=False, generator=generator)
 
 
 def parse_chat(body: m.ChatRequest, generator: TextModel, settings: ServerSettings) -> Plan:
@@ -116,7 +163,7 @@ def parse_chat(body: m.ChatRequest, generator: TextModel, settings: ServerSettin
         tools = ToolPlan(tuple(Tool(d.name, d.description, d.parameters or NO_PARAMETERS) for d in definitions), AUTO, parallel=False, format=format)
         check_tools(tools.tools, "tools")
         conversation, template_tools = tools.prompt(conversation)
-    return _request(body, tuple(generator.chat_prompt_ids(conversation, tools=template_tools)), chat=True, tools=tools)
+    return _request(body, tuple(generator.chat_prompt_ids(conversation, tools=template_tools)), chat=True, tools=tools, generator=generator)
 
 
 def _message(message: m.Message, index: int, format: str = GENERIC) -> dict[str, Any]:
@@ -171,8 +218,8 @@ def _finish(answer: m.GenerateResponse | m.ChatResponse, plan: Plan, finish: Fin
     answer.done_reason = finish.reason
     if not plan.chat:
         answer.context = context
-    answer.total_duration = usage.total_duration_ns
-    answer.load_duration = usage.load_duration_ns
+    answer.total_duration = usage.total_duration_ns + plan.load_ns
+    answer.load_duration = usage.load_duration_ns + plan.load_ns
     answer.prompt_eval_count = usage.prompt_tokens
     answer.prompt_eval_duration = usage.prompt_eval_duration_ns
     answer.eval_count = usage.completion_tokens
@@ -184,6 +231,15 @@ def load_response(plan: Plan, created_at: str) -> m.GenerateResponse | m.ChatRes
     """The answer to an empty prompt: the model is loaded, nothing generated."""
     answer = _answer(plan, "", created_at, done=True)
     answer.done_reason = "load"
+    if plan.load_ns:  # it had been unloaded: this request loaded it
+        answer.load_duration = answer.total_duration = plan.load_ns
+    return answer
+
+
+def unload_response(model: str, chat: bool, created_at: str) -> m.GenerateResponse | m.ChatResponse:
+    """The answer to Ollama's unload call (keep_alive 0, nothing to generate)."""
+    answer = _answer(Plan(model, None, False, False, 0, chat=chat), "", created_at, done=True)
+    answer.done_reason = "unload"
     return answer
 
 
@@ -263,7 +319,8 @@ def tags_entry(info: ModelInfo) -> m.Tag:
     return m.Tag(name=name, model=name, modified_at=info.modified_at, size=info.size_bytes, digest=info.digest, details=details(info))
 
 
-def ps_entry(info: ModelInfo) -> m.Running:
+def ps_entry(info: ModelInfo, expires_in_s: float, now: float) -> m.Running:
+    """An /api/ps entry; `expires_in_s` is how long its keep-alive has left (FOREVER: the server's lifetime)."""
     name = tag_name(info.name)
     return m.Running(
         name=name,
@@ -271,7 +328,7 @@ def ps_entry(info: ModelInfo) -> m.Running:
         size=info.size_bytes,
         digest=info.digest,
         details=details(info),
-        expires_at=NEVER,
+        expires_at=timestamp(now + min(expires_in_s, FOREVER_S)),
         size_vram=info.size_bytes if any(p != "CPUExecutionProvider" for p in info.providers) else 0,
         context_length=info.context_length,
     )
@@ -296,3 +353,11 @@ def show_response(info: ModelInfo) -> m.ShowResponse:
         capabilities=["embedding"] if info.embedding_dimension else ["completion"],
         modified_at=info.modified_at,
     )
+
+
+def progress_line(status: Status) -> m.ProgressResponse:
+    """One /api/pull status line, as Ollama's clients read them (`total` and `completed` for steps that count)."""
+    line = m.ProgressResponse(status=status.status)
+    if status.total is not None:
+        line.total, line.completed = status.total, status.completed or 0
+    return line

@@ -1,19 +1,23 @@
-"""Ollama routes: /api/generate, /api/chat, /api/embed, /api/embeddings, /api/tags, /api/show, /api/ps, /api/version."""
+"""Ollama routes: /api/generate, /api/chat, /api/embed, /api/embeddings, /api/tags, /api/show, /api/ps, /api/version,
+and the model lifecycle: /api/pull, /api/delete, /api/copy (api/pulls.py, api/store.py) and keep_alive (api/residency.py)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import falcon
 
 from api import __version__
 from api.context import ServerContext
-from api.errors import BadRequest
-from api.framing import NDJSON_CONTENT_TYPE, guarded, ndjson_line, ollama_error_line, read_request, send_json, send_stream
+from api.errors import BadRequest, ModelNotFound, NotPullable, NotSupported
+from api.framing import NDJSON_CONTENT_TYPE, NDJSON_KEEPALIVE, guarded, ndjson_line, ollama_error_line, read_request, send_json, send_stream
 from api.ollama import models, protocol
+from api.pulls import PULLING_MANIFEST, SUCCESS, Status
 from api.registry import LoadedModel
 from api.runs import collect, prepare, stream_events
-from runtime.manifest import TASK_EMBEDDING, TASK_TEXT_GENERATION
+from api.store import copy_engine, delete_engine, engine_name, name_lock, writable_folder
+from runtime.manifest import MANIFEST_FILE, TASK_EMBEDDING, TASK_TEXT_GENERATION
 
 
 def _answer(ctx: ServerContext, resp: falcon.Response, model: LoadedModel, plan: protocol.Plan) -> None:
@@ -34,14 +38,28 @@ def _answer(ctx: ServerContext, resp: falcon.Response, model: LoadedModel, plan:
         send_json(resp, protocol.response(plan, result, protocol.timestamp(ctx.clock())))
 
 
+def _unload(ctx: ServerContext, resp: falcon.Response, body: models.GenerateRequest | models.ChatRequest) -> None:
+    """Ollama's unload call: the model goes now, or as soon as the requests using it end."""
+    ctx.registry.unload(body.model)
+    answer = protocol.unload_response(body.model, isinstance(body, models.ChatRequest), protocol.timestamp(ctx.clock()))
+    if body.stream is not False:
+        send_stream(resp, iter([ndjson_line(answer)]), NDJSON_CONTENT_TYPE)
+    else:
+        send_json(resp, answer)
+
+
 class Generate:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_request(req, self.ctx.settings, models.GenerateRequest)
-        model = self.ctx.registry.get(body.model, TASK_TEXT_GENERATION)
-        _answer(self.ctx, resp, model, protocol.parse_generate(body, model.text(), self.ctx.settings))
+        if protocol.unloads(body):
+            return _unload(self.ctx, resp, body)
+        use = self.ctx.registry.use(body.model, TASK_TEXT_GENERATION, protocol.keep_alive_seconds(body.keep_alive))
+        plan = protocol.parse_generate(body, use.model.text(), self.ctx.settings)
+        plan.load_ns = use.load_ns
+        _answer(self.ctx, resp, use.model, plan)
 
 
 class Chat:
@@ -50,8 +68,12 @@ class Chat:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_request(req, self.ctx.settings, models.ChatRequest)
-        model = self.ctx.registry.get(body.model, TASK_TEXT_GENERATION)
-        _answer(self.ctx, resp, model, protocol.parse_chat(body, model.text(), self.ctx.settings))
+        if protocol.unloads(body):
+            return _unload(self.ctx, resp, body)
+        use = self.ctx.registry.use(body.model, TASK_TEXT_GENERATION, protocol.keep_alive_seconds(body.keep_alive))
+        plan = protocol.parse_chat(body, use.model.text(), self.ctx.settings)
+        plan.load_ns = use.load_ns
+        _answer(self.ctx, resp, use.model, plan)
 
 
 class Embed:
@@ -62,7 +84,13 @@ class Embed:
         ctx = self.ctx
         started = time.perf_counter_ns()
         body = read_request(req, ctx.settings, models.EmbedRequest)
-        model = ctx.registry.get(body.model, TASK_EMBEDDING)
+        keep_alive = protocol.keep_alive_seconds(body.keep_alive)
+        if keep_alive == 0 and not body.input:  # nothing to embed: unload, as the generate routes do
+            ctx.registry.unload(body.model)
+            send_json(resp, models.EmbedResponse(model=body.model, embeddings=[], total_duration=0, load_duration=0, prompt_eval_count=0))
+            return
+        use = ctx.registry.use(body.model, TASK_EMBEDDING, keep_alive)
+        model = use.model
         texts = protocol.embed_texts(body, ctx.settings.max_inputs, model.info.embedding_dimension)
         embeddings: list[list[float]] = []
         tokens = 0
@@ -71,7 +99,7 @@ class Embed:
             embeddings, tokens = [[float(x) for x in v] for v in result.vectors], result.total_tokens
             ctx.metrics.embedded(model.name, len(texts), tokens)
         elapsed = time.perf_counter_ns() - started
-        send_json(resp, models.EmbedResponse(model=body.model, embeddings=embeddings, total_duration=elapsed, load_duration=0, prompt_eval_count=tokens))
+        send_json(resp, models.EmbedResponse(model=body.model, embeddings=embeddings, total_duration=elapsed, load_duration=use.load_ns, prompt_eval_count=tokens))
 
 
 class Embeddings:
@@ -81,7 +109,12 @@ class Embeddings:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         ctx = self.ctx
         body = read_request(req, ctx.settings, models.EmbeddingsRequest)
-        model = ctx.registry.get(body.model, TASK_EMBEDDING)
+        keep_alive = protocol.keep_alive_seconds(body.keep_alive)
+        if keep_alive == 0 and not body.prompt:  # nothing to embed: unload, as the generate routes do
+            ctx.registry.unload(body.model)
+            send_json(resp, models.EmbeddingsResponse(embedding=[]))
+            return
+        model = ctx.registry.use(body.model, TASK_EMBEDDING, keep_alive).model
         if not body.prompt:  # Ollama answers an empty prompt with an empty vector
             send_json(resp, models.EmbeddingsResponse(embedding=[]))
             return
@@ -95,7 +128,7 @@ class Tags:
         self.ctx = ctx
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        send_json(resp, models.TagList(models=[protocol.tags_entry(m.info) for m in self.ctx.registry.models()]))
+        send_json(resp, models.TagList(models=[protocol.tags_entry(info) for info in self.ctx.registry.served()]))
 
 
 class Ps:
@@ -103,7 +136,8 @@ class Ps:
         self.ctx = ctx
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        send_json(resp, models.RunningList(models=[protocol.ps_entry(m.info) for m in self.ctx.registry.models()]))
+        now = self.ctx.clock()
+        send_json(resp, models.RunningList(models=[protocol.ps_entry(r.info, r.expires_in_s, now) for r in self.ctx.registry.running()]))
 
 
 class Show:
@@ -115,9 +149,94 @@ class Show:
         name = body.model or body.name  # older clients send "name"
         if not name:
             raise BadRequest("'model' is required", param="model")
-        send_json(resp, protocol.show_response(self.ctx.registry.get(name).info))
+        send_json(resp, protocol.show_response(self.ctx.registry.info(name)))
 
 
 class Version:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         send_json(resp, models.Version(version=protocol.OLLAMA_API_VERSION, appliance=__version__))
+
+
+class Pull:
+    """POST /api/pull: a served model at once; a default model's engine built into the engines folder; else a 404 naming what can be pulled."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        ctx = self.ctx
+        body = read_request(req, ctx.settings, models.PullRequest)
+        name = engine_name(body.model or body.name, "model")
+        stream = body.stream is not False
+        registry = ctx.registry
+        try:
+            registry.info(name)
+            served = True
+        except ModelNotFound:
+            served = False
+        if served:
+            lines = [Status(PULLING_MANIFEST), Status(SUCCESS)]
+            statuses: Iterator[Status | None] = iter(lines)
+        elif ctx.pulls.can_build(name):
+            folder = writable_folder(registry, ctx.settings, f"pulling {name}, which is not built yet,")
+            statuses = ctx.pulls.start(name, folder, registry).follow(ctx.settings.stream_keepalive_s)
+        else:
+            raise NotPullable(name, sorted(i.name for i in registry.served()), ctx.pulls.buildable())
+        if not stream:
+            for _ in statuses:  # the build's errors raise here, answered in Ollama's form
+                pass
+            send_json(resp, models.ProgressResponse(status=SUCCESS))
+            return
+        frames = (NDJSON_KEEPALIVE if status is None else ndjson_line(protocol.progress_line(status)) for status in statuses)
+        send_stream(resp, guarded(frames, ollama_error_line, ctx.log), NDJSON_CONTENT_TYPE)
+
+
+class Delete:
+    """DELETE /api/delete: the engine directory goes from the engines folder (unloaded first, or when its requests end)."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
+        ctx = self.ctx
+        body = read_request(req, ctx.settings, models.DeleteRequest)
+        name = engine_name(body.model or body.name, "model")
+        folder = writable_folder(ctx.registry, ctx.settings, "deleting a model")
+        info = ctx.registry.info(name)  # a 404 for a model not served
+        with name_lock(folder, info.name):  # not while a pull or copy of that name runs
+            _, directory = ctx.registry.remove(info.name)
+            if directory is not None and directory.parent == folder and directory.is_dir():
+                delete_engine(directory)
+        resp.status = 200
+
+
+class Copy:
+    """POST /api/copy: the source's engine directory copied under the destination's name, which then serves it."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        ctx = self.ctx
+        body = read_request(req, ctx.settings, models.CopyRequest)
+        source = engine_name(body.source, "source")
+        destination = engine_name(body.destination, "destination")
+        folder = writable_folder(ctx.registry, ctx.settings, "copying a model")
+        info = ctx.registry.info(source)  # a 404 for a model not served
+        with name_lock(folder, destination):
+            if (folder / destination).exists() or _serves(ctx, destination):
+                raise BadRequest(f"'destination': a model called '{destination}' exists already; delete it first or choose another name", param="destination")
+            source_dir = ctx.registry.directory(info.name)
+            if source_dir is None or not (source_dir / MANIFEST_FILE).is_file():
+                raise NotSupported(f"model '{source}' has no engine directory to copy", param="source")
+            copy_engine(source_dir, folder / destination)
+            ctx.registry.add(folder / destination)
+        resp.status = 200
+
+
+def _serves(ctx: ServerContext, name: str) -> bool:
+    try:
+        ctx.registry.info(name)
+    except ModelNotFound:
+        return False
+    return True

@@ -197,14 +197,9 @@ class CompletionRequest(_Generation, kw_only=True):
     prompt: str | Annotated[list[str | TokenIds | int], Meta(min_length=1)]
     max_tokens: Annotated[int, Meta(ge=0)] | None = 16
     logprobs: Annotated[int, Meta(ge=0, le=MAX_COMPLETION_LOGPROBS)] | None = None
-    echo: bool | None = None
-    best_of: Annotated[int, Meta(ge=1, description="Only the value of n is supported.")] | None = None
-    suffix: str | None = None
-
-    refused: ClassVar[dict[str, Refused]] = {
-        **_Generation.refused,
-        "suffix": Refused("fill-in-the-middle needs a model and template that support it"),
-    }
+    echo: Annotated[bool, Meta(description="Return the prompt before the completion; with logprobs, the prompt's tokens get theirs too (the first null).")] | None = None
+    best_of: Annotated[int, Meta(ge=1, description="Generate this many per prompt (at least n, default n) and return the n with the highest sum of token log-probabilities; not with stream.")] | None = None
+    suffix: Annotated[str, Meta(description="Fill-in-the-middle: the text after the completion, for models with FIM tokens (prefix-suffix-middle).")] | None = None
 
 
 class EmbeddingRequest(Body, kw_only=True):
@@ -252,8 +247,9 @@ class ChatLogprobs(Reply, kw_only=True):
 
 class CompletionLogprobs(Reply, kw_only=True):
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]] | None
+    # null for the first prompt token when the prompt is echoed (nothing precedes it)
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None] | None
     text_offset: list[int]
 
 

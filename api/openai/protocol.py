@@ -13,17 +13,18 @@ from __future__ import annotations
 import base64
 import secrets
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from api.errors import BadRequest, NotSupported
+from api.fim import fim_prompt
 from api.framing import SSE_DONE, SSE_KEEPALIVE, sse_frame
 from api.openai import models as m
 from api.registry import ModelInfo, TextModel
 from api.runs import Choice, Collected, total_usage
-from api.sampling_fields import check_limit, finite_logprob, with_choice_seed
+from api.sampling_fields import Tokenize, check_limit, finite_logprob, with_choice_seed
 from api.settings import ServerSettings
 from api.structured import (
     AUTO,
@@ -41,7 +42,7 @@ from api.structured import (
     tool_format,
 )
 from api.wire import TEXT_ONLY, stop_tuple
-from runtime.events import Delta, Event, Finish, KeepAlive, TokenChoice, TokenLogprobs, Usage
+from runtime.events import Delta, Event, Finish, KeepAlive, PromptLogprobs, TokenChoice, TokenLogprobs, Usage
 from runtime.grammar import Grammar
 from runtime.sampling import SamplingParams
 
@@ -66,6 +67,10 @@ class Plan:
     # whether they came as the legacy `functions` (answered with `function_call`).
     tools: ToolPlan | None = None
     legacy_functions: bool = False
+    # Completions only: choices returned per prompt (n), of best_of generated; the n with the
+    # highest sum of their tokens' log-probabilities are returned.
+    n: int = 1
+    best_of: int = 1
 
 
 def _n(body: m.ChatCompletionRequest | m.CompletionRequest, settings: ServerSettings) -> int:
@@ -73,6 +78,11 @@ def _n(body: m.ChatCompletionRequest | m.CompletionRequest, settings: ServerSett
     if n > settings.max_n:
         raise BadRequest(f"'n' must be at most {settings.max_n} (got {n})", param="n")
     return n
+
+
+def _tokenizer(generator: TextModel) -> Tokenize:
+    """How logit_bias keys that are token strings become ids (logit_bias_type "tokens")."""
+    return lambda text: generator.tokenize(text, add_special_tokens=False)
 
 
 def _include_usage(body: m.ChatCompletionRequest | m.CompletionRequest) -> bool:
@@ -171,7 +181,7 @@ def parse_chat(body: m.ChatCompletionRequest, generator: TextModel, settings: Se
     if top_logprobs and not logprobs:
         raise BadRequest("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
     n = _n(body, settings)
-    sampling = body.sampling(OPENAI_DEFAULTS, logprobs, top_logprobs)
+    sampling = body.sampling(OPENAI_DEFAULTS, logprobs, top_logprobs, tokenize=_tokenizer(generator))
     messages, template_tools = chat_messages(body.messages, format), None
     if tools is not None:
         (messages, template_tools), grammar = tools.prompt(messages), tools.grammar()
@@ -205,28 +215,48 @@ def prompt_items(value: str | list[str | list[int] | int], param: str, max_input
     return items
 
 
+def _best_of(body: m.CompletionRequest, n: int, settings: ServerSettings) -> int:
+    """Candidates generated per prompt: best_of (n by default), at least n, within the server's max_n."""
+    best_of = body.best_of if body.best_of is not None else n
+    if best_of < n:
+        raise BadRequest(f"'best_of' must be at least n ({n}); got {best_of}", param="best_of")
+    if best_of > settings.max_n:
+        raise BadRequest(f"'best_of' must be at most {settings.max_n} (got {best_of})", param="best_of")
+    if best_of > n and body.stream:
+        raise BadRequest("'best_of' greater than n cannot be streamed: the best completions are known only when all are done", param="best_of")
+    return best_of
+
+
 def parse_completion(body: m.CompletionRequest, generator: TextModel, settings: ServerSettings) -> Plan:
     """A /v1/completions body → choices to run."""
     echo = bool(body.echo)
-    if echo and body.logprobs is not None:
-        raise NotSupported("'echo' with 'logprobs' needs the prompt's log-probabilities, which this server does not compute yet", param="echo")
     n = _n(body, settings)
-    if body.best_of is not None and body.best_of != n:
-        raise NotSupported("'best_of' other than n is not supported yet", param="best_of")
-    prompts = [(tuple(generator.tokenize(p)), p) if isinstance(p, str) else (p, None) for p in prompt_items(body.prompt, "prompt", settings.max_inputs)]
-    if len(prompts) * n > settings.max_inputs:
-        raise BadRequest(f"{len(prompts)} prompts × n={n} is more than {settings.max_inputs} completions in one request", param="n")
+    best_of = _best_of(body, n, settings)
+    suffix = body.suffix or None
+    if suffix is not None and echo:
+        raise BadRequest("'echo' cannot be used with 'suffix': the model reads a fill-in-the-middle arrangement of the prompt, not the prompt", param="echo")
+    items = prompt_items(body.prompt, "prompt", settings.max_inputs)
+    if suffix is not None:
+        prompts = [(fim_prompt(generator, p, suffix), p if isinstance(p, str) else None) for p in items]
+    else:
+        prompts = [(tuple(generator.tokenize(p)), p) if isinstance(p, str) else (p, None) for p in items]
+    if len(prompts) * best_of > settings.max_inputs:
+        what = "n" if best_of == n else "best_of"
+        raise BadRequest(f"{len(prompts)} prompts × {what}={best_of} is more than {settings.max_inputs} completions in one request", param=what)
     wants_logprobs = body.logprobs is not None
-    sampling = body.sampling(OPENAI_DEFAULTS, wants_logprobs, body.logprobs or 0)
+    # Ranking best_of candidates needs each token's log-probability, asked for or not.
+    sampling = body.sampling(OPENAI_DEFAULTS, wants_logprobs or best_of > n, body.logprobs or 0, tokenize=_tokenizer(generator))
     grammar = body.constraint(format_grammar(body.response_format), "response_format")
+    # echo with logprobs: the prompt's tokens get log-probabilities too (the first one none).
+    prompt_logprobs = body.logprobs if echo and wants_logprobs else None
     choices: list[Choice] = []
     texts: dict[int, str] = {}
     for p, (ids, text) in enumerate(prompts):
-        request = body.request(ids, sampling, body.max_tokens, stop_tuple(body.stop), grammar=grammar)
-        choices.extend(Choice(p * n + i, p, with_choice_seed(request, i)) for i in range(n))
+        request = replace(body.request(ids, sampling, body.max_tokens, stop_tuple(body.stop), grammar=grammar), prompt_logprobs=prompt_logprobs)
+        choices.extend(Choice(p * best_of + i, p, with_choice_seed(request, i)) for i in range(best_of))
         if echo:
             texts[p] = text if text is not None else generator.detokenize(ids)
-    return Plan(body.model, choices, bool(body.stream), _include_usage(body), wants_logprobs, body.logprobs or 0, texts)
+    return Plan(body.model, choices, bool(body.stream), _include_usage(body), wants_logprobs, body.logprobs or 0, texts, n=n, best_of=best_of)
 
 
 # -- rendering -------------------------------------------------------------------------
@@ -257,18 +287,34 @@ class CompletionLogprobs:
     def __init__(self, offset: int = 0) -> None:
         self.offset = offset
 
-    def render(self, records: Sequence[TokenLogprobs], top: int) -> m.CompletionLogprobs:
-        tokens, offsets = [], []
+    def render(self, records: Sequence[TokenLogprobs], top: int, prompt: PromptLogprobs | None = None) -> m.CompletionLogprobs:
+        """`records` from the current offset on; with `prompt` (echo), the prompt's tokens first,
+        the first one with null log-probabilities as OpenAI and vLLM send it.
+
+        The prompt tokens' offsets are counted back from where the echoed prompt ends (the
+        current offset), so that the completion's follow on: a BOS token the tokenizer added,
+        which the echoed text does not hold, gets offset 0 like the token after it.
+        """
+        tokens: list[str] = []
+        offsets: list[int] = []
+        logprobs: list[float | None] = []
+        tops: list[dict[str, float] | None] = []
+        if prompt is not None:
+            tokens = [prompt.first_token, *(r.chosen.token for r in prompt.rest)]
+            after = self.offset
+            for token in reversed(tokens):
+                after -= len(token)
+                offsets.append(max(0, after))
+            offsets.reverse()
+            logprobs = [None, *(finite_logprob(r.chosen.logprob) for r in prompt.rest)]
+            tops = [None, *({t.token: finite_logprob(t.logprob) for t in r.top[:top]} for r in prompt.rest)]
         for record in records:
             tokens.append(record.chosen.token)
             offsets.append(self.offset)
             self.offset += len(record.chosen.token)
-        return m.CompletionLogprobs(
-            tokens=tokens,
-            token_logprobs=[finite_logprob(r.chosen.logprob) for r in records],
-            top_logprobs=[{t.token: finite_logprob(t.logprob) for t in r.top[:top]} for r in records] if top else None,
-            text_offset=offsets,
-        )
+            logprobs.append(finite_logprob(record.chosen.logprob))
+            tops.append({t.token: finite_logprob(t.logprob) for t in record.top[:top]})
+        return m.CompletionLogprobs(tokens=tokens, token_logprobs=logprobs, top_logprobs=tops if top else None, text_offset=offsets)
 
 
 def _fingerprint(digest: str) -> str:
@@ -327,12 +373,35 @@ def chat_response(plan: Plan, results: Sequence[Collected], response_id: str, cr
     return m.ChatCompletion(id=response_id, created=created, model=plan.model, system_fingerprint=_fingerprint(digest), choices=choices, usage=usage)
 
 
+def cumulative_logprob(result: Collected) -> float:
+    """The sum of the chosen tokens' log-probabilities: how best_of ranks its candidates (OpenAI's rule)."""
+    return sum(record.chosen.logprob for record in _records(result))
+
+
+def best_results(plan: Plan, results: Sequence[Collected]) -> list[Collected]:
+    """Per prompt, the n of best_of candidates with the highest cumulative log-probability, best
+    first, numbered as choices p * n + rank."""
+    if plan.best_of <= plan.n:
+        return list(results)
+    chosen = []
+    for prompt in sorted({r.choice.prompt_index for r in results}):
+        candidates = sorted((r for r in results if r.choice.prompt_index == prompt), key=lambda r: (-cumulative_logprob(r), r.choice.index))
+        for rank, result in enumerate(candidates[: plan.n]):
+            chosen.append(replace(result, choice=replace(result.choice, index=prompt * plan.n + rank)))
+    return chosen
+
+
+def _prompt_logprobs(result: Collected) -> PromptLogprobs | None:
+    return next((d.prompt_logprobs for d in result.deltas if d.prompt_logprobs is not None), None)
+
+
 def completion_response(plan: Plan, results: Sequence[Collected], response_id: str, created: int, digest: str) -> m.Completion:
     choices = []
-    for result in sorted(results, key=lambda r: r.choice.index):
+    for result in sorted(best_results(plan, results), key=lambda r: r.choice.index):
         prefix = plan.echo.get(result.choice.prompt_index, "")
-        logprobs = CompletionLogprobs(len(prefix)).render(_records(result), plan.top_logprobs) if plan.logprobs else None
+        logprobs = CompletionLogprobs(len(prefix)).render(_records(result), plan.top_logprobs, _prompt_logprobs(result)) if plan.logprobs else None
         choices.append(m.CompletionChoice(text=prefix + result.text, index=result.choice.index, logprobs=logprobs, finish_reason=_reason(result.finish)))
+    # Usage counts every candidate generated, returned or not (best_of).
     usage = usage_reply(total_usage([(r.choice, r.finish) for r in results]))
     return m.Completion(id=response_id, created=created, model=plan.model, system_fingerprint=_fingerprint(digest), choices=choices, usage=usage)
 
@@ -441,8 +510,13 @@ def completion_stream(plan: Plan, events: Iterator[tuple[Choice, Event]], respon
         if choice.index not in offsets:
             prefix = plan.echo.get(choice.prompt_index, "")
             offsets[choice.index] = CompletionLogprobs(len(prefix))
+            # The prompt's log-probabilities (echo with logprobs) come first, with the echoed prompt.
+            prompt = event.prompt_logprobs if isinstance(event, Delta) else None
             if prefix:
-                yield frame(m.CompletionChoice(text=prefix, index=choice.index, logprobs=None, finish_reason=None))
+                logprobs = offsets[choice.index].render((), plan.top_logprobs, prompt) if plan.logprobs and prompt is not None else None
+                yield frame(m.CompletionChoice(text=prefix, index=choice.index, logprobs=logprobs, finish_reason=None))
+            if prompt is not None:
+                continue
         if isinstance(event, Delta):
             if event.text or event.logprobs:
                 logprobs = offsets[choice.index].render(event.logprobs, plan.top_logprobs) if plan.logprobs else None
@@ -458,6 +532,16 @@ def completion_stream(plan: Plan, events: Iterator[tuple[Choice, Event]], respon
 # -- embeddings and models ------------------------------------------------------------
 
 
+# Token ids are refused unless the operator says clients send the model's own: ids of another
+# tokenizer fall inside the vocabulary often enough to give a 200 with a meaningless vector.
+TOKEN_ID_EMBEDDINGS = (
+    "'input' holds token ids, which this server refuses by default: it cannot tell which tokenizer made them, and ids "
+    "of another vocabulary give a meaningless vector. LangChain's OpenAIEmbeddings sends OpenAI's tiktoken ids unless "
+    "it is created with check_embedding_ctx_length=False; set that (or send the texts). If your clients send this "
+    "model's own token ids (from /tokenize), the server can be started with --embedding-token-ids."
+)
+
+
 @dataclass
 class EmbeddingPlan:
     model: str
@@ -471,6 +555,8 @@ def parse_embeddings(body: m.EmbeddingRequest, settings: ServerSettings, dimensi
     items = prompt_items(body.input, "input", settings.max_inputs)
     texts = [i for i in items if isinstance(i, str)] or None
     ids = [i for i in items if isinstance(i, tuple)] or None
+    if ids is not None and not settings.embedding_token_ids:
+        raise BadRequest(TOKEN_ID_EMBEDDINGS, param="input")
     if body.dimensions is not None and body.dimensions != dimension:
         raise NotSupported(f"'dimensions' must be the model's own {dimension}: this model was not trained for shorter vectors", param="dimensions")
     return EmbeddingPlan(body.model, texts, ids, body.encoding_format == "base64", bool(body.truncate))

@@ -1,4 +1,4 @@
-"""OpenAI routes: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models[/{id}]."""
+"""OpenAI routes: /v1/chat/completions, /v1/completions, /v1/responses[/{id}[/input_items]], /v1/embeddings, /v1/models[/{id}]."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from dataclasses import dataclass
 import falcon
 
 from api.context import ServerContext
+from api.errors import BadRequest
 from api.framing import SSE_CONTENT_TYPE, guarded, openai_error_frames, read_request, send_json, send_stream
-from api.openai import models, protocol
+from api.openai import models, protocol, responses
+from api.openai import response_models as rm
 from api.registry import LoadedModel
 from api.runs import Choice, Collected, collect, prepare, stream_events
 from api.wire import Reply
@@ -64,6 +66,61 @@ class Completions:
         _answer(self.ctx, resp, model, protocol.parse_completion(body, model.text(), self.ctx.settings), _COMPLETION)
 
 
+class Responses:
+    """POST /v1/responses: one answer, or typed SSE events; stored unless `store` is false."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        ctx = self.ctx
+        body = read_request(req, ctx.settings, rm.ResponseRequest)
+        model = ctx.registry.get(body.model, TASK_TEXT_GENERATION)
+        plan = responses.parse(body, model.text(), ctx.settings, ctx.responses, ctx.new_id, int(ctx.clock()))
+        prepare(model, plan.chat.choices, "input")
+        if body.stream:
+            events = stream_events(model, plan.chat.choices, ctx.metrics, ctx.settings.stream_keepalive_s)
+            send_stream(resp, responses.stream(plan, events, ctx.responses, ctx.clock, ctx.log), SSE_CONTENT_TYPE)
+        else:
+            (result,) = collect(model, plan.chat.choices, ctx.metrics)
+            send_json(resp, responses.finished(plan, result, ctx.responses, ctx.clock()))
+
+
+class StoredResponse:
+    """GET /v1/responses/{id} (the stored response) and DELETE (forget it)."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, response_id: str) -> None:
+        if req.get_param_as_bool("stream"):
+            raise BadRequest("replaying a stored response as a stream is not supported; GET it whole", param="stream")
+        send_json(resp, responses.stored(self.ctx.responses, response_id).response)
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, response_id: str) -> None:
+        responses.stored(self.ctx.responses, response_id)
+        self.ctx.responses.delete(response_id)
+        send_json(resp, rm.DeletedResponse(id=response_id))
+
+
+class ResponseInputItems:
+    """GET /v1/responses/{id}/input_items: the items the response was given (`order`, `limit`, `after`)."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, response_id: str) -> None:
+        record = responses.stored(self.ctx.responses, response_id)
+        order = req.get_param("order") or "desc"
+        if order not in ("asc", "desc"):
+            raise BadRequest("'order' must be 'asc' or 'desc'", param="order")
+        try:
+            limit = req.get_param_as_int("limit", min_value=1, max_value=100)
+        except falcon.HTTPBadRequest:
+            raise BadRequest("'limit' must be a whole number from 1 to 100", param="limit") from None
+        send_json(resp, responses.input_item_list(record, order, limit or 20, req.get_param("after")))
+
+
 class Embeddings:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
@@ -87,7 +144,7 @@ class Models:
         self.ctx = ctx
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        send_json(resp, models.ModelList(data=[protocol.model_object(m.info) for m in self.ctx.registry.models()]))
+        send_json(resp, models.ModelList(data=[protocol.model_object(info) for info in self.ctx.registry.served()]))
 
 
 class Model:
@@ -95,4 +152,4 @@ class Model:
         self.ctx = ctx
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, model_id: str) -> None:
-        send_json(resp, protocol.model_object(self.ctx.registry.get(model_id).info))
+        send_json(resp, protocol.model_object(self.ctx.registry.info(model_id)))

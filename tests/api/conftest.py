@@ -12,6 +12,7 @@ from api.app import create_app
 from api.auth import load_api_keys
 from api.context import ServerContext
 from api.registry import ModelRegistry
+from api.response_store import ResponseStore
 from api.settings import ServerSettings
 from tests.api.fakes import FakeGenerator, fake_models
 
@@ -26,6 +27,7 @@ def make_context(generator: FakeGenerator | None = None, registry: ModelRegistry
         server_settings,
         auth=load_api_keys(server_settings),
         clock=lambda: FIXED_TIME,
+        responses=ResponseStore(clock=lambda: FIXED_TIME),
         new_id=lambda prefix: f"{prefix}{next(counter):04d}",
     )
 

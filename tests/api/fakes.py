@@ -19,7 +19,7 @@ from api.registry import LoadedModel, ModelInfo
 from runtime.chat import normalise_messages
 from runtime.embeddings import EmbeddingResult
 from runtime.errors import ContextLengthError, InferenceError
-from runtime.events import FINISH_LENGTH, FINISH_STOP, KEEP_ALIVE, Delta, Finish, KeepAlive, TokenChoice, TokenLogprobs, Usage
+from runtime.events import FINISH_LENGTH, FINISH_STOP, KEEP_ALIVE, Delta, Finish, KeepAlive, PromptLogprobs, TokenChoice, TokenLogprobs, Usage
 from runtime.generation import FittedPrompt, GenerationRequest, fit_context
 from runtime.manifest import TASK_EMBEDDING, TASK_TEXT_GENERATION
 from runtime.scheduler import SchedulerStats
@@ -42,6 +42,8 @@ class FakeGenerator:
         self.chat_template_source: str | None = chat_template_source
         self.requests: list[GenerationRequest] = []
         self.closed = 0
+        # Fill-in-the-middle tokens (prefix, suffix, middle); None: the 'model' has none.
+        self.fim_token_ids: tuple[int, int, int] | None = None
 
     # text in and out: one token per character, id = code point + 100 (ids 1..len(reply) are the reply's)
     def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -73,6 +75,13 @@ class FakeGenerator:
             if heartbeat_s is not None:
                 for _ in range(self.stalls):
                     yield KEEP_ALIVE
+            if request.prompt_logprobs is not None:
+                # Prompt token i (after the first) gets log-probability -i/10, its alternatives less.
+                rest = tuple(
+                    TokenLogprobs(self._choice(t, -i / 10), tuple(self._choice(t + j, -i / 10 - j) for j in range(request.prompt_logprobs)))
+                    for i, t in enumerate(fitted.ids[1:], 1)
+                )
+                yield Delta("", (), prompt_logprobs=PromptLogprobs(fitted.ids[0], self._piece(fitted.ids[0]) if fitted.ids[0] != 1000 else "<s>", rest))
             text_so_far, reason, count = "", FINISH_STOP, 0
             for index, piece in enumerate(self.reply):
                 if count >= fitted.max_new_tokens:
@@ -100,6 +109,10 @@ class FakeGenerator:
             yield self._finish(fitted, count, reason, seed=request.sampling.seed)
         finally:
             self.closed += 1
+
+    def _choice(self, token: int, logprob: float) -> TokenChoice:
+        piece = self._piece(token) if token != 1000 else "<s>"
+        return TokenChoice(token, piece, piece.encode(), logprob)
 
     def stats(self) -> SchedulerStats:
         return SchedulerStats(slots=1, active=0, waiting=0, steps=0, tokens=0)

@@ -80,10 +80,18 @@ def test_unsupported_architecture(tmp_path: Path):
     assert_nothing_written(tmp_path / "out")
 
 
-def test_tensorrt_backend_is_refused_honestly(tmp_path: Path):
-    result = appliance("export", str(tmp_path / "whatever.gguf"), "--backend", "tensorrt", "--out", str(tmp_path / "out" / "e"))
-    expected = "not implemented in this version" if nvidia_gpu_present() else "needs an NVIDIA GPU"
-    assert_user_error(result, expected, "--backend onnx")
+@pytest.mark.skipif(nvidia_gpu_present(), reason="an NVIDIA GPU is present: the TensorRT export runs (tests/integration/test_gpu_engines.py)")
+def test_tensorrt_backend_without_a_gpu_is_refused_with_what_to_do(tmp_path: Path):
+    result = appliance("export", str(tmp_path / "whatever.gguf"), "--precision", "fp16", "--backend", "tensorrt", "--out", str(tmp_path / "out" / "e"))
+    assert_user_error(result, "needs an NVIDIA GPU", "--precision fp16")
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_gpu_export_options_that_cannot_work_are_user_errors(tmp_path: Path):
+    result = appliance("export", str(tmp_path / "whatever.gguf"), "--precision", "fp16", "--device", "cpu", "--out", str(tmp_path / "out" / "e"))
+    assert_user_error(result, "fp16 engines are GPU engines")
+    result = appliance("export", str(tmp_path / "whatever.gguf"), "--device", "cuda", "--out", str(tmp_path / "out" / "e"))
+    assert_user_error(result, "CUDA GroupQueryAttention runs fp16 only")
     assert_nothing_written(tmp_path / "out")
 
 

@@ -141,7 +141,8 @@ def test_unknown_route_and_method(client) -> None:
 
 
 def test_not_supported_yet(client) -> None:
-    openai_error(client.simulate_post("/v1/completions", json={"model": "fake-chat", "prompt": "x", "echo": True, "logprobs": 1}), 400, param="echo")
+    # The fake has no fill-in-the-middle tokens.
+    openai_error(client.simulate_post("/v1/completions", json={"model": "fake-chat", "prompt": "x", "suffix": "y"}), 400, "unsupported_parameter", param="suffix")
     for body in ({"think": True}, {"images": ["aGk="]}, {"template": "{{ .Prompt }}"}):
         assert "not supported" in ollama_error(client.simulate_post("/api/generate", json={"model": "fake-chat", "prompt": "x", **body}), 400)
     # Accepted and ignored: no tools, tool_choice none, keep_alive, user.

@@ -124,6 +124,10 @@ SAMPLING: list[tuple[str, Any, Check]] = [
     ("frequency_penalty", -0.5, lambda r: r.sampling.frequency_penalty == -0.5),
     ("logit_bias", {"101": 5}, lambda r: dict(r.sampling.logit_bias) == {101: 5.0}),
     ("seed", 42, lambda r: r.sampling.seed == 42),
+    ("mirostat", 2, lambda r: r.sampling.mirostat == 2),
+    ("mirostat_mode", 1, lambda r: r.sampling.mirostat == 1),
+    ("mirostat_tau", 3.0, lambda r: r.sampling.mirostat_tau == 3.0),
+    ("mirostat_eta", 0.5, lambda r: r.sampling.mirostat_eta == 0.5),
 ]
 EXTRAS: list[tuple[str, Any, Check]] = [
     ("min_tokens", 2, lambda r: r.min_tokens == 2),
@@ -163,7 +167,6 @@ OLLAMA_OPTIONS: list[tuple[str, Any, Check]] = [
     ("num_predict", 3, lambda r: r.max_tokens == 3),
     ("num_ctx", 40, lambda r: r.context_length == 40),
     ("stop", ["va"], lambda r: r.stop == ("va",)),
-    ("mirostat_tau", 5.0, lambda r: True),  # Ollama's default, which asks for nothing while mirostat is off
 ]
 
 
@@ -212,7 +215,8 @@ def test_answer_shaping_fields(client) -> None:
     assert '"usage":{"prompt_tokens"' in stream and stream.endswith("data: [DONE]\n\n")
     assert client.simulate_post("/v1/completions", json={"model": "fake-chat", "prompt": "Say", "echo": True, "max_tokens": 1}).json["choices"][0]["text"] == "SayHello"
     assert client.simulate_post("/v1/completions", json={"model": "fake-chat", "prompt": "Say", "n": 2, "best_of": 2}).status_code == 200
-    assert client.simulate_post("/v1/completions", json={"model": "fake-chat", "prompt": "Say", "best_of": 3}).status_code == 400
+    assert len(client.simulate_post("/v1/completions", json={"model": "fake-chat", "prompt": "Say", "best_of": 3}).json["choices"]) == 1
+    assert client.simulate_post("/v1/completions", json={"model": "fake-chat", "prompt": "Say", "n": 2, "best_of": 1}).status_code == 400
     embedded = client.simulate_post("/v1/embeddings", json={"model": "fake-embed", "input": "Hi", "encoding_format": "base64"}).json
     assert isinstance(embedded["data"][0]["embedding"], str)
     assert client.simulate_post("/v1/embeddings", json={"model": "fake-embed", "input": "x" * 20, "truncate": True}).status_code == 200
@@ -232,3 +236,12 @@ def test_both_names_of_the_repetition_penalty_are_one_too_many(client) -> None:
 def test_unknown_fields_stay_ignored(client) -> None:
     result = client.simulate_post("/v1/chat/completions", json={"model": "fake-chat", "messages": CHAT, "x_client_trace": "abc", "extra_body": {}})
     assert result.status_code == 200
+
+
+def test_ollama_sampling_controls_at_the_top_level_count_unless_options_set_them(client) -> None:
+    # Ollama reads them only from options; OpenAI-minded clients send them at the top level.
+    client.simulate_post("/api/generate", json={"model": "fake-chat", "prompt": "Hi", "stream": False, "temperature": 0.2, "top_k": 5, "options": {"top_k": 7}})
+    sampling = client.generator.requests[-1].sampling
+    assert sampling.temperature == 0.2 and sampling.top_k == 7
+    client.simulate_post("/api/chat", json={"model": "fake-chat", "messages": [{"role": "user", "content": "Hi"}], "stream": False, "seed": 11})
+    assert client.generator.requests[-1].sampling.seed == 11

@@ -127,12 +127,21 @@ def test_openai_embeddings(client) -> None:
     encoded = client.simulate_post("/v1/embeddings", json={"model": "fake-embed", "input": ["a", "bc"], "encoding_format": "base64"}).json
     decoded = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in encoded["data"]])
     assert np.array_equal(decoded, vectors)
-    ids = client.simulate_post("/v1/embeddings", json={"model": "fake-embed", "input": [[97], [98, 99]]}).json
-    assert np.allclose(np.array([d["embedding"] for d in ids["data"]]), vectors)
+    refused = client.simulate_post("/v1/embeddings", json={"model": "fake-embed", "input": [[97], [98, 99]]})
+    assert refused.status_code == 400 and refused.json["error"]["param"] == "input"
+    assert "check_embedding_ctx_length=False" in refused.json["error"]["message"] and "--embedding-token-ids" in refused.json["error"]["message"]
+    assert client.simulate_post("/v1/embeddings", json={"model": "fake-embed", "input": [97, 98]}).status_code == 400
     long = {"model": "fake-embed", "input": "x" * 20}
     assert client.simulate_post("/v1/embeddings", json={**long, "truncate": True}).json["usage"]["prompt_tokens"] == 8
     assert client.simulate_post("/v1/embeddings", json={**long, "dimensions": 2}).status_code == 400
     assert client.simulate_post("/v1/embeddings", json={**long, "encoding_format": "int8"}).status_code == 400
+
+
+def test_token_id_embeddings_when_the_operator_says_clients_send_the_models_ids(make_client) -> None:
+    client = make_client(embedding_token_ids=True)
+    texts = client.simulate_post("/v1/embeddings", json={"model": "fake-embed", "input": ["a", "bc"]}).json
+    ids = client.simulate_post("/v1/embeddings", json={"model": "fake-embed", "input": [[97], [98, 99]]}).json
+    assert np.allclose(np.array([d["embedding"] for d in ids["data"]]), np.array([d["embedding"] for d in texts["data"]]))
 
 
 def test_ollama_embeddings(client) -> None:

@@ -27,3 +27,19 @@ def oai(server: Server) -> openai.OpenAI:
 @pytest.fixture(scope="session")
 def olm(server: Server) -> ollama.Client:
     return ollama.Client(host=server.url, timeout=120)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """List the files tests saved for people to look at (`record_property("artifact", ...)`), e.g. the chat page's screenshots."""
+    lines = [
+        f"{report.nodeid}: {value}"
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == "artifact"
+    ]
+    if lines:
+        terminalreporter.write_sep("-", "test artifacts")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -37,19 +37,30 @@ class Server:
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self._log = open(log, "wb")
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
         self._wait_healthy(startup_timeout)
 
     def _wait_healthy(self, timeout: float) -> None:
+        """Until every worker has answered /health with 200.
+
+        The first workers accept connections while they load (and answer 503 "starting"), so one
+        worker's 200 says nothing of the others: each probe is a new connection, which any worker
+        may accept, and the server is up once `workers` distinct pids have answered healthy.
+        """
         deadline = time.monotonic() + timeout
+        healthy: set[int] = set()
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
+                answer = httpx.get(f"{self.url}/health", timeout=2)
+                if answer.status_code == 200:
+                    healthy.add(answer.json()["pid"])
+                    if len(healthy) >= self.workers:
+                        return
             except httpx.TransportError:
                 pass
-            time.sleep(0.25)
+            time.sleep(0.25 if not healthy else 0.05)  # once one worker is up, probe often for the others
         self.stop()
         raise RuntimeError(f"the server was not healthy within {timeout} s:\n{self.log()}")
 
@@ -70,3 +81,14 @@ class Server:
             self.process.wait(10)
         self._log.close()
         return self.process.returncode
+
+
+def wait_for(condition, timeout: float, what: str):
+    """`condition()`'s first truthy value, polled every 50 ms; an AssertionError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s: {what}")

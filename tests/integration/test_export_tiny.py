@@ -54,7 +54,8 @@ def test_manifest_is_complete_and_hashes_every_file(tiny_llama_engine):
     directory = tiny_llama_engine.directory
     manifest = read_manifest(directory)
     verify_files(directory, manifest)
-    assert set(manifest.files) == {"model.onnx", "model.onnx.data", "tokenizer.json", PARITY_FILE}
+    assert set(manifest.files) == {"model.onnx", "model.onnx.data", "kv_copy.onnx", "tokenizer.json", PARITY_FILE}
+    assert manifest.kv_cache.copy_graph == "kv_copy.onnx"  # the slot-to-slot copy of device-side pools
     assert manifest.kv_cache.layers == 2 and manifest.kv_cache.kv_heads == 2 and manifest.kv_cache.head_dim == 16
     roles = {(t.role, t.layer) for t in manifest.inputs + manifest.outputs}
     for layer in range(2):

@@ -114,7 +114,10 @@ JSON_VALUES = st.recursive(
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=6),
     max_leaves=25,
 )
-FIELDS = ("model", "messages", "prompt", "input", "n", "max_tokens", "stream", "options", "tokens", "content", "stop", "logit_bias", "seed", "temperature")
+FIELDS = (
+    "model", "messages", "prompt", "input", "n", "max_tokens", "stream", "options", "tokens", "content", "stop", "logit_bias", "seed", "temperature",
+    "instructions", "text", "tools", "previous_response_id",
+)
 REQUEST_LIKE = st.fixed_dictionaries({}, optional={field: JSON_VALUES for field in FIELDS})
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
@@ -144,7 +147,12 @@ def assert_well_formed(path: str, result: falcon.testing.Result) -> None:
     content_type = result.headers["content-type"]
     if content_type.startswith("text/event-stream"):
         frames = [line[6:] for line in result.text.splitlines() if line.startswith("data: ")]
-        assert frames[-1] == "[DONE]" and all(json.loads(f) for f in frames[:-1])
+        if path == "/v1/responses":  # typed events, no [DONE]: the last one says how the response ended
+            events = [json.loads(f) for f in frames]
+            assert events[-1]["type"] in ("response.completed", "response.incomplete", "response.failed"), events[-1]
+            assert [e["sequence_number"] for e in events] == list(range(len(events)))
+        else:
+            assert frames[-1] == "[DONE]" and all(json.loads(f) for f in frames[:-1])
     elif content_type.startswith("application/x-ndjson"):
         assert all(json.loads(line) for line in result.text.splitlines() if line.strip())
     else:
@@ -202,5 +210,5 @@ def test_random_credentials_never_pass(fuzz_client, path: str, authorization) ->
 
 
 def test_every_post_route_is_fuzzed() -> None:
-    assert set(POST_ROUTES) >= {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/show", "/tokenize", "/detokenize"}
+    assert set(POST_ROUTES) >= {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings", "/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/show", "/tokenize", "/detokenize"}
 

@@ -21,7 +21,7 @@ import httpx
 import ollama
 import pytest
 
-from tests.integration.server import ROOT, Server, free_port
+from tests.integration.server import ROOT, Server, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 DECODER = "smollm2-135m-instruct-int4"
@@ -31,16 +31,6 @@ def generators(url: str) -> dict:
     health = httpx.get(f"{url}/health", timeout=10)
     assert health.status_code == 200, health.text
     return health.json()["generators"]
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def open_raw_stream(port: int, body: dict, key: str | None = None) -> socket.socket:

@@ -6,7 +6,7 @@ import pytest
 
 from api.errors import BadRequest, BodyTooLarge
 from api.openai.models import ChatCompletionRequest, CompletionRequest
-from api.wire import decode, encode
+from api.wire import decode, encode, logit_bias_map
 from runtime.sampling import SAMPLING_RANGES, SamplingParams
 
 CHAT = b'"model": "m", "messages": [{"role": "user", "content": "Hi"}]'
@@ -46,7 +46,12 @@ def test_params_are_validation_paths() -> None:
     assert param_of(b'{"messages": [{"role": "user"}]}') == "model"
     assert param_of(chat('"stream_options": {"include_usage": 1}')) == "stream_options.include_usage"
     assert param_of(chat('"logit_bias": {"5": 1, "7": "high"}')) == "logit_bias.7"
-    assert param_of(chat('"logit_bias": {"x": 1}')) == "logit_bias"
+    # Keys are checked once logit_bias_type is known (token ids, or token strings): logit_bias_map.
+    assert decode(chat('"logit_bias": {"x": 1}'), ChatCompletionRequest).logit_bias == {"x": 1}
+    with pytest.raises(BadRequest) as caught:
+        logit_bias_map({"5": 1.0, "x": 1.0})
+    assert caught.value.param == "logit_bias" and "'x'" in str(caught.value)
+    assert logit_bias_map({" 5 ": -1.0}) == {5: -1.0}
     assert param_of(chat('"messages": []')) == "messages"
     with pytest.raises(BadRequest) as caught:
         decode(b'{"model": "m", "prompt": [[1], [-2]]}', CompletionRequest)
@@ -63,3 +68,11 @@ def test_ranges_are_the_runtimes() -> None:
 
 def test_encode_keeps_text_readable() -> None:
     assert encode({"a": "ça – 中文 😀", "b": None}) == '{"a":"ça – 中文 😀","b":null}'.encode()
+
+
+def test_a_bad_map_value_before_broken_json_is_a_400_for_the_json() -> None:
+    # The typed pass stops at the bad logit_bias value; naming its key needs the whole body,
+    # which is not JSON (Python's json.dumps writes NaN): that is the 400, not a 500.
+    with pytest.raises(BadRequest) as caught:
+        decode(chat('"logit_bias": {"5": [1]}, "temperature": NaN'), ChatCompletionRequest)
+    assert "not valid JSON" in caught.value.message
