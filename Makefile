@@ -18,7 +18,7 @@ ENCODER := $(ENGINES)/all-minilm-l6-v2
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[export,test]'
+	$(PY) -m pip install --quiet -e '.[export,test,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

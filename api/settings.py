@@ -70,6 +70,12 @@ def keep_alive(text: str) -> float:
     return -1.0 if value < 0 else value
 
 
+def proxy_location(text: str) -> str:
+    if text not in ("HeadOnly", "EveryNode"):
+        raise ValueError(f"not a proxy location: {text!r}; use HeadOnly or EveryNode")
+    return text
+
+
 def switch(text: str) -> bool:
     """An environment variable's yes or no."""
     word = text.strip().lower()
@@ -246,6 +252,33 @@ class ServerSettings:
     # enable_cuda_graph): less kernel-launch overhead per token. Not verified on a GPU yet.
     cuda_graph: bool = field(default=False, metadata=option(
         "--cuda-graph", "replay decode steps as CUDA graphs (CUDA engines; not yet verified on a GPU)", parse=switch, group="gpu",
+    ))
+
+    # Scale-out on Ray Serve (`pip install -e .[ray]`): one deployment per engine, replicas
+    # autoscaled on their ongoing requests, an ingress routing a conversation to the replica
+    # that holds its prefix (api/rayserve.py, docs/scale-out.md).
+    ray: bool = field(default=False, metadata=option(
+        "--ray", "serve through Ray Serve instead of gunicorn: a deployment per engine, replicas across the cluster's nodes", parse=switch, group="ray",
+    ))
+    ray_address: str = field(default="", metadata=option(
+        "--ray-address", "Ray cluster to join ('auto': the one this node belongs to); default: start a Ray on this machine", group="ray",
+    ))
+    ray_proxy_location: str = field(default="HeadOnly", metadata=option(
+        "--ray-proxy-location", "where Ray Serve listens: HeadOnly (this node) or EveryNode (each node, for a load balancer in front)", parse=proxy_location, group="ray",
+    ))
+    ray_min_replicas: int = field(default=1, metadata=option("--ray-min-replicas", "fewest replicas per engine", parse=positive, group="ray"))
+    ray_max_replicas: int = field(default=1, metadata=option("--ray-max-replicas", "most replicas per engine (autoscaled between the two)", parse=positive, group="ray"))
+    ray_target_ongoing: int = field(default=0, metadata=option(
+        "--ray-target-ongoing", "ongoing requests per replica the autoscaler aims at; 0: --slots", parse=whole_number, group="ray",
+    ))
+    ray_replica_cpus: float = field(default=1.0, metadata=option(
+        "--ray-replica-cpus", "CPUs Ray reserves for each replica (where replicas are placed)", parse=float, group="ray",
+    ))
+    ray_upscale_delay_s: float = field(default=5.0, metadata=option(
+        "--ray-upscale-delay", "seconds load must stay above target before a replica is added", parse=seconds, group="ray",
+    ))
+    ray_downscale_delay_s: float = field(default=60.0, metadata=option(
+        "--ray-downscale-delay", "seconds load must stay below target before a replica is removed", parse=seconds, group="ray",
     ))
 
     # Run one short generation / embedding per engine before reporting healthy.

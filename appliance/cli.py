@@ -111,6 +111,8 @@ def _serve(args: argparse.Namespace) -> int:
     for directory in directories:
         verify_files(directory, read_manifest(directory))
     names = ", ".join(p.name for p in directories)
+    if settings.ray:
+        return _serve_on_ray(settings, names, describe(settings, keys))
     print(
         f"appliance: serving {names} on http://{settings.host}:{settings.port} "
         f"({settings.workers} worker(s) × {settings.threads} threads, {settings.slots} slots per engine)",
@@ -128,6 +130,26 @@ def _serve(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(command[0], command, env)  # gunicorn's master takes this process (and its signals)
+
+
+def _serve_on_ray(settings: Any, names: str, access: str) -> int:
+    try:
+        from api import rayserve
+    except ImportError as exc:
+        print(f"appliance: error: --ray needs Ray Serve, which is not installed ({exc}); install it with `pip install -e '.[ray]'`", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(
+        f"appliance: serving {names} on http://{settings.host}:{settings.port} through Ray Serve "
+        f"({settings.ray_min_replicas}-{settings.ray_max_replicas} replica(s) per engine, {settings.slots} slots each, "
+        f"Ray at {settings.ray_address or 'a new local instance'})",
+        file=sys.stderr,
+    )
+    print(f"appliance: {access}", file=sys.stderr)
+    try:
+        return rayserve.serve_forever(settings)
+    except ValueError as exc:
+        print(f"appliance: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 def build_parser(width: int | None = None) -> argparse.ArgumentParser:

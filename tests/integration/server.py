@@ -55,7 +55,7 @@ class Server:
             try:
                 answer = httpx.get(f"{self.url}/health", timeout=2)
                 if answer.status_code == 200:
-                    healthy.add(answer.json()["pid"])
+                    healthy.add(answer.json().get("pid", 0))  # Ray's gathered /health has one per replica
                     if len(healthy) >= self.workers:
                         return
             except httpx.TransportError:

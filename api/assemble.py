@@ -1,0 +1,66 @@
+"""One server's parts from its settings: the context, the Falcon app and the engine loader.
+
+gunicorn's workers (api/wsgi.py) and Ray Serve's replicas (api/rayserve.py) are assembled
+here alike, so both serve the same routes, errors and keys from the same engines.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import falcon
+
+from api.app import create_app
+from api.auth import load_api_keys
+from api.context import ServerContext
+from api.pulls import ChildProcessBuilder, Pulls
+from api.registry import LoadedModel, ModelRegistry, RuntimeLoader
+from api.response_store import ResponseStore
+from api.settings import ServerSettings
+from runtime.settings import RuntimeSettings
+
+
+@dataclass
+class Assembled:
+    context: ServerContext
+    application: falcon.App
+    load: Callable[[], list[LoadedModel]]  # loads and warms every engine under settings.engines
+
+    def load_in_background(self) -> None:
+        self.context.registry.load_in_background(self.load)
+
+
+def assemble(settings: ServerSettings, responses: ResponseStore | None = None, builds: bool = True) -> Assembled:
+    """The server of `settings`; `responses` replaces the store its settings name (Ray's shared one).
+
+    `builds`: /api/pull may export a default model that is not built yet (a Ray replica may not:
+    its engine directory is its deployment's).
+    """
+    responses = responses or ResponseStore(settings.response_store or ":memory:", max_records=settings.response_store_max, ttl_s=settings.response_store_ttl_s)
+    loader = RuntimeLoader(
+        RuntimeSettings(intra_op_threads=settings.intra_op_threads, providers=settings.providers, device_id=settings.device_id, cuda_graph=settings.cuda_graph),
+        prefill_chunk=settings.prefill_chunk, slots=settings.slots,
+        queue_limit=settings.queue_limit, warm=settings.warm, max_tokens_limit=settings.max_tokens, request_timeout_s=settings.request_timeout_s,
+        prefix_cache_tokens=settings.prefix_cache_tokens, prefix_cache_decoded=settings.prefix_cache_decoded, batch_invariant=not settings.fast_single_stream,
+    )
+    # /api/pull builds default models' engines in a child process (`python -m export.engines`): torch never enters a worker.
+    pulls = Pulls(ChildProcessBuilder() if builds else None)
+    context = ServerContext(ModelRegistry(loader, settings.engines), settings, auth=load_api_keys(settings), responses=responses, pulls=pulls)
+
+    def load() -> list[LoadedModel]:
+        models = loader.load_all(settings.engines)
+        for model in models:
+            info = model.info
+            context.log.info(
+                "loaded %s (%s, %s, %s, context %d) in %.1f s",
+                info.name, info.task, info.precision, ",".join(info.providers), info.context_length, model.load_duration_ns / 1e9,
+            )
+        return models
+
+    return Assembled(context, create_app(context), load)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")

@@ -1,0 +1,210 @@
+"""`appliance serve --ray` on a simulated two-node Ray cluster (every node on 127.0.0.1).
+
+One cluster and one server for the module; the tests run in order, each from the state the
+previous one left: one replica at start, a second added under load on the other node,
+conversations kept on their replica, a replica killed mid-stream, and back to one replica
+when the load is gone. Each phase is bounded in time; traffic goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from collections.abc import Iterator
+
+import httpx
+import ollama
+import openai
+import pytest
+
+from tests.integration.server import Server, wait_for
+
+ray = pytest.importorskip("ray", reason="the Ray path is an extra: pip install -e '.[ray]' (make install does)")
+from ray import serve  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
+
+DEPLOYMENT_PREFIX = "engine-"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    # The head holds no CPU: replicas (one CPU each) must go to the two worker nodes.
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    nodes.add_node(num_cpus=1)
+    nodes.add_node(num_cpus=1)
+    nodes.wait_for_nodes()
+    ray.init(address=nodes.address, namespace="appliance", log_to_driver=False)
+    try:
+        yield nodes
+    finally:
+        ray.shutdown()
+        nodes.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_server(cluster: Cluster, tiny_llama_engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = Server(
+        tiny_llama_engine.directory, tmp_path_factory.mktemp("ray") / "server.log",
+        "--ray", "--ray-address", cluster.address, "--slots", "2", "--queue-limit", "2",
+        "--ray-min-replicas", "1", "--ray-max-replicas", "2", "--ray-target-ongoing", "1",
+        "--ray-upscale-delay", "1", "--ray-downscale-delay", "8", "--intra-op-threads", "1",
+        startup_timeout=240,
+    )
+    try:
+        yield server
+    finally:
+        assert server.stop(grace=60) == 0, server.log()
+
+
+def replica_counts(model: str) -> dict[str, int]:
+    status = serve.status().applications["appliance"].deployments[DEPLOYMENT_PREFIX + model]
+    return {str(state): count for state, count in status.replica_states.items()}
+
+
+def running(model: str) -> int:
+    return replica_counts(model).get("RUNNING", 0)
+
+
+def replica_of(response: httpx.Response) -> tuple[str, str, int]:
+    replica, node, pid = response.headers["x-appliance-replica"].split()
+    return replica, node, int(pid)
+
+
+def chat(server: Server, messages: list[dict], max_tokens: int = 8) -> httpx.Response:
+    body = {"model": "tiny-llama-fp32", "messages": messages, "max_tokens": max_tokens, "temperature": 0}
+    answer = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    return answer
+
+
+def test_the_official_clients_stream_through_the_ingress(ray_server: Server, tiny_llama_engine) -> None:
+    name = tiny_llama_engine.manifest.name
+    assert running(name) == 1
+    client = openai.OpenAI(base_url=f"{ray_server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    messages = [{"role": "user", "content": "Tell me a story."}]
+    whole = client.chat.completions.create(model=name, messages=messages, max_tokens=24, temperature=0)
+    chunks = list(client.chat.completions.create(model=name, messages=messages, max_tokens=24, temperature=0, stream=True))
+    assert len(chunks) > 3  # token by token, not one buffered body
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+    lines = list(ollama.Client(host=ray_server.url, timeout=60).chat(model=name, messages=messages, stream=True, options={"num_predict": 24, "temperature": 0}))
+    assert lines[-1]["done"] and len(lines) > 3
+    assert "".join(line["message"]["content"] for line in lines) == whole.choices[0].message.content
+    assert [m.id for m in client.models.list()] == [name]
+    # The same errors as gunicorn's server, in each dialect.
+    with pytest.raises(openai.NotFoundError, match="not found"):
+        client.chat.completions.create(model="no-such-model", messages=messages)
+    with pytest.raises(ollama.ResponseError, match="not found"):
+        ollama.Client(host=ray_server.url).chat(model="no-such-model", messages=messages)
+
+
+def _load(server: Server, name: str, stop: threading.Event, seen: set[tuple[str, str, int]]) -> None:
+    """Streams of distinct prompts, one after another, until `stop`."""
+    n = 0
+    while not stop.is_set():
+        n += 1
+        body = {"model": name, "prompt": f"load {threading.get_ident()} {n}", "max_tokens": 400, "temperature": 0, "stream": True}
+        with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as answer:
+            if answer.status_code == 200:
+                seen.add(replica_of(answer))
+            for _ in answer.iter_bytes():
+                pass
+
+
+def test_autoscaling_adds_a_replica_on_the_other_node_under_load(ray_server: Server, tiny_llama_engine) -> None:
+    name = tiny_llama_engine.manifest.name
+    stop, seen = threading.Event(), set()
+    threads = [threading.Thread(target=_load, args=(ray_server, name, stop, seen), daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: running(name) == 2, 120, f"a second replica under load ({replica_counts(name)})")
+        wait_for(lambda: len({replica for replica, _, _ in seen}) == 2, 60, "both replicas answering")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    nodes = {node for _, node, _ in seen}
+    assert len(nodes) == 2, f"both replicas on one node: {seen}"
+
+
+def test_every_replica_full_and_the_queue_full_is_a_429(ray_server: Server, tiny_llama_engine) -> None:
+    # Two replicas of two slots, and two more requests queued: twelve streams at once overflow it.
+    body = {"model": tiny_llama_engine.manifest.name, "prompt": "flood", "max_tokens": 300, "temperature": 0, "stream": True}
+    statuses: list[int] = []
+    refusals: list[httpx.Response] = []
+
+    def one() -> None:
+        with httpx.stream("POST", f"{ray_server.url}/v1/completions", json=body, timeout=60) as answer:
+            statuses.append(answer.status_code)
+            if answer.status_code == 429:
+                answer.read()
+                refusals.append(answer)
+            for _ in answer.iter_bytes():
+                pass
+
+    threads = [threading.Thread(target=one) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    assert statuses.count(200) >= 4 and refusals, statuses
+    refusal = refusals[0]
+    assert refusal.headers["retry-after"] == "1" and refusal.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_a_conversation_stays_on_its_replica(ray_server: Server, tiny_llama_engine) -> None:
+    assert running(tiny_llama_engine.manifest.name) == 2
+    homes: dict[int, set[str]] = {}
+    for conversation in range(6):
+        messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": f"Conversation {conversation}: hello."}]
+        for _ in range(3):
+            answer = chat(ray_server, messages)
+            homes.setdefault(conversation, set()).add(replica_of(answer)[0])
+            messages += [{"role": "assistant", "content": answer.json()["choices"][0]["message"]["content"]}, {"role": "user", "content": "And then?"}]
+    assert all(len(replicas) == 1 for replicas in homes.values()), homes
+    # Later turns found their history in that replica's prefix cache.
+    assert answer.json()["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+    assert len(set.union(*homes.values())) == 2, f"six conversations all on one replica: {homes}"
+
+
+def test_a_stored_response_is_continued_on_any_replica(ray_server: Server, tiny_llama_engine) -> None:
+    name = tiny_llama_engine.manifest.name
+    client = openai.OpenAI(base_url=f"{ray_server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    first = client.responses.create(model=name, input="My name is Ada.", max_output_tokens=6, temperature=0)
+    answered_by = set()
+    for turn in range(6):  # different inputs: different keys, so both replicas continue it
+        raw = client.responses.with_raw_response.create(model=name, input=f"Question {turn}: my name?", previous_response_id=first.id, max_output_tokens=4, temperature=0)
+        answered_by.add(raw.headers["x-appliance-replica"].split()[0])
+        assert raw.parse().usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+    assert len(answered_by) == 2, answered_by
+    assert client.responses.retrieve(first.id).output_text == first.output_text
+
+
+def test_a_killed_replica_ends_its_streams_with_an_error_and_loses_no_later_request(ray_server: Server, tiny_llama_engine) -> None:
+    name = tiny_llama_engine.manifest.name
+    body = {"model": name, "messages": [{"role": "user", "content": "A long story, please."}], "max_tokens": 1500, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{ray_server.url}/v1/chat/completions", json=body, timeout=60) as answer:
+        assert answer.status_code == 200
+        _, _, pid = replica_of(answer)
+        frames = answer.iter_lines()
+        first = next(line for line in frames if line.startswith("data: "))
+        assert "chat.completion.chunk" in first
+        os.kill(pid, signal.SIGKILL)
+        rest = [line for line in frames if line.startswith("data: ")]
+    assert rest[-1] == "data: [DONE]" and "error" in json.loads(rest[-2].removeprefix("data: ")), rest[-3:]
+    # Every request sent after the kill is answered: one that reached the dead replica is sent again.
+    for turn in range(8):
+        assert chat(ray_server, [{"role": "user", "content": f"after the kill {turn}"}]).status_code == 200
+    wait_for(lambda: running(name) >= 1 and replica_counts(name).keys() <= {"RUNNING"}, 60, f"the replica replaced ({replica_counts(name)})")
+
+
+def test_autoscaling_removes_the_replica_once_the_load_is_gone(ray_server: Server, tiny_llama_engine) -> None:
+    name = tiny_llama_engine.manifest.name
+    wait_for(lambda: running(name) == 1 and replica_counts(name).keys() == {"RUNNING"}, 90, f"back to one replica ({replica_counts(name)})")
+    assert chat(ray_server, [{"role": "user", "content": "still there?"}]).status_code == 200
+
+
+def test_the_server_stops_cleanly(ray_server: Server) -> None:
+    assert httpx.get(f"{ray_server.url}/health", timeout=30).json()["status"] == "ok"
