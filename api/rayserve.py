@@ -35,6 +35,7 @@ import re
 import signal
 import sys
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -203,12 +204,17 @@ class EngineReplica:
         generation and frees its slot.
         """
         loop = asyncio.get_running_loop()
-        chunks: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        pending: deque[tuple[str, Any]] = deque()
+        arrived = asyncio.Event()
         stop = threading.Event()
         environ = wsgi_environ(request, body)
 
+        def arrive(item: tuple[str, Any]) -> None:
+            pending.append(item)
+            arrived.set()
+
         def put(kind: str, value: Any = None) -> None:
-            loop.call_soon_threadsafe(chunks.put_nowait, (kind, value))
+            loop.call_soon_threadsafe(arrive, (kind, value))
 
         def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             put("start", {"status": int(status.split(" ", 1)[0]), "headers": [*headers, (REPLICA_HEADER, self.identity)]})
@@ -235,7 +241,18 @@ class EngineReplica:
         threading.Thread(target=run, name="ray-request", daemon=True).start()
         try:
             while True:
-                kind, value = await chunks.get()
+                if not pending:
+                    arrived.clear()
+                    await arrived.wait()
+                kind, value = pending.popleft()
+                if kind == "body":
+                    # Chunks made while the last one crossed go as one: each yield is a message
+                    # through Ray, and a busy replica makes a token per stream per step.
+                    parts = [value]
+                    while pending and pending[0][0] == "body":
+                        parts.append(pending.popleft()[1])
+                    yield b"".join(parts)
+                    continue
                 if kind == "end":
                     return
                 if kind == "error":

@@ -93,6 +93,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"appliance: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    problem = _ray_problem(settings)
+    if problem:
+        print(f"appliance: error: {problem}", file=sys.stderr)
+        return EXIT_USER_ERROR
     engines = settings.engines
     directories = find_engine_dirs(engines) if engines.is_dir() else []
     if not directories:
@@ -130,6 +134,22 @@ def _serve(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(command[0], command, env)  # gunicorn's master takes this process (and its signals)
+
+
+def _ray_problem(settings: Any) -> str | None:
+    """Ray options without --ray, or gunicorn's worker count with it: said, not ignored."""
+    from dataclasses import fields
+
+    from api.settings import ServerSettings, option_of
+
+    given = [option_of(f.name).flag for f in fields(ServerSettings) if f.name.startswith("ray_") and getattr(settings, f.name) != f.default]
+    if given and not settings.ray:
+        return f"{', '.join(str(flag) for flag in given)} only apply with --ray"
+    if settings.ray and settings.workers != 1:
+        return "--workers is gunicorn's; with --ray, replicas are set with --ray-min-replicas and --ray-max-replicas"
+    if settings.ray and settings.ray_min_replicas > settings.ray_max_replicas:
+        return f"--ray-min-replicas {settings.ray_min_replicas} is more than --ray-max-replicas {settings.ray_max_replicas}"
+    return None
 
 
 def _serve_on_ray(settings: Any, names: str, access: str) -> int:

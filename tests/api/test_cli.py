@@ -245,3 +245,12 @@ def test_docs_cli_md_is_the_generated_reference() -> None:
     from appliance.cli import cli_reference
 
     assert (ROOT / "docs" / "cli.md").read_text() == cli_reference(), "docs/cli.md is stale: regenerate it with `python -m appliance --print-cli-reference > docs/cli.md`"
+
+
+def test_ray_options_without_ray_and_workers_with_it_are_refused() -> None:
+    alone = appliance("serve", "--ray-max-replicas", "3")
+    assert alone.returncode == 2 and "--ray-max-replicas only apply with --ray" in alone.stderr
+    workers = appliance("serve", "--ray", "--workers", "2")
+    assert workers.returncode == 2 and "--ray-min-replicas and --ray-max-replicas" in workers.stderr
+    bounds = appliance("serve", "--ray", "--ray-min-replicas", "3", "--ray-max-replicas", "2")
+    assert bounds.returncode == 2 and "is more than --ray-max-replicas 2" in bounds.stderr

@@ -49,7 +49,7 @@ def ray_server(cluster: Cluster, tiny_llama_engine, tmp_path_factory: pytest.Tem
         tiny_llama_engine.directory, tmp_path_factory.mktemp("ray") / "server.log",
         "--ray", "--ray-address", cluster.address, "--slots", "2", "--queue-limit", "2",
         "--ray-min-replicas", "1", "--ray-max-replicas", "2", "--ray-target-ongoing", "1",
-        "--ray-upscale-delay", "1", "--ray-downscale-delay", "8", "--intra-op-threads", "1",
+        "--ray-upscale-delay", "1", "--ray-downscale-delay", "20", "--intra-op-threads", "1",
         startup_timeout=240,
     )
     try:
@@ -88,7 +88,7 @@ def test_the_official_clients_stream_through_the_ingress(ray_server: Server, tin
     chunks = list(client.chat.completions.create(model=name, messages=messages, max_tokens=24, temperature=0, stream=True))
     assert len(chunks) > 3  # token by token, not one buffered body
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
-    lines = list(ollama.Client(host=ray_server.url, timeout=60).chat(model=name, messages=messages, stream=True, options={"num_predict": 24, "temperature": 0}))
+    lines = list(ollama.Client(host=ray_server.url, timeout=60).chat(model=name, messages=messages, stream=True, options={"num_predict": 24, "temperature": 0, "repeat_penalty": 1.0}))
     assert lines[-1]["done"] and len(lines) > 3
     assert "".join(line["message"]["content"] for line in lines) == whole.choices[0].message.content
     assert [m.id for m in client.models.list()] == [name]
@@ -167,6 +167,24 @@ def test_a_conversation_stays_on_its_replica(ray_server: Server, tiny_llama_engi
     # Later turns found their history in that replica's prefix cache.
     assert answer.json()["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
     assert len(set.union(*homes.values())) == 2, f"six conversations all on one replica: {homes}"
+
+
+def test_the_official_clients_stream_a_conversation_through_two_replicas(ray_server: Server, tiny_llama_engine) -> None:
+    name = tiny_llama_engine.manifest.name
+    client = openai.OpenAI(base_url=f"{ray_server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    chat_client = ollama.Client(host=ray_server.url, timeout=60)
+    served_by: dict[int, set[str]] = {}
+    for conversation in range(4):
+        messages = [{"role": "user", "content": f"Conversation {conversation}, streamed."}]
+        for _ in range(2):
+            with client.chat.completions.with_streaming_response.create(model=name, messages=messages, max_tokens=8, temperature=0, stream=True) as raw:
+                served_by.setdefault(conversation, set()).add(raw.headers["x-appliance-replica"].split()[0])
+                text = "".join(chunk.choices[0].delta.content or "" for chunk in raw.parse() if chunk.choices)
+            lines = list(chat_client.chat(model=name, messages=messages, stream=True, options={"num_predict": 8, "temperature": 0, "repeat_penalty": 1.0}))
+            assert lines[-1]["done"] and "".join(line["message"]["content"] for line in lines) == text  # greedy without Ollama's default repeat penalty: the same tokens
+            messages += [{"role": "assistant", "content": text}, {"role": "user", "content": "More."}]
+    assert all(len(replicas) == 1 for replicas in served_by.values()), served_by
+    assert len(set.union(*served_by.values())) == 2, served_by
 
 
 def test_a_stored_response_is_continued_on_any_replica(ray_server: Server, tiny_llama_engine) -> None:
