@@ -321,9 +321,11 @@ class Ingress:
             except _DEAD_REPLICA as exc:
                 answer.cancel()
                 log.warning("replica of %s died before answering (%s); sending the request again (%d)", deployment, type(exc).__name__, attempt + 1)
+            except RuntimeError as exc:  # the replica's bridge broke (the app answers its own errors)
+                log.error("replica of %s failed before answering: %s", deployment, exc)
+                return error_response(path, ApiError(f"internal error in the replica ({type(exc).__name__}); the server log has the details"))
         else:
             return error_response(path, Unavailable(f"no replica of {deployment} could answer (it died {RESEND_LIMIT + 1} times); retry shortly", headers={"Retry-After": "5"}))
-        headers = {name: value for name, value in start["headers"] if name.lower() not in ("content-length", "transfer-encoding", "connection")}
         content_type = next((value for name, value in start["headers"] if name.lower() == "content-type"), "")
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -340,7 +342,13 @@ class Ingress:
             finally:
                 answer.cancel()  # the client left early: the replica stops generating
 
-        return StreamingResponse(chunks(), status_code=start["status"], headers=headers)
+        response = StreamingResponse(chunks(), status_code=start["status"])
+        # The app's headers as it sent them, repeated names included; the length is the proxy's to set.
+        response.raw_headers = [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in start["headers"] if name.lower() not in ("content-length", "transfer-encoding", "connection")
+        ]
+        return response
 
     async def _gathered(self, path: str, forwarded: dict[str, Any]) -> Response:
         """/health and the model lists from every deployment: one answer, or the first refusal as is."""
@@ -361,8 +369,12 @@ class Ingress:
     async def _whole(self, deployment: str, forwarded: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
         handle = self.handles[deployment].options(method_name="handle", stream=True)
         answer = handle.remote(forwarded, b"")
-        start = await answer.__anext__()
-        body = b"".join([chunk async for chunk in answer])
+        try:
+            start = await answer.__anext__()
+            body = b"".join([chunk async for chunk in answer])
+        except (*_DEAD_REPLICA, RuntimeError) as exc:
+            error = error_response(forwarded["path"], Unavailable(f"{deployment} did not answer ({type(exc).__name__}); retry shortly", headers={"Retry-After": "5"}))
+            return error.status_code, [(k, v) for k, v in error.headers.items()], bytes(error.body)
         return start["status"], start["headers"], body
 
 
@@ -426,7 +438,11 @@ def application(settings: ServerSettings) -> serve.Application:
                 "target_ongoing_requests": target,
                 "upscale_delay_s": settings.ray_upscale_delay_s,
                 "downscale_delay_s": settings.ray_downscale_delay_s,
-                "look_back_period_s": max(1.0, min(settings.ray_upscale_delay_s, 10.0)),
+                # Load is averaged over this window (longer than the metrics interval, as Ray requires).
+                "look_back_period_s": max(2.0, min(settings.ray_upscale_delay_s, 10.0)),
+                # Ongoing requests reported every second, not every 10 s: the delays above are
+                # then what decides. (Ray 2.x deprecates the field for two environment variables,
+                # RAY_SERVE_{REPLICA,HANDLE}_AUTOSCALING_METRIC_PUSH_INTERVAL_S, but still honours it.)
                 "metrics_interval_s": 1.0,
             },
             health_check_period_s=5,

@@ -49,7 +49,7 @@ def ray_server(cluster: Cluster, tiny_llama_engine, tmp_path_factory: pytest.Tem
         tiny_llama_engine.directory, tmp_path_factory.mktemp("ray") / "server.log",
         "--ray", "--ray-address", cluster.address, "--slots", "2", "--queue-limit", "2",
         "--ray-min-replicas", "1", "--ray-max-replicas", "2", "--ray-target-ongoing", "1",
-        "--ray-upscale-delay", "1", "--ray-downscale-delay", "20", "--intra-op-threads", "1",
+        "--ray-upscale-delay", "1", "--ray-downscale-delay", "30", "--intra-op-threads", "1",
         startup_timeout=240,
     )
     try:
@@ -157,7 +157,10 @@ def test_every_replica_full_and_the_queue_full_is_a_429(ray_server: Server, tiny
 def test_a_conversation_stays_on_its_replica(ray_server: Server, tiny_llama_engine) -> None:
     assert running(tiny_llama_engine.manifest.name) == 2
     homes: dict[int, set[str]] = {}
-    for conversation in range(6):
+    # Conversations until both replicas hold some (keys fall on replicas as their ids hash), at least six.
+    for conversation in range(24):
+        if conversation >= 6 and len(set.union(*homes.values())) == 2:
+            break
         messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": f"Conversation {conversation}: hello."}]
         for _ in range(3):
             answer = chat(ray_server, messages)
@@ -166,7 +169,7 @@ def test_a_conversation_stays_on_its_replica(ray_server: Server, tiny_llama_engi
     assert all(len(replicas) == 1 for replicas in homes.values()), homes
     # Later turns found their history in that replica's prefix cache.
     assert answer.json()["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
-    assert len(set.union(*homes.values())) == 2, f"six conversations all on one replica: {homes}"
+    assert len(set.union(*homes.values())) == 2, f"24 conversations all on one replica: {homes}"
 
 
 def test_the_official_clients_stream_a_conversation_through_two_replicas(ray_server: Server, tiny_llama_engine) -> None:
@@ -174,7 +177,9 @@ def test_the_official_clients_stream_a_conversation_through_two_replicas(ray_ser
     client = openai.OpenAI(base_url=f"{ray_server.url}/v1", api_key="unused", max_retries=0, timeout=60)
     chat_client = ollama.Client(host=ray_server.url, timeout=60)
     served_by: dict[int, set[str]] = {}
-    for conversation in range(4):
+    for conversation in range(24):  # until both replicas have streamed some
+        if conversation >= 2 and len(set.union(*served_by.values())) == 2:
+            break
         messages = [{"role": "user", "content": f"Conversation {conversation}, streamed."}]
         for _ in range(2):
             with client.chat.completions.with_streaming_response.create(model=name, messages=messages, max_tokens=8, temperature=0, stream=True) as raw:
@@ -192,11 +197,13 @@ def test_a_stored_response_is_continued_on_any_replica(ray_server: Server, tiny_
     client = openai.OpenAI(base_url=f"{ray_server.url}/v1", api_key="unused", max_retries=0, timeout=60)
     first = client.responses.create(model=name, input="My name is Ada.", max_output_tokens=6, temperature=0)
     answered_by = set()
-    for turn in range(6):  # different inputs: different keys, so both replicas continue it
+    for turn in range(24):  # different inputs, different keys: until both replicas have continued it
         raw = client.responses.with_raw_response.create(model=name, input=f"Question {turn}: my name?", previous_response_id=first.id, max_output_tokens=4, temperature=0)
         answered_by.add(raw.headers["x-appliance-replica"].split()[0])
         assert raw.parse().usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
-    assert len(answered_by) == 2, answered_by
+        if len(answered_by) == 2:
+            break
+    assert len(answered_by) == 2, answered_by  # by chance, 24 keys all on one replica: 1 in 8 million
     assert client.responses.retrieve(first.id).output_text == first.output_text
 
 
