@@ -70,6 +70,16 @@ def keep_alive(text: str) -> float:
     return -1.0 if value < 0 else value
 
 
+def cpus(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"not a number of CPUs: {text!r}") from None
+    if value < 0:
+        raise ValueError(f"a number of CPUs cannot be negative: {text!r}")
+    return value
+
+
 def proxy_location(text: str) -> str:
     if text not in ("HeadOnly", "EveryNode"):
         raise ValueError(f"not a proxy location: {text!r}; use HeadOnly or EveryNode")
@@ -272,7 +282,7 @@ class ServerSettings:
         "--ray-target-ongoing", "ongoing requests per replica the autoscaler aims at; 0: --slots", parse=whole_number, group="ray",
     ))
     ray_replica_cpus: float = field(default=1.0, metadata=option(
-        "--ray-replica-cpus", "CPUs Ray reserves for each replica (where replicas are placed)", parse=float, group="ray",
+        "--ray-replica-cpus", "CPUs Ray reserves for each replica (where replicas are placed)", parse=cpus, group="ray",
     ))
     ray_upscale_delay_s: float = field(default=5.0, metadata=option(
         "--ray-upscale-delay", "seconds load must stay above target before a replica is added", parse=seconds, group="ray",
