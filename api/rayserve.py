@@ -53,7 +53,7 @@ from starlette.responses import Response, StreamingResponse
 
 from api.affinity import affinity_key, rank
 from api.assemble import assemble, configure_logging
-from api.errors import ApiError, Overloaded, Unavailable, ollama_error_body, openai_error_body
+from api.errors import ApiError, BodyTooLarge, Overloaded, Unavailable, ollama_error_body, openai_error_body
 from api.framing import describe_error, ollama_error_line, openai_error_frames
 from api.registry import find_engine_dirs
 from api.response_store import ResponseStore, StoredResponse
@@ -284,14 +284,25 @@ def stream_error(content_type: str, error: ApiError) -> bytes:
 class Ingress:
     """The HTTP entry of the application: forwards each request to its engine's deployment."""
 
-    def __init__(self, deployments: dict[str, Any], models: dict[str, str], default: str) -> None:
+    def __init__(self, deployments: dict[str, Any], models: dict[str, str], default: str, max_body_bytes: int) -> None:
         self.handles = deployments  # deployment name -> handle
         self.models = models  # model name -> deployment name
         self.default = default  # the deployment that answers requests naming no model
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path
-        body = await request.body()
+        # The body is read here whole (the model and the affinity key are in it), so its limit is kept here too.
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return error_response(path, BodyTooLarge(f"the request body has {declared} bytes; the limit is {self.max_body_bytes}"))
+        parts, size = [], 0
+        async for part in request.stream():
+            size += len(part)
+            if size > self.max_body_bytes:
+                return error_response(path, BodyTooLarge(f"the request body is larger than the limit of {self.max_body_bytes} bytes"))
+            parts.append(part)
+        body = b"".join(parts)
         forwarded = {
             "method": request.method,
             "path": path,
@@ -452,7 +463,7 @@ def application(settings: ServerSettings) -> serve.Application:
         )(EngineReplica)
         deployments[name] = deployment.bind(env, str(directory))
     ingress = serve.deployment(name="ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=max(1000, settings.threads))(Ingress)
-    return ingress.bind(deployments, models, default)
+    return ingress.bind(deployments, models, default, settings.max_body_bytes)
 
 
 def serve_forever(settings: ServerSettings) -> int:
@@ -463,6 +474,11 @@ def serve_forever(settings: ServerSettings) -> int:
         ray.init(address=settings.ray_address, namespace=APP_NAME)
     else:
         ray.init(namespace=APP_NAME, include_dashboard=False)
+    # From here on a SIGTERM or SIGINT stops the application in order (Ray's own handler, set by
+    # ray.init, would end this process at once), even one that comes while it starts.
+    stopped = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopped.set())
     # Owned by this process: it lives as long as `serve` runs (a restart starts an empty store).
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
     store = ray.remote(ResponsesActor).options(name=RESPONSES_ACTOR, namespace=APP_NAME, num_cpus=0, max_concurrency=32, scheduling_strategy=here)
@@ -471,9 +487,6 @@ def serve_forever(settings: ServerSettings) -> int:
     serve.start(proxy_location=settings.ray_proxy_location, http_options={"host": settings.host, "port": settings.port})
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     log.info("serving on http://%s:%d through Ray Serve", settings.host, settings.port)
-    stopped = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stopped.set())
     stopped.wait()
     # A service manager may signal the whole process group, Ray's own processes included: the
     # application's removal is bounded, and Ray is stopped after it whatever became of it.

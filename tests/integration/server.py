@@ -65,7 +65,8 @@ class Server:
         raise RuntimeError(f"the server was not healthy within {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")[-5000:]
 
     def terminate(self) -> None:

@@ -49,7 +49,7 @@ def ray_server(cluster: Cluster, tiny_llama_engine, tmp_path_factory: pytest.Tem
         tiny_llama_engine.directory, tmp_path_factory.mktemp("ray") / "server.log",
         "--ray", "--ray-address", cluster.address, "--slots", "2", "--queue-limit", "2",
         "--ray-min-replicas", "1", "--ray-max-replicas", "2", "--ray-target-ongoing", "1",
-        "--ray-upscale-delay", "1", "--ray-downscale-delay", "30", "--intra-op-threads", "1",
+        "--ray-upscale-delay", "1", "--ray-downscale-delay", "30", "--intra-op-threads", "1", "--max-body-bytes", "100000",
         startup_timeout=240,
     )
     try:
@@ -97,6 +97,36 @@ def test_the_official_clients_stream_through_the_ingress(ray_server: Server, tin
         client.chat.completions.create(model="no-such-model", messages=messages)
     with pytest.raises(ollama.ResponseError, match="not found"):
         ollama.Client(host=ray_server.url).chat(model="no-such-model", messages=messages)
+
+
+def scheduler_totals(server: Server, figure: str) -> int:
+    health = httpx.get(f"{server.url}/health", timeout=30).json()
+    return sum(stats[figure] for replica in health["replicas"] for stats in replica["generators"].values())
+
+
+def active_sequences(server: Server) -> int:
+    return scheduler_totals(server, "active") + scheduler_totals(server, "waiting")
+
+
+def test_a_client_that_leaves_frees_its_slot_and_limits_hold(ray_server: Server, tiny_llama_engine) -> None:
+    name = tiny_llama_engine.manifest.name
+    body = {"model": name, "prompt": "A very long story:", "max_tokens": 1900, "ignore_eos": True, "temperature": 0, "stream": True}
+    tokens_before = scheduler_totals(ray_server, "tokens")
+    with httpx.stream("POST", f"{ray_server.url}/v1/completions", json=body, timeout=60) as answer:
+        lines = answer.iter_lines()
+        next(line for line in lines if line.startswith("data: "))
+        assert active_sequences(ray_server) == 1
+    # The connection is closed mid-stream: the ingress cancels the replica's answer, which ends the generation.
+    wait_for(lambda: active_sequences(ray_server) == 0, 20, "the generation ended after its client left")
+    made = scheduler_totals(ray_server, "tokens") - tokens_before
+    assert made < 1000, f"{made} of 1900 tokens made for a client that left after the first"
+    too_big = httpx.post(f"{ray_server.url}/v1/completions", json={"model": name, "prompt": "x" * 200_000}, timeout=30)
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
+    assert httpx.post(f"{ray_server.url}/api/chat", content=b"{" + b" " * 200_000, timeout=30).json()["error"].startswith("the request body has")
+    # Engines are each replica's, read-only: a served model pulls at once, a delete is refused in words.
+    assert ollama.Client(host=ray_server.url).pull(name).status == "success"
+    refused = httpx.request("DELETE", f"{ray_server.url}/api/delete", json={"model": name}, timeout=30)
+    assert refused.status_code == 403 and "read-only" in refused.json()["error"]
 
 
 def _load(server: Server, name: str, stop: threading.Event, seen: set[tuple[str, str, int]]) -> None:
@@ -209,7 +239,7 @@ def test_a_stored_response_is_continued_on_any_replica(ray_server: Server, tiny_
 
 def test_a_killed_replica_ends_its_streams_with_an_error_and_loses_no_later_request(ray_server: Server, tiny_llama_engine) -> None:
     name = tiny_llama_engine.manifest.name
-    body = {"model": name, "messages": [{"role": "user", "content": "A long story, please."}], "max_tokens": 1500, "temperature": 0, "stream": True}
+    body = {"model": name, "messages": [{"role": "user", "content": "A long story, please."}], "max_tokens": 1500, "ignore_eos": True, "temperature": 0, "stream": True}
     with httpx.stream("POST", f"{ray_server.url}/v1/chat/completions", json=body, timeout=60) as answer:
         assert answer.status_code == 200
         _, _, pid = replica_of(answer)
