@@ -8,8 +8,8 @@ One Serve application, three parts:
   chunk by chunk, so a stream leaves the replica as its tokens are made.
 - `AffinityRouter`, the replicas' request router: a request whose prompt starts like an
   earlier one (api/affinity.py) goes to the replica ranked first for its key, where that
-  prefix is cached; when that replica has no room (Ray's `max_ongoing_requests`), the next
-  ranked with room takes it, least loaded first. With every replica full, requests wait in
+  prefix is cached; when that replica has no room (Ray's `max_ongoing_requests`), the least
+  loaded of the others with room takes it. With every replica full, requests wait in
   Ray's queue up to `--queue-limit`, then get 429.
 - `Ingress`, the HTTP entry: it reads the body, picks the deployment by `model`, asks the
   router with the request's affinity key, and streams the replica's answer back as is. The
@@ -111,7 +111,7 @@ class ClusterResponseStore(ResponseStore):
         return bool(ray.get(self.actor.delete.remote(response_id)))
 
     def close(self) -> None:
-        pass
+        """Nothing of the replica's to close: the actor belongs to the `serve` process, which ends it."""
 
 
 # -- the replicas' router ---------------------------------------------------------------------
@@ -123,8 +123,7 @@ class AffinityRouter(RequestRouter):
     `choose_replicas` returns ranks: the key's own replica alone first, then the others. Ray
     tries a rank's replicas least loaded first and passes to the next rank when all of them
     are full, which is the balancing: a saturated replica's conversations overflow to the
-    next in their ranking (still a stable choice), and requests without a key go to the
-    least loaded of all.
+    least loaded of the others, and requests without a key go to the least loaded of all.
     """
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
