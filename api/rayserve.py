@@ -420,8 +420,6 @@ def application(settings: ServerSettings) -> serve.Application:
     directories = find_engine_dirs(settings.engines)
     if not directories:
         raise ValueError(f"no engines under {settings.engines}: export one first (appliance export ...)")
-    if settings.ray_min_replicas > settings.ray_max_replicas:
-        raise ValueError(f"--ray-min-replicas {settings.ray_min_replicas} is more than --ray-max-replicas {settings.ray_max_replicas}")
     threads = settings.intra_op_threads or max(1, math.ceil(settings.ray_replica_cpus))
     replica_settings = replace(settings, intra_op_threads=threads, workers=1)
     env = replica_settings.to_env()
