@@ -3,9 +3,12 @@
 Why our own builder rather than onnxruntime-genai's: see docs/architecture.md. In short,
 the graph's inputs are the ones our scheduler needs (per-sequence cache lengths and a
 `logits_to_keep` that skips the vocabulary projection for prompt positions nobody reads),
-it builds from the PyTorch module transformers already loaded (so GGUF and HF folders take
-one path and the parity reference is the very same weights), and it keeps onnxruntime-genai
-(which pins the CPU onnxruntime package) out of every environment.
+it reads the weights a tensor at a time from a tensor source (export/tensors.py: a GGUF
+through a memory map, or a folder's safetensors, so GGUF and HF folders take one path and the
+export's memory is bounded by a layer, not the model), writing each initializer straight into
+model.onnx.data, and it keeps onnxruntime-genai (which pins the CPU onnxruntime package) out
+of every environment. A GGUF's Q4_0/Q4_1/Q8_0 blocks are carried over as stored
+(export/blocks.py), their fp16 scales too.
 
 The graph, per layer (names as in the manifest):
 
@@ -33,13 +36,17 @@ sampler sees the same dtype on every engine.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from export.blocks import BLOCK, CarriedBlocks, carry, stack
 from export.quantize import QuantizedWeight, WeightQuantization, dequantize, quantize_blocks, recover_q4_1
+from export.tensors import TensorSource
 from runtime.manifest import KVLayout, TensorSpec
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -52,6 +59,8 @@ MS_DOMAIN = "com.microsoft"
 GRAPH_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 COPY_GRAPH_FILE = "kv_copy.onnx"
+# Initializers this large or larger (as onnx.save counts: the bytes object's size) go to DATA_FILE.
+EXTERNAL_THRESHOLD = 1024
 
 
 @dataclass(frozen=True)
@@ -97,9 +106,11 @@ def _head_dim(config: Any) -> int:
 
 
 class _Graph:
-    """A tiny helper around onnx.helper: nodes, initializers and unique names."""
+    """Nodes and initializers; initializers of 1 KiB or more go straight to the external-data
+    file as they are made (onnx.save's layout: appended in creation order, no padding), so the
+    graph never holds the weights: memory stays at the tensor being written."""
 
-    def __init__(self, float_type: type = np.float32) -> None:
+    def __init__(self, data_path: Path, float_type: type = np.float32) -> None:
         from onnx import helper, numpy_helper
 
         # Floating-point constants are stored in the graph's compute dtype.
@@ -108,31 +119,70 @@ class _Graph:
         self.numpy_helper = numpy_helper
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
+        self.data_path = data_path
+        self.data = open(data_path, "wb")
+        self.data_bytes = 0
 
-    def const(self, name: str, array: np.ndarray) -> str:
-        if np.issubdtype(array.dtype, np.floating):
+    def const(self, name: str, array: np.ndarray, keep_dtype: bool = False) -> str:
+        """An initializer; floats are converted to the compute dtype unless `keep_dtype`."""
+        import onnx
+
+        if np.issubdtype(array.dtype, np.floating) and not keep_dtype:
             array = array.astype(self.float_type, copy=False)
-        self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        array = np.ascontiguousarray(array)
+        if sys.getsizeof(b"") + array.nbytes < EXTERNAL_THRESHOLD:
+            self.initializers.append(self.numpy_helper.from_array(array, name))
+            return name
+        tensor = onnx.TensorProto()
+        tensor.name = name
+        tensor.dims.extend(array.shape)
+        tensor.data_type = self.helper.np_dtype_to_tensor_dtype(array.dtype)
+        array.tofile(self.data)
+        for key, value in (("location", DATA_FILE), ("offset", str(self.data_bytes)), ("length", str(array.nbytes))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        self.data_bytes += array.nbytes
+        self.initializers.append(tensor)
         return name
+
+    def as_compute(self, name: str, array16: np.ndarray) -> str:
+        """An fp16 constant (a GGUF's scales, kept as stored) in the compute dtype: a Cast that
+        ONNX Runtime folds once at load for fp32 engines, the constant itself for fp16 ones."""
+        stored = self.const(f"{name}_f16", array16, keep_dtype=True)
+        if self.float_type == np.float16:
+            return stored
+        return self.node("Cast", [stored], [name], f"{name}/cast", to=self.helper.np_dtype_to_tensor_dtype(np.dtype(self.float_type)))[0]
 
     def node(self, op: str, inputs: list[str], outputs: list[str], name: str, domain: str = "", **attrs: Any) -> list[str]:
         self.nodes.append(self.helper.make_node(op, inputs, outputs, name=name, domain=domain or None, **attrs))
         return outputs
 
+    def finish(self) -> None:
+        self.data.close()
+
 
 def build_gqa_graph(
-    model: Any, max_context: int, out_dir: Path, quant: WeightQuantization | None = None, dtype: str = "float32"
+    config: Any,
+    tensors: TensorSource,
+    rotary: tuple[np.ndarray, float],
+    max_context: int,
+    out_dir: Path,
+    quant: WeightQuantization | None = None,
+    dtype: str = "float32",
+    on_layer: Callable[[int], None] = lambda layer: None,
 ) -> BuiltGraph:
-    """Write model.onnx (+ model.onnx.data) for the llama-family `model` into `out_dir`.
+    """Write model.onnx (+ model.onnx.data) for the llama-family model whose weights `tensors`
+    holds into `out_dir`, a layer at a time (`on_layer` is told each one done).
 
-    With `quant`, every projection becomes a MatMulNBits over block-quantized weights
-    (export/quantize.py); the vocabulary projection follows `quant.lm_head`. `dtype` is the
-    compute dtype of activations, float weights and the KV cache (float16 for GPU engines).
+    `rotary` is (inv_freq, attention scaling) of the model's rotary embedding. With `quant`,
+    every projection becomes a MatMulNBits over block-quantized weights (export/quantize.py),
+    GGUF blocks carried as stored where `quant.method` is source-blocks (export/blocks.py);
+    the vocabulary projection follows `quant.lm_head`. `dtype` is the compute dtype of
+    activations, float weights and the KV cache (float16 for GPU engines).
     """
     import onnx
-    import torch
 
-    config = model.config
     reason = unsupported_reason(config, max_context)
     if reason:
         raise ValueError(reason)
@@ -143,21 +193,45 @@ def build_gqa_graph(
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = _head_dim(config)
     vocab, eps = config.vocab_size, float(config.rms_norm_eps)
-    weights = {name: tensor.detach().to(torch.float32).cpu().numpy() for name, tensor in model.state_dict().items()}
-    g = _Graph(float_type)
+    names = tensors.names()
+    g = _Graph(out_dir / DATA_FILE, float_type)
     f32 = onnx.TensorProto.FLOAT
     weight_bytes = 0
 
     carried: list[str] = []
     rounded: list[str] = []
     block_sums: dict[str, str] = {}
+    item = np.dtype(float_type).itemsize
 
-    def matmul(x: str, w: np.ndarray, weight_name: str, node_name: str, q: WeightQuantization | None = quant) -> str:
-        """x @ w, with w [in, out] stored in fp32 or block-quantized for MatMulNBits."""
+    def sums_of_blocks(x: str, block_size: int) -> str:
+        """Per-block sums of x, shared by every matrix reading x (the Q4_1 offsets' input)."""
+        if x not in block_sums:
+            shape = g.const(f"{x}/block_shape", np.array([0, 0, -1, block_size], dtype=np.int64))
+            blocked = g.node("Reshape", [x, shape], [f"{x}/blocked"], f"{x}/block_reshape")[0]
+            axes = g.const(f"{x}/block_axes", np.array([-1], dtype=np.int64))
+            block_sums[x] = g.node("ReduceSum", [blocked, axes], [f"{x}/block_sums"], f"{x}/block_sums", keepdims=0)[0]
+        return block_sums[x]
+
+    def add_offsets(x: str, y: str, offsets: str, weight_name: str, node_name: str, block_size: int) -> str:
+        shift = g.node("MatMul", [sums_of_blocks(x, block_size), offsets], [f"{node_name}/shift"], f"{node_name}/offsets")[0]
+        return g.node("Add", [y, shift], [f"{node_name}/out"], f"{node_name}/add_offsets")[0]
+
+    def matmul(x: str, parts: list[str], weight_name: str, node_name: str, q: WeightQuantization | None = quant) -> str:
+        """x @ W, W the HF weights `parts` ([out, in] each) stacked along out, stored in the compute
+        dtype, as the source's own blocks, or block-quantized for MatMulNBits."""
         nonlocal weight_bytes
         out = f"{node_name}/out"
+        if q is not None and q.method == "source-blocks":
+            raws = [tensors.blocks(p) for p in parts]
+            found = [carry(r) for r in raws if r is not None]
+            whole = [c for c in found if c is not None and c.bits == q.bits]  # a Q8_0 matrix is not carried into int4
+            stacked = stack(whole) if len(whole) == len(parts) else None
+            if stacked is not None:
+                carried.append(weight_name)
+                return carried_matmul(x, stacked, weight_name, node_name, q.accuracy_level)
+        w = np.concatenate([tensors.float(p).T for p in parts], axis=1) if len(parts) > 1 else tensors.float(parts[0]).T
         if q is None:
-            weight_bytes += w.size * np.dtype(float_type).itemsize
+            weight_bytes += w.size * item
             return g.node("MatMul", [x, g.const(weight_name, w)], [out], node_name)[0]
         exact = recover_q4_1(w, q.block_size) if q.method == "source-blocks" and q.bits == 4 else None
         qw = exact[0] if exact is not None else quantize_blocks(w, q.bits, q.block_size, q.symmetric)
@@ -165,20 +239,43 @@ def build_gqa_graph(
             # Q8_0 blocks (GGUF's usual embedding type) come back exactly from symmetric int8 blocks of 32.
             lossless = exact is not None or _lossless(qw, w)
             (carried if lossless else rounded).append(weight_name)
-        weight_bytes += qw.nbytes - (qw.scales.nbytes - qw.scales.size * np.dtype(float_type).itemsize)
+        del w
+        weight_bytes += qw.nbytes - (qw.scales.nbytes - qw.scales.size * item)
         y = nbits(x, qw, weight_name, f"{node_name}/nbits" if exact is not None else node_name, q.accuracy_level)
         if exact is None:
             return y
-        # The blocks' offsets: per-block sums of x (shared by every matrix reading x) @ offsets.
         offsets = exact[1]
-        weight_bytes += offsets.size * np.dtype(float_type).itemsize
-        if x not in block_sums:
-            shape = g.const(f"{x}/block_shape", np.array([0, 0, -1, q.block_size], dtype=np.int64))
-            blocked = g.node("Reshape", [x, shape], [f"{x}/blocked"], f"{x}/block_reshape")[0]
-            axes = g.const(f"{x}/block_axes", np.array([-1], dtype=np.int64))
-            block_sums[x] = g.node("ReduceSum", [blocked, axes], [f"{x}/block_sums"], f"{x}/block_sums", keepdims=0)[0]
-        shift = g.node("MatMul", [block_sums[x], g.const(f"{weight_name}.offsets", offsets)], [f"{node_name}/shift"], f"{node_name}/offsets")[0]
-        return g.node("Add", [y, shift], [out], f"{node_name}/add_offsets")[0]
+        weight_bytes += offsets.size * item
+        return add_offsets(x, y, g.const(f"{weight_name}.offsets", offsets), weight_name, node_name, q.block_size)
+
+    def carried_bytes(blocks: CarriedBlocks) -> int:
+        """What a decode step reads of carried blocks: the scales (and offsets) in the compute dtype."""
+        return blocks.packed.nbytes + blocks.scales.size * item + (0 if blocks.minimums is None else blocks.minimums.size * item)
+
+    def carried_matmul(x: str, blocks: CarriedBlocks, weight_name: str, node_name: str, accuracy_level: int) -> str:
+        """MatMulNBits over a GGUF's own blocks (export/blocks.py), plus Q4_1's offsets."""
+        nonlocal weight_bytes
+        weight_bytes += carried_bytes(blocks)
+        scales = g.as_compute(f"{weight_name}.scales", blocks.scales)
+        quant_name = g.const(f"{weight_name}.quant", blocks.packed)
+        y = g.node(
+            "MatMulNBits", [x, quant_name, scales], [f"{node_name}/nbits/out" if blocks.minimums is not None else f"{node_name}/out"],
+            f"{node_name}/nbits" if blocks.minimums is not None else node_name, MS_DOMAIN,
+            K=blocks.k, N=blocks.n, bits=blocks.bits, block_size=BLOCK, accuracy_level=accuracy_level,
+        )[0]  # fmt: skip
+        if blocks.minimums is None:
+            return y
+        # offsets [blocks, N] = m + 8d, computed in fp32 from the stored fp16 values (folded at load).
+        d32 = g.node("Cast", [f"{weight_name}.scales_f16"], [f"{weight_name}.scales_f32"], f"{weight_name}.scales_f32", to=f32)[0]
+        minimums = g.const(f"{weight_name}.minimums_f16", blocks.minimums, keep_dtype=True)
+        m32 = g.node("Cast", [minimums], [f"{weight_name}.minimums_f32"], f"{weight_name}.minimums_f32", to=f32)[0]
+        eight = g.const(f"{weight_name}.eight", np.array(8.0, dtype=np.float32), keep_dtype=True)
+        shifted = g.node("Mul", [d32, eight], [f"{weight_name}.eight_scales"], f"{weight_name}.eight_scales")[0]
+        offsets = g.node("Add", [m32, shifted], [f"{weight_name}.offsets_nb"], f"{weight_name}.offsets_nb")[0]
+        offsets = g.node("Transpose", [offsets], [f"{weight_name}.offsets_f32"], f"{weight_name}.offsets_t", perm=[1, 0])[0]
+        if float_type == np.float16:
+            offsets = g.node("Cast", [offsets], [f"{weight_name}.offsets"], f"{weight_name}.offsets_cast", to=onnx.TensorProto.FLOAT16)[0]
+        return add_offsets(x, y, offsets, weight_name, node_name, BLOCK)
 
     def nbits(x: str, qw: QuantizedWeight, weight_name: str, node_name: str, accuracy_level: int) -> str:
         inputs = [x, g.const(f"{weight_name}.quant", qw.packed), g.const(f"{weight_name}.scales", qw.scales)]
@@ -189,47 +286,58 @@ def build_gqa_graph(
             K=qw.k, N=qw.n, bits=qw.bits, block_size=qw.block_size, accuracy_level=accuracy_level,
         )[0]  # fmt: skip
 
-    def linear_t(prefix: str) -> np.ndarray:
-        return weights[f"{prefix}.weight"].T  # HF stores [out, in]; MatMul wants [in, out]
-
     def maybe_bias(x: str, name: str, bias_names: list[str]) -> str:
-        present = [weights.get(b) for b in bias_names]
+        present = [tensors.float(b) if b in names else None for b in bias_names]
         if all(b is None for b in present):
             return x
         parts = [p if p is not None else np.zeros_like(next(b for b in present if b is not None)) for p in present]
         return g.node("Add", [x, g.const(f"{name}.bias", np.concatenate(parts))], [f"{name}/biased"], f"{name}/add_bias")[0]
 
-    # Rotary caches: cos/sin of position × inverse frequency, from the module transformers built.
-    inv_freq, scaling = _rotary_parameters(model)
+    # Rotary caches: cos/sin of position × inverse frequency, from the model's rotary embedding.
+    inv_freq, scaling = rotary
     angles = np.outer(np.arange(max_context, dtype=np.float64), inv_freq.astype(np.float64))
     cos_cache = g.const("rotary.cos_cache", (np.cos(angles) * scaling).astype(np.float32))
     sin_cache = g.const("rotary.sin_cache", (np.sin(angles) * scaling).astype(np.float32))
 
     head_quant = quant.head() if quant is not None else None
+    tied = _lm_head_is_tied(config, names)
     # An fp32 head reads the fp32 table (tied weights: one copy), so only a quantized head lets it go.
     carry_rows = head_quant is not None and head_quant.method == "source-blocks"
-    blocks = _lossless_int8_rows(weights["model.embed_tokens.weight"]) if carry_rows else None
-    embed = ""
-    if blocks is None:
-        embed = g.const("model.embed_tokens.weight", weights["model.embed_tokens.weight"])
+    embed_raw = tensors.blocks("model.embed_tokens.weight") if carry_rows else None
+    embed_blocks = carry(embed_raw) if embed_raw is not None and embed_raw.kind == "Q8_0" else None
+    rows: tuple[np.ndarray, np.ndarray] | None = None
+    if carry_rows and embed_blocks is None:
+        rows = _lossless_int8_rows(tensors.float("model.embed_tokens.weight"))
+    embed = embed_scales = ""
+    if embed_blocks is not None:
+        # The GGUF's Q8_0 embedding, its own bytes: the lookup gathers int8 rows and de-quantizes
+        # only the rows looked up; a tied head reads the same table (one copy in the file).
+        carried.append("model.embed_tokens.weight")
+        table = g.const("model.embed_tokens.quant", embed_blocks.packed.reshape(vocab, -1))
+        embed_scales = g.as_compute("model.embed_tokens.scales", embed_blocks.scales)
+        x = g.node(
+            "GatherBlockQuantized", [table, "input_ids", embed_scales],
+            ["embeddings"], "embed_tokens", MS_DOMAIN, gather_axis=0, quantize_axis=1, block_size=BLOCK, bits=8,
+        )[0]  # fmt: skip
+    elif rows is None:
+        embed = g.const("model.embed_tokens.weight", tensors.float("model.embed_tokens.weight"))
         x = g.node("Gather", [embed, "input_ids"], ["embeddings"], "embed_tokens")[0]
     else:
-        # The GGUF's embedding is Q8_0: gather its int8 rows and scales and de-quantize only the
-        # rows looked up, instead of holding the whole table in fp32 (113 MB for SmolLM2, most of
-        # it resident after a few hundred distinct tokens). Exact: the rows are the same floats.
-        rows, scales = blocks
+        # The embedding's values are Q8_0 blocks (de-quantized by the source): gather its int8
+        # rows and scales instead of holding the whole table in fp32. Exact: the same floats.
         carried.append("model.embed_tokens.weight")
         x = g.node(
             "GatherBlockQuantized",
-            [g.const("model.embed_tokens.quant", rows), "input_ids", g.const("model.embed_tokens.scales", scales)],
+            [g.const("model.embed_tokens.quant", rows[0]), "input_ids", g.const("model.embed_tokens.scales", rows[1])],
             ["embeddings"], "embed_tokens", MS_DOMAIN, gather_axis=0, quantize_axis=1, block_size=32, bits=8,
         )[0]  # fmt: skip
+        del rows
     residual = x
     pending: str | None = None  # output of the previous block still to be added to the residual
     for i in range(layers):
         p = f"model.layers.{i}"
         # Pre-attention norm (fused with the previous MLP's residual add after layer 0).
-        ln = g.const(f"{p}.input_layernorm.weight", weights[f"{p}.input_layernorm.weight"])
+        ln = g.const(f"{p}.input_layernorm.weight", tensors.float(f"{p}.input_layernorm.weight"))
         if pending is None:
             normed = g.node("SimplifiedLayerNormalization", [x, ln], [f"{p}/ln1"], f"{p}/input_layernorm", axis=-1, epsilon=eps)[0]
         else:
@@ -239,8 +347,7 @@ def build_gqa_graph(
             )  # fmt: skip
         # Fused q|k|v projection, then attention with the rotary embedding and the KV cache.
         a = f"{p}.self_attn"
-        wqkv = np.concatenate([linear_t(f"{a}.q_proj"), linear_t(f"{a}.k_proj"), linear_t(f"{a}.v_proj")], axis=1)
-        qkv = matmul(normed, wqkv, f"{a}.qkv_proj.weight", f"{p}/qkv_proj")
+        qkv = matmul(normed, [f"{a}.q_proj.weight", f"{a}.k_proj.weight", f"{a}.v_proj.weight"], f"{a}.qkv_proj.weight", f"{p}/qkv_proj")
         qkv = maybe_bias(qkv, f"{a}.qkv_proj", [f"{a}.q_proj.bias", f"{a}.k_proj.bias", f"{a}.v_proj.bias"])
         attn = g.node(
             "GroupQueryAttention",
@@ -249,51 +356,63 @@ def build_gqa_graph(
             f"{p}/attention", MS_DOMAIN,
             num_heads=heads, kv_num_heads=kv_heads, scale=float(head_dim**-0.5), do_rotary=1, rotary_interleaved=0,
         )[0]  # fmt: skip
-        o = matmul(attn, linear_t(f"{a}.o_proj"), f"{a}.o_proj.weight", f"{p}/o_proj")
+        o = matmul(attn, [f"{a}.o_proj.weight"], f"{a}.o_proj.weight", f"{p}/o_proj")
         o = maybe_bias(o, f"{a}.o_proj", [f"{a}.o_proj.bias"])
         # Post-attention norm fused with the residual add.
-        ln2 = g.const(f"{p}.post_attention_layernorm.weight", weights[f"{p}.post_attention_layernorm.weight"])
+        ln2 = g.const(f"{p}.post_attention_layernorm.weight", tensors.float(f"{p}.post_attention_layernorm.weight"))
         normed2, _, _, residual = g.node(
             "SkipSimplifiedLayerNormalization", [o, residual, ln2],
             [f"{p}/ln2", "", "", f"{p}/residual2"], f"{p}/post_attention_layernorm", MS_DOMAIN, epsilon=eps,
         )  # fmt: skip
         # SwiGLU MLP with gate and up fused into one MatMul.
         m = f"{p}.mlp"
-        inter = weights[f"{m}.gate_proj.weight"].shape[0]
-        wgu = np.concatenate([linear_t(f"{m}.gate_proj"), linear_t(f"{m}.up_proj")], axis=1)
-        gu = matmul(normed2, wgu, f"{m}.gate_up_proj.weight", f"{p}/gate_up_proj")
+        inter = int(config.intermediate_size)
+        gu = matmul(normed2, [f"{m}.gate_proj.weight", f"{m}.up_proj.weight"], f"{m}.gate_up_proj.weight", f"{p}/gate_up_proj")
         gu = maybe_bias(gu, f"{m}.gate_up_proj", [f"{m}.gate_proj.bias", f"{m}.up_proj.bias"])
         split = g.const(f"{m}.split", np.array([inter, inter], dtype=np.int64))
         gate, up = g.node("Split", [gu, split], [f"{p}/gate", f"{p}/up"], f"{p}/split", axis=-1)
         sig = g.node("Sigmoid", [gate], [f"{p}/gate_sigmoid"], f"{p}/sigmoid")[0]
         act = g.node("Mul", [gate, sig], [f"{p}/silu"], f"{p}/silu")[0]
         h = g.node("Mul", [act, up], [f"{p}/swiglu"], f"{p}/swiglu")[0]
-        pending = matmul(h, linear_t(f"{m}.down_proj"), f"{m}.down_proj.weight", f"{p}/down_proj")
+        pending = matmul(h, [f"{m}.down_proj.weight"], f"{m}.down_proj.weight", f"{p}/down_proj")
         pending = maybe_bias(pending, f"{m}.down_proj", [f"{m}.down_proj.bias"])
+        on_layer(i)
 
     # Final norm, keep only the positions whose logits are wanted, project onto the vocabulary.
     assert pending is not None, f"{config.model_type} with {layers} decoder layers"  # every layer leaves its MLP output pending
-    norm = g.const("model.norm.weight", weights["model.norm.weight"])
+    norm = g.const("model.norm.weight", tensors.float("model.norm.weight"))
     final = g.node("SkipSimplifiedLayerNormalization", [pending, residual, norm], ["final_norm"], "final_norm", MS_DOMAIN, epsilon=eps)[0]
     start = g.node("Neg", ["logits_to_keep"], ["keep_start"], "keep_start")[0]
     kept = g.node(
         "Slice", [final, start, g.const("keep_end", np.array([np.iinfo(np.int64).max])), g.const("keep_axis", np.array([1]))],
         ["kept_hidden"], "keep_last",
     )[0]  # fmt: skip
-    if head_quant is None and _lm_head_is_tied(model, weights):
+    logits_name = "logits" if dtype == "float32" else "lm_head/out"
+    if head_quant is None and tied:
         # Tied weights: one copy on disk; ONNX Runtime folds the transpose once at load.
-        weight_bytes += weights["model.embed_tokens.weight"].size * np.dtype(float_type).itemsize
+        weight_bytes += vocab * config.hidden_size * item
         head = g.node("Transpose", [embed], ["lm_head.weight_t"], "lm_head_transpose", perm=[1, 0])[0]
-        g.node("MatMul", [kept, head], ["logits" if dtype == "float32" else "lm_head/out"], "lm_head")
+        g.node("MatMul", [kept, head], [logits_name], "lm_head")
+    elif tied and embed_blocks is not None and head_quant is not None and head_quant.bits == 8:
+        # The tied head reads the embedding's Q8_0 table: MatMulNBits wants it as [N, blocks, 32].
+        weight_bytes += carried_bytes(embed_blocks)
+        carried.append("lm_head.weight_t")
+        shape = g.const("lm_head.quant_shape", np.array([vocab, -1, BLOCK], dtype=np.int64))
+        blocks3 = g.node("Reshape", ["model.embed_tokens.quant", shape], ["lm_head.quant"], "lm_head_blocks")[0]
+        g.node(
+            "MatMulNBits", [kept, blocks3, embed_scales], [logits_name], "lm_head", MS_DOMAIN,
+            K=config.hidden_size, N=vocab, bits=8, block_size=BLOCK, accuracy_level=head_quant.accuracy_level,
+        )  # fmt: skip
     else:
         # A quantized head is its own copy, beside the embedding's rows.
-        head_weight = weights.get("lm_head.weight", weights["model.embed_tokens.weight"]).T
-        logits = matmul(kept, np.ascontiguousarray(head_weight), "lm_head.weight_t", "lm_head", head_quant)
+        head_name = "model.embed_tokens.weight" if tied else "lm_head.weight"
+        logits = matmul(kept, [head_name], "lm_head.weight_t", "lm_head", head_quant)
         if dtype == "float32":
             g.node("Identity", [logits], ["logits"], "logits")
     if dtype != "float32":
         # The sampler reads float32 logits from every engine: cast once, at the very end.
         g.node("Cast", [g.nodes[-1].output[0]], ["logits"], "logits", to=f32)
+    g.finish()
 
     kv_shape = ["batch", kv_heads, max_context, head_dim]
     inputs = [
@@ -322,7 +441,7 @@ def build_gqa_graph(
         producer_name="appliance",
         ir_version=IR_VERSION,
     )
-    onnx.save_model(proto, str(out_dir / GRAPH_FILE), save_as_external_data=True, all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
+    onnx.save_model(proto, str(out_dir / GRAPH_FILE))  # the weights are in model.onnx.data already
     write_kv_copy_graph(out_dir / COPY_GRAPH_FILE, 2 * layers, [kv_heads, max_context, head_dim], elem[dtype])
     layout = KVLayout(
         layers=layers, kv_heads=kv_heads, head_dim=head_dim, max_length=max_context, dtype=dtype, shared_buffer=True, copy_graph=COPY_GRAPH_FILE,
@@ -369,14 +488,17 @@ def _lossless_int8_rows(table: np.ndarray, block_size: int = 32) -> tuple[np.nda
     return np.ascontiguousarray(qw.packed.reshape(vocab, k)), np.ascontiguousarray(qw.scales.reshape(vocab, k // block_size))
 
 
-def _rotary_parameters(model: Any) -> tuple[np.ndarray, float]:
-    """inv_freq and the attention scaling of the model's rotary embedding module."""
-    rotary = model.model.rotary_emb
-    return rotary.inv_freq.detach().float().cpu().numpy(), float(getattr(rotary, "attention_scaling", 1.0))
+def rotary_parameters(config: Any) -> tuple[np.ndarray, float]:
+    """inv_freq and the attention scaling of the model's rotary embedding, as transformers computes
+    them for `config` (its rope-init function for the config's rope type)."""
+    import torch
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    rope = getattr(config, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type")) or "default"
+    inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
+    return inv_freq.detach().float().cpu().numpy(), float(scaling)
 
 
-def _lm_head_is_tied(model: Any, weights: dict[str, np.ndarray]) -> bool:
-    head = model.get_output_embeddings()
-    if head is None or "lm_head.weight" not in weights:
-        return True
-    return head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+def _lm_head_is_tied(config: Any, names: set[str]) -> bool:
+    return bool(getattr(config, "tie_word_embeddings", False)) or "lm_head.weight" not in names

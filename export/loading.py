@@ -1,7 +1,14 @@
-"""Loading a model source into PyTorch with transformers (the export's heavy half).
+"""Opening a model source for export (the export's heavy half).
 
-The loaded module is both what the graph builder reads weights from and the parity
-reference, so an engine is always compared with exactly the weights it was built from.
+`open_decoder_source` reads what a decoder export needs without loading the model: the
+config, the fast tokenizer, the special tokens, a weightless skeleton of the transformers
+model (on the meta device: its module classes and names, for the layer-streamed reference)
+and a tensor source (export/tensors.py) that hands out the weights a tensor at a time. The
+graph builder and the reference both read that one source, so an engine is always compared
+with exactly the weights it was built from.
+
+`load_decoder` loads the whole model in fp32 for the optimum fallback, which exports from a
+PyTorch module.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from typing import Any
 
 from export.errors import CorruptSourceError, UnsupportedModelError
 from export.sources import ModelSource
+from export.tensors import CheckpointTensors, GGUFTensors, TensorSource
 
 
 @dataclass
@@ -48,16 +56,97 @@ def quiet_libraries() -> None:
         pass
 
 
+@dataclass
+class DecoderSource:
+    """A decoder's config, tokenizer and special tokens, with its weights left in the source."""
+
+    config: Any
+    skeleton: Any  # the transformers model on the meta device: classes and names, no weights
+    tensors: TensorSource
+    tokenizer: Any
+    bos_token_id: int | None
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int | None
+    chat_template: str | None
+    model_context_length: int
+
+    @property
+    def architecture(self) -> str:
+        return type(self.skeleton).__name__
+
+
+def read_decoder_config(source: ModelSource) -> Any:
+    """The transformers config of a .gguf file or a HF folder (seconds: no weights, no tokenizer)."""
+    from transformers import AutoConfig
+
+    quiet_libraries()
+    where, extra = _where(source)
+    try:
+        return AutoConfig.from_pretrained(where, **extra)
+    except ValueError as exc:  # transformers' way of saying "unknown architecture"
+        raise UnsupportedModelError(f"{source.path}: transformers cannot load this model ({_first_line(exc)})") from exc
+    except (OSError, KeyError, RuntimeError) as exc:
+        raise CorruptSourceError(f"{source.path}: cannot be loaded ({_first_line(exc)}); check or re-download the model") from exc
+
+
+def open_decoder_source(source: ModelSource, config: Any) -> DecoderSource:
+    """Tokenizer, special tokens and a tensor source for a .gguf file or a HF folder whose config
+    read_decoder_config gave; no weights loaded."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    quiet_libraries()
+    where, extra = _where(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, **extra)
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+    except ValueError as exc:  # transformers' way of saying "unknown architecture"
+        raise UnsupportedModelError(f"{source.path}: transformers cannot load this model ({_first_line(exc)})") from exc
+    except (OSError, KeyError, RuntimeError) as exc:
+        raise CorruptSourceError(f"{source.path}: cannot be loaded ({_first_line(exc)}); check or re-download the model") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise UnsupportedModelError(f"{source.path}: no fast (tokenizer.json) tokenizer, which the runtime needs")
+    tensors: TensorSource = GGUFTensors(source.path, skeleton) if source.kind == "gguf" else CheckpointTensors(source.path)
+    try:
+        generation = GenerationConfig.from_pretrained(where) if source.kind == "hf" and (source.path / "generation_config.json").is_file() else None
+    except (OSError, ValueError):
+        generation = None
+    generation = generation or GenerationConfig.from_model_config(config)
+    bos, eos, pad = _special_tokens(source, config, generation, tokenizer)
+    return DecoderSource(
+        config=config,
+        skeleton=skeleton,
+        tensors=tensors,
+        tokenizer=tokenizer,
+        bos_token_id=bos,
+        eos_token_ids=eos,
+        pad_token_id=pad,
+        chat_template=_chat_template(tokenizer),
+        model_context_length=int(getattr(config, "max_position_embeddings", 0) or 0),
+    )
+
+
+def _where(source: ModelSource) -> tuple[str, dict[str, str]]:
+    if source.kind == "gguf":
+        return str(source.path.parent), {"gguf_file": source.path.name}
+    return str(source.path), {}
+
+
+def _chat_template(tokenizer: Any) -> str | None:
+    template = tokenizer.chat_template
+    if isinstance(template, dict):  # several named templates: the default one serves chat
+        template = template.get("default") or next(iter(template.values()), None)
+    return template
+
+
 def load_decoder(source: ModelSource) -> LoadedDecoder:
     """Load a .gguf file or a HF folder as an fp32 causal LM."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_libraries()
-    if source.kind == "gguf":
-        where, extra = str(source.path.parent), {"gguf_file": source.path.name}
-    else:
-        where, extra = str(source.path), {}
+    where, extra = _where(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **extra)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **extra)
@@ -68,10 +157,8 @@ def load_decoder(source: ModelSource) -> LoadedDecoder:
     if not getattr(tokenizer, "is_fast", False):
         raise UnsupportedModelError(f"{source.path}: no fast (tokenizer.json) tokenizer, which the runtime needs")
     model.eval()
-    bos, eos, pad = _special_tokens(source, model, tokenizer)
-    template = tokenizer.chat_template
-    if isinstance(template, dict):  # several named templates: the default one serves chat
-        template = template.get("default") or next(iter(template.values()), None)
+    bos, eos, pad = _special_tokens(source, model.config, getattr(model, "generation_config", None), tokenizer)
+    template = _chat_template(tokenizer)
     return LoadedDecoder(
         model=model,
         tokenizer=tokenizer,
@@ -83,14 +170,13 @@ def load_decoder(source: ModelSource) -> LoadedDecoder:
     )
 
 
-def _special_tokens(source: ModelSource, model: Any, tokenizer: Any) -> tuple[int | None, tuple[int, ...], int | None]:
+def _special_tokens(source: ModelSource, config: Any, generation: Any, tokenizer: Any) -> tuple[int | None, tuple[int, ...], int | None]:
     """bos, eos ids and pad, trusting the GGUF header first, then config and generation config.
 
     (transformers' GGUF tokenizer conversion can get eos wrong: for SmolLM2 it reports
     <|im_start|> while the header and config say <|im_end|>.)
     """
     meta = source.gguf
-    config, generation = model.config, getattr(model, "generation_config", None)
 
     def first(*values: Any) -> Any:
         return next((v for v in values if v is not None), None)
