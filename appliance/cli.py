@@ -38,6 +38,7 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from export.budget import parse_size
     from export.pipeline import ExportOptions, export_model
     from export.progress import Progress
 
@@ -45,6 +46,7 @@ def _export(args: argparse.Namespace) -> int:
         precision=args.precision, max_context=args.max_context, backend=args.backend, builder=args.builder, force=args.force,
         block_size=args.block_size, symmetric=args.symmetric, accuracy_level=args.accuracy_level, lm_head_precision=args.lm_head_precision,
         quant_method=args.quant_method, device=args.device, max_batch=args.max_batch,
+        check_resources=not args.no_resource_check, memory_limit=parse_size(args.memory_limit) if args.memory_limit else None,
     )
     result = export_model(args.source, args.out, options, cache_dir=args.cache_dir, pip_args=args.pip_arg, progress=Progress())
     parity = result.parity
@@ -55,9 +57,9 @@ def _export(args: argparse.Namespace) -> int:
         )
     else:
         summary = f"min cosine with PyTorch {parity['min_cosine']:.6f}"
-    if "versus_fp32_engine" in parity:
-        versus = parity["versus_fp32_engine"]
-        summary += f"; vs the fp32 engine: top-1 agreement {versus['top1_agreement']:.4f}, mean KL {versus['mean_kl']:.4f}"
+    if "versus_fp32" in parity:
+        versus = parity["versus_fp32"]
+        summary += f"; vs the fp32 reference: top-1 agreement {versus['top1_agreement']:.4f}, mean KL {versus['mean_kl']:.4f}"
     print(f"{result.directory}  ({summary}; {result.seconds:.0f} s)")
     return 0
 
@@ -203,6 +205,8 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     export.add_argument("--max-batch", type=int, default=ExportOptions().max_batch, help="tensorrt: the largest batch (serve --slots) its optimization profile covers (default: %(default)s)")
     export.add_argument("--builder", choices=BUILDERS, default="auto", help="decoder graph builder (default: auto)")
     export.add_argument("--force", action="store_true", help="replace an existing engine directory")
+    export.add_argument("--memory-limit", metavar="SIZE", help="memory the export may use, e.g. 2G or 1536M; it is refused before any work when it would need more (default: the memory this machine has available)")
+    export.add_argument("--no-resource-check", action="store_true", help="export even when the memory or disk estimate says it will not fit")
     quant = ExportOptions()
     export.add_argument("--block-size", type=int, default=quant.block_size, help=f"int8/int4: weights per quantization block (default: {quant.block_size})")
     export.add_argument("--symmetric", action="store_true", help="int8/int4: symmetric blocks, no zero points (default: a zero point per block)")

@@ -100,10 +100,10 @@ def export_and_check(table: Table, name: str, out: Path, *flags: str) -> dict:
         raise SystemExit(1)
     table.add(f"{name}: CUDA kernels", "ok", f"every node of {manifest.graph_file} has a CUDA kernel for its types")
     parity = json.loads((out / "parity.json").read_text())
-    versus = parity.get("versus_fp32_engine", {})
+    versus = parity.get("versus_fp32", {})
     detail = (
         f"on {parity['providers'][0]}: greedy identical {sum(r['greedy_identical'] for r in parity['prompts'])}/{len(parity['prompts'])} prompts, "
-        f"max logit error {parity['max_rel_logit_error']:.4f} of the largest, top-1 vs fp32 engine {versus.get('top1_agreement', float('nan')):.4f}; "
+        f"max logit error {parity['max_rel_logit_error']:.4f} of the largest, top-1 vs the fp32 reference {versus.get('top1_agreement', float('nan')):.4f}; "
         f"export {seconds:.0f} s"
     )
     table.add(f"{name}: parity vs PyTorch", "ok", detail)

@@ -1,10 +1,11 @@
-"""Which weight quantization to ship: agreement with the fp32 engine against decode speed.
+"""Which weight quantization to ship: agreement with the fp32 reference against decode speed.
 
-Loads a model once, builds its fp32 engine once, then builds every variant asked for
-(bits, block size, symmetric or not, accuracy level, lm_head precision) and measures:
+Opens a model once, builds its fp32 engine once (the speed baseline), then builds every
+variant asked for (bits, block size, symmetric or not, accuracy level, lm_head precision)
+and measures:
 
-* top-1 agreement and mean KL with the fp32 engine, teacher-forced over the reference text
-  (export/parity.py's `quantized_parity`, the figure parity.json records);
+* top-1 agreement and mean KL with the layer-streamed fp32 reference, teacher-forced over the
+  reference text (export/parity.py's `compare_quantized`, the figure parity.json records);
 * bytes of projection weights a decode step reads;
 * bare decode tokens/s at batch 1 and 8 (runtime decoder, no sampling or HTTP), interleaved
   with the fp32 engine's so that noise hits every variant alike.
@@ -54,12 +55,12 @@ def parse_variant(text: str) -> WeightQuantization:
     return quant
 
 
-def build(loaded, reference_manifest, quant: WeightQuantization | None, out: Path, max_context: int):
+def build(opened, reference_manifest, quant: WeightQuantization | None, out: Path, max_context: int):
     from export import gqa_builder
     from runtime.manifest import TOKENIZER_FILE, read_manifest, write_manifest
 
     out.mkdir(parents=True)
-    built = gqa_builder.build_gqa_graph(loaded.model, max_context, out, quant)
+    built = gqa_builder.build_gqa_graph(opened.config, opened.tensors, gqa_builder.rotary_parameters(opened.config), max_context, out, quant)
     shutil.copyfile(reference_manifest.parent / TOKENIZER_FILE, out / TOKENIZER_FILE)
     manifest = dataclasses.replace(
         read_manifest(reference_manifest.parent), inputs=built.inputs, outputs=built.outputs, precision="fp32" if quant is None else f"int{quant.bits}"
@@ -93,24 +94,32 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    from export.loading import load_decoder
-    from export.parity import quantized_parity
+    from export.loading import open_decoder_source, read_decoder_config
+    from export.parity import compare_quantized, run_engine
     from export.pipeline import ExportOptions, export_model
+    from export.reference import StreamedReference
     from export.sources import resolve_source
 
     source = resolve_source(args.source, None)
-    loaded = load_decoder(source)
+    opened = open_decoder_source(source, read_decoder_config(source))
+    reference = StreamedReference(opened.skeleton, opened.tensors)  # the fp32 reference, computed once
     work = Path(tempfile.mkdtemp(prefix="quant-sweep-"))
     try:
-        # The fp32 reference, with the manifest and tokenizer the exporter makes; variants copy both.
-        reference = work / "fp32"
-        export_model(args.source, reference, ExportOptions(parity_tokens=4))
-        rows = [{"variant": "fp32", "top1_agreement": 1.0, "mean_kl": 0.0, "dir": reference}]
+        # The fp32 engine (the speed baseline), with the manifest and tokenizer the exporter makes; variants copy both.
+        fp32 = work / "fp32"
+        export_model(args.source, fp32, ExportOptions(parity_tokens=4))
+        rows = [{"variant": "fp32", "top1_agreement": 1.0, "mean_kl": 0.0, "dir": fp32}]
         for text in args.variants:
             quant = parse_variant(text)
             directory = work / text.replace(":", "-")
-            built = build(loaded, reference / "manifest.json", quant, directory, args.max_context)
-            parity = quantized_parity(reference, directory, loaded.tokenizer)
+            built = build(opened, fp32 / "manifest.json", quant, directory, args.max_context)
+            scratch = work / f"{directory.name}.logits"
+            scratch.mkdir()
+            run = run_engine(directory, opened.tokenizer, scratch, prompts=(), passages=True)
+            if not reference.hidden:
+                reference.run(run.sequences())
+            parity = compare_quantized(run, reference)
+            shutil.rmtree(scratch)
             rows.append(
                 {
                     "variant": text,

@@ -10,6 +10,7 @@ exits with `exit_code` (2: the user can fix it). Nothing half-written is left be
     ├── BackendUnavailableError       e.g. TensorRT without an NVIDIA GPU
     ├── FetchError                    `appliance pull` could not fetch or unpack a package
     ├── DestinationExistsError        the output directory exists (use --force)
+    ├── InsufficientResourcesError    the machine lacks the memory or disk the export needs
     └── ParityError                   the engine disagrees with the PyTorch model
 """
 
@@ -48,6 +49,10 @@ class FetchError(ExportError):
 
 class DestinationExistsError(ExportError):
     """The output directory already exists."""
+
+
+class InsufficientResourcesError(ExportError):
+    """The machine does not have the memory or disk the export needs (checked before any work)."""
 
 
 class ParityError(ExportError):

@@ -1,10 +1,17 @@
 """Parity: run the engine under ONNX Runtime against the PyTorch model it came from.
 
-Decoders: for each fixed prompt, both sides run the prompt and then greedy-decode a fixed
-number of tokens (EOS ignored, so every prompt yields the full count). We record whether
-the greedy tokens are identical, where they first differ, and the largest logit errors
-over the prompt positions and over the decode steps fed identical tokens. The relative
-error is max |ONNX − PyTorch| divided by the largest |PyTorch logit| of those positions.
+Decoders, in three passes so that the engine and the reference are never in memory together
+(export/reference.py computes the reference a layer at a time):
+
+1. `run_engine`: the engine greedy-decodes a fixed number of tokens for each fixed prompt
+   (EOS ignored) and, for quantized engines, reads the reference passages; its logits go to
+   scratch files and the engine is closed.
+2. the reference reads each prompt followed by the engine's tokens, and each passage.
+3. `compare_decoder`: whether the greedy tokens are identical (the reference ranks each of the
+   engine's tokens first), where they first differ, and the largest logit errors over the
+   prompt positions and the decode steps fed identical tokens; the relative error is
+   max |ONNX − PyTorch| divided by the largest |PyTorch logit| of those positions.
+   `compare_quantized`: teacher-forced top-1 agreement and KL over the passages.
 
 Encoders: sentence vectors from our runtime (pooling as the manifest says) against
 sentence-transformers' (or transformers + the same pooling when the folder is not a
@@ -17,12 +24,14 @@ very ids transformers produces.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from export.prompts import DECODER_PROMPTS, EMBEDDING_SENTENCES, ParityPrompt
+from export.reference import Reference
 from runtime.engine import load_engine
 from runtime.settings import RuntimeSettings
 
@@ -67,14 +76,17 @@ def torch_greedy(model: Any, ids: Sequence[int], new_tokens: int) -> tuple[list[
     return tokens, prompt_logits, np.stack(steps) if steps else np.zeros((0, prompt_logits.shape[1]), np.float32)
 
 
-def engine_greedy(decoder: Any, ids: Sequence[int], new_tokens: int) -> tuple[list[int], np.ndarray, np.ndarray]:
+def engine_greedy(decoder: Any, ids: Sequence[int], new_tokens: int, chunk: int | None = None) -> tuple[list[int], np.ndarray, np.ndarray]:
     """Greedy tokens, prompt logits and decode-step logits from the engine (slot 0).
 
-    The engine follows its own greedy path; while that path equals the reference's, its
-    step logits are comparable with the reference's, which is all the caller uses.
+    With `chunk`, a longer prompt is read in chunks of that many positions, as the scheduler
+    reads long prompts: the logits of every position are still returned, but ONNX Runtime never
+    holds more than a chunk's [positions, vocabulary] at once.
     """
     decoder.reset(0)
-    prompt_logits = decoder.prefill(0, list(ids), logits_to_keep=len(ids))
+    ids = list(ids)
+    step = len(ids) if chunk is None or len(ids) <= chunk else chunk
+    prompt_logits = np.concatenate([decoder.prefill(0, ids[i : i + step], logits_to_keep=len(ids[i : i + step])) for i in range(0, len(ids), step)])
     token = int(prompt_logits[-1].argmax())
     tokens, steps = [token], []
     for _ in range(new_tokens - 1):
@@ -86,22 +98,53 @@ def engine_greedy(decoder: Any, ids: Sequence[int], new_tokens: int) -> tuple[li
 
 
 def _errors(ours: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
-    if ours.size == 0:
-        return 0.0, 0.0
-    abs_err = float(np.abs(ours - ref).max())
-    return abs_err, abs_err / max(float(np.abs(ref).max()), 1e-12)
+    """Largest |ours − ref| and that over the largest |ref|, a few rows at a time (no full-size temporaries)."""
+    abs_err, largest = 0.0, 0.0
+    for start in range(0, len(ref), ROWS_AT_ONCE):
+        rows = slice(start, start + ROWS_AT_ONCE)
+        abs_err = max(abs_err, float(np.abs(ours[rows] - ref[rows]).max()))
+        largest = max(largest, float(np.abs(ref[rows]).max()))
+    return abs_err, abs_err / max(largest, 1e-12)
 
 
-def decoder_parity(
-    model: Any,
-    hf_tokenizer: Any,
+# Prompts longer than this are read in chunks of it (memory: a chunk's logits, not the prompt's).
+PROMPT_CHUNK = 256
+# Logit rows compared at once: keeps the comparison's temporaries small at any vocabulary size.
+ROWS_AT_ONCE = 64
+
+
+@dataclass
+class EngineRun:
+    """What the engine produced, its logits kept on disk (`scratch`) rather than in memory."""
+
+    scratch: Path
+    providers: list[str]
+    new_tokens: int
+    prompts: list[dict[str, Any]] = field(default_factory=list)  # name, ids, tokens, cut, tokenizer_identical
+    passages: list[tuple[str, list[int]]] = field(default_factory=list)
+
+    def sequences(self) -> list[list[int]]:
+        """What the reference reads: each prompt followed by the engine's greedy tokens (but the
+        last), then each reference passage."""
+        return [p["ids"] + p["tokens"][:-1] for p in self.prompts] + [ids for _, ids in self.passages]
+
+    def logits(self, kind: str, index: int) -> np.ndarray:
+        """The engine's logits: kind "prompt" (prompt positions), "steps" (decode steps) or "passage"."""
+        return np.load(self.scratch / f"{kind}-{index}.npy", mmap_mode="r")
+
+
+def run_engine(
     engine_dir: Path,
+    hf_tokenizer: Any,
+    scratch: Path,
     new_tokens: int = 64,
     prompts: Sequence[ParityPrompt] = DECODER_PROMPTS,
-    on_prompt: Callable[[str], None] = lambda name: None,
+    passages: bool = False,
+    on_item: Callable[[str], None] = lambda name: None,
     settings: RuntimeSettings = RuntimeSettings(),
-) -> dict[str, Any]:
-    """Compare the engine in `engine_dir` with `model`; return the parity record."""
+) -> EngineRun:
+    """Greedy-decode every parity prompt with the engine and, with `passages`, read every reference
+    passage in one prefill; the logits go to files in `scratch`, and the engine is closed after."""
     from runtime.decoder import open_decoder
 
     engine = load_engine(engine_dir, settings)
@@ -110,27 +153,54 @@ def decoder_parity(
     # would not fit with its greedy tokens is cut to its beginning (and recorded as such).
     new_tokens = min(new_tokens, decoder.max_length // 2)
     room = decoder.max_length - new_tokens
-    records = []
-    for prompt in prompts:
+    run = EngineRun(scratch, list(engine.providers), new_tokens)
+    for index, prompt in enumerate(prompts):
         ids = render_prompt(hf_tokenizer, prompt)
         ours_ids = runtime_ids(engine.tokenizer, hf_tokenizer, prompt)
-        cut = len(ids) > room
-        tokenizer_identical = ours_ids == ids
-        ids = ids[:room]
-        ref_tokens, ref_prompt, ref_steps = torch_greedy(model, ids, new_tokens)
-        tokens, prompt_logits, steps = engine_greedy(decoder, ids, new_tokens)
-        diverged = next((i for i, (a, b) in enumerate(zip(tokens, ref_tokens)) if a != b), None)
-        # Step i's logits follow token i; they are comparable while tokens 0..i agree.
-        comparable = (new_tokens - 1) if diverged is None else diverged
-        prompt_abs, prompt_rel = _errors(prompt_logits, ref_prompt)
-        step_abs, step_rel = _errors(steps[:comparable], ref_steps[:comparable])
+        kept = ids[:room]
+        record = {"name": prompt.name, "cut": len(ids) > room, "tokenizer_identical": ours_ids == ids, "ids": kept}
+        tokens, prompt_logits, steps = engine_greedy(decoder, kept, new_tokens, PROMPT_CHUNK)
+        np.save(scratch / f"prompt-{index}.npy", prompt_logits)
+        np.save(scratch / f"steps-{index}.npy", steps)
+        del prompt_logits, steps
+        run.prompts.append(record | {"tokens": tokens})
+        on_item(prompt.name)
+    if passages:
+        for index, (name, ids) in enumerate(reference_sequences(hf_tokenizer)):
+            ids = ids[: decoder.max_length]
+            decoder.reset(0)
+            np.save(scratch / f"passage-{index}.npy", decoder.prefill(0, ids, logits_to_keep=len(ids)))
+            run.passages.append((name, ids))
+            on_item(name)
+    return run
+
+
+def compare_decoder(run: EngineRun, reference: Reference, hf_tokenizer: Any) -> dict[str, Any]:
+    """The parity record: the engine's greedy tokens and logits against the reference's.
+
+    Greedy tokens: the reference, fed the prompt and the engine's tokens, must rank each of the
+    engine's tokens first at the step that produced it; the first step where it does not is the
+    divergence (its own greedy decode would go elsewhere from there). Logit errors cover the
+    prompt positions and the decode steps up to the divergence, where both read the same tokens.
+    """
+    records = []
+    for index, prompt in enumerate(run.prompts):
+        ids, tokens = prompt["ids"], prompt["tokens"]
+        ref = reference.logits(index)
+        prompt_len = len(ids)
+        ref_next = ref[prompt_len - 1 :].argmax(axis=1)  # the reference's choice at each of the engine's steps
+        diverged = next((i for i, (a, b) in enumerate(zip(tokens, ref_next)) if a != b), None)
+        comparable = (len(tokens) - 1) if diverged is None else diverged  # step i's logits follow token i
+        prompt_abs, prompt_rel = _errors(run.logits("prompt", index), ref[:prompt_len])
+        step_abs, step_rel = _errors(run.logits("steps", index)[:comparable], ref[prompt_len : prompt_len + comparable])
+        del ref
         records.append(
             {
-                "name": prompt.name,
-                "prompt_tokens": len(ids),
-                "prompt_cut_to_fit_context": cut,
-                "tokenizer_identical": tokenizer_identical,
-                "greedy_tokens": new_tokens,
+                "name": prompt["name"],
+                "prompt_tokens": prompt_len,
+                "prompt_cut_to_fit_context": prompt["cut"],
+                "tokenizer_identical": prompt["tokenizer_identical"],
+                "greedy_tokens": len(tokens),
                 "greedy_identical": diverged is None,
                 "first_divergence": diverged,
                 "max_abs_logit_error": max(prompt_abs, step_abs),
@@ -138,12 +208,11 @@ def decoder_parity(
                 "engine_text": hf_tokenizer.decode(tokens),
             }
         )
-        on_prompt(prompt.name)
     return {
         "kind": "decoder-vs-pytorch",
-        "reference": "transformers PyTorch model (fp32) loaded from the same source",
-        "providers": engine.providers,
-        "greedy_tokens_per_prompt": new_tokens,
+        "reference": reference.description,
+        "providers": run.providers,
+        "greedy_tokens_per_prompt": run.new_tokens,
         "greedy_identical": all(r["greedy_identical"] for r in records),
         "tokenizer_identical": all(r["tokenizer_identical"] for r in records),
         "max_abs_logit_error": max(r["max_abs_logit_error"] for r in records),
@@ -218,49 +287,40 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def quantized_parity(
-    reference_dir: Path,
-    engine_dir: Path,
-    hf_tokenizer: Any,
-    on_passage: Callable[[str], None] = lambda name: None,
-    engine_settings: RuntimeSettings = RuntimeSettings(),
-) -> dict[str, Any]:
-    """Teacher-forced agreement of a quantized engine with the fp32 engine of the same model.
+def compare_quantized(run: EngineRun, reference: Reference) -> dict[str, Any]:
+    """Teacher-forced agreement of a quantized engine with the fp32 reference of the same model.
 
-    Both engines read every reference passage in one prefill that keeps the logits of every
-    position. Per position: do their most likely next tokens agree (top-1 agreement), and
-    the KL divergence KL(fp32 ‖ quantized) of their next-token distributions. Each engine's
-    perplexity on the text itself is recorded too (a quantized engine that agrees less but
-    predicts the text as well is a different story from one that got worse).
+    Both read every reference passage with the logits of every position. Per position: do
+    their most likely next tokens agree (top-1 agreement), and the KL divergence
+    KL(fp32 ‖ quantized) of their next-token distributions. Each side's perplexity on the text
+    itself is recorded too (a quantized engine that agrees less but predicts the text as well
+    is a different story from one that got worse).
     """
-    from runtime.decoder import open_decoder
-
-    decoders = [open_decoder(load_engine(d, s), slots=1) for d, s in ((reference_dir, RuntimeSettings()), (engine_dir, engine_settings))]
-    room = min(d.max_length for d in decoders)
     records, agree_total, kl_total, positions = [], 0, 0.0, 0
     nll = [0.0, 0.0]
     max_kl = 0.0
-    for name, ids in reference_sequences(hf_tokenizer):
-        ids = ids[:room]
-        logprobs = []
-        for decoder in decoders:
-            decoder.reset(0)
-            logprobs.append(_log_softmax(decoder.prefill(0, ids, logits_to_keep=len(ids))))
-        ref, ours = logprobs
-        agree = int((ref.argmax(axis=1) == ours.argmax(axis=1)).sum())
-        kl = (np.exp(ref) * (ref - ours)).sum(axis=1)
+    for index, (name, ids) in enumerate(run.passages):
+        ref_logits, our_logits = reference.logits(len(run.prompts) + index), run.logits("passage", index)
         targets = np.asarray(ids[1:])
-        for side, lp in enumerate(logprobs):
-            nll[side] += float(-lp[np.arange(len(targets)), targets].sum())
+        agree, kls = 0, []
+        for start in range(0, len(ids), ROWS_AT_ONCE):  # float64 log-softmax a few rows at a time
+            rows = slice(start, start + ROWS_AT_ONCE)
+            ref, ours = _log_softmax(ref_logits[rows]), _log_softmax(our_logits[rows])
+            agree += int((ref.argmax(axis=1) == ours.argmax(axis=1)).sum())
+            kls.append((np.exp(ref) * (ref - ours)).sum(axis=1))
+            wanted = targets[rows]
+            for side, lp in enumerate((ref, ours)):
+                nll[side] += float(-lp[np.arange(len(wanted)), wanted].sum())
+        kl = np.concatenate(kls)
         records.append({"name": name, "tokens": len(ids), "top1_agreement": agree / len(ids), "mean_kl": float(kl.mean())})
         agree_total += agree
         kl_total += float(kl.sum())
         max_kl = max(max_kl, float(kl.max()))
         positions += len(ids)
-        on_passage(name)
     predicted = positions - len(records)  # the last position of each passage has no target
     return {
-        "kind": "quantized-vs-fp32-engine",
+        "kind": "quantized-vs-fp32-reference",
+        "reference": reference.description,
         "method": "teacher forcing over export/reference_text.py: every position of every passage",
         "positions": positions,
         "top1_agreement": agree_total / positions,

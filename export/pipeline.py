@@ -17,16 +17,18 @@ The steps, each reported by `Progress`:
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from export import budget
 from export.errors import BackendUnavailableError, DestinationExistsError, ExportError, ParityError, UnsupportedModelError
 from export.progress import Progress, Silent
 from export.sources import ModelSource, resolve_source
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
     from export.gqa_builder import BuiltGraph
     from export.optimum_export import OptimumGraph
     from export.quantize import WeightQuantization
+    from export.reference import Reference
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")  # int8/int4: weight-only, block-wise (export/quantize.py)
 BACKENDS = ("onnx", "tensorrt")
@@ -94,6 +97,10 @@ class ExportOptions:
     max_batch: int = 32
     # Replace an existing output directory.
     force: bool = False
+    # Refuse, before any work, an export the machine lacks the memory or disk for (export/budget.py).
+    check_resources: bool = True
+    # Bytes of memory the export may use; None: what the machine has available.
+    memory_limit: int | None = None
 
     def check(self) -> None:
         if self.precision not in PRECISIONS:
@@ -116,6 +123,8 @@ class ExportOptions:
             raise ExportError(f"builder {self.builder!r} is unknown; choose one of {', '.join(BUILDERS)}")
         if not 16 <= self.max_context <= 1 << 20:
             raise ExportError(f"--max-context {self.max_context} is out of range (16 to 1048576)")
+        if self.memory_limit is not None and self.memory_limit <= 0:
+            raise ExportError(f"the memory limit must be more than zero bytes (got {self.memory_limit})")
         if self.parity_tokens < 1:
             raise ExportError("parity needs at least one greedy token per prompt")
         if self.quantization is not None:
@@ -297,19 +306,14 @@ def _now() -> str:
 
 
 def _export_decoder(source: ModelSource, staging: Path, name: str, options: ExportOptions, progress: Progress) -> tuple[Manifest, dict]:
-    from export import gqa_builder, optimum_export
-    from export.loading import load_decoder, save_tokenizer
-    from export.parity import decoder_parity
-    from export.prompts import DECODER_PROMPTS
+    from export import gqa_builder
+    from export.loading import open_decoder_source, read_decoder_config, save_tokenizer
+    from export.reference import StreamedReference, WholeModelReference
 
-    with progress.step(f"loading {source.path.name} with transformers"):
-        loaded = load_decoder(source)
-    config = loaded.model.config
-    if loaded.model_context_length and options.max_context > loaded.model_context_length:
-        raise ExportError(
-            f"--max-context {options.max_context} exceeds the {loaded.model_context_length} positions "
-            f"{source.name} was trained for; choose at most {loaded.model_context_length}"
-        )
+    config = read_decoder_config(source)
+    trained = int(getattr(config, "max_position_embeddings", 0) or 0)
+    if trained and options.max_context > trained:
+        raise ExportError(f"--max-context {options.max_context} exceeds the {trained} positions {source.name} was trained for; choose at most {trained}")
     reason = gqa_builder.unsupported_reason(config, options.max_context)
     if options.builder == "gqa" and reason:
         raise UnsupportedModelError(f"--builder gqa cannot build {source.architecture}: {reason}")
@@ -325,65 +329,84 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
             f"--precision {options.precision} needs our GroupQueryAttention builder, which cannot build "
             f"{source.architecture}: {reason or '--builder optimum was chosen'}; export it with --precision fp32"
         )
+    needs = _resource_needs(source, config, options, use_gqa)
+    if options.check_resources:
+        budget.check(needs, staging.parent, options.memory_limit)
+    with progress.step(f"reading {source.path.name}: tokenizer and tensor index"):
+        opened = open_decoder_source(source, config)
+    size = f"{opened.tensors.nbytes() / 1e6:,.0f} MB of weights"
     built: BuiltGraph | OptimumGraph
+    reference: Reference
     providers: tuple[str, ...]
     extra: tuple[str, ...]
     if use_gqa:
         kind = options.precision if quant is None else f"{options.precision} (blocks of {quant.block_size}, lm_head {quant.lm_head})"
         kind += ", fp16 compute for the GPU" if options.compute_dtype == "float16" and options.precision != "fp16" else ""
-        with progress.step(f"building the GroupQueryAttention graph, {kind}, KV buffer of {options.max_context} positions"):
-            built = gqa_builder.build_gqa_graph(loaded.model, options.max_context, staging, quant, options.compute_dtype)
+        layers = int(config.num_hidden_layers)
+        title = f"building the GroupQueryAttention graph from {size}, {kind}, KV buffer of {options.max_context} positions"
+        with progress.step(title, total=layers) as step:
+
+            def layer_done(index: int) -> None:
+                opened.tensors.release()  # the layer's source pages, read once, are not kept
+                step.advance(detail=f"layers, {_file_mb(staging / gqa_builder.DATA_FILE)} written")
+
+            built = gqa_builder.build_gqa_graph(
+                config, opened.tensors, gqa_builder.rotary_parameters(config), options.max_context, staging, quant, options.compute_dtype,
+                on_layer=layer_done,
+            )  # fmt: skip
+        opened.tensors.release()
         # fp32 GroupQueryAttention runs on the CPU only (ONNX Runtime's CUDA kernel is fp16/bf16),
         # and fp16 engines are meant for the GPU: each names its own providers.
         style, providers, extra = STYLE_GQA_SHARED_KV, options.execution_providers, ()
+        reference = StreamedReference(opened.skeleton, opened.tensors)
     else:
+        from export import optimum_export
+        from export.loading import load_decoder
+
         why = reason if options.builder == "auto" else "--builder optimum"
-        with progress.step(f"exporting with optimum, concatenated KV ({why})"):
+        with progress.step(f"loading the whole model ({size}) with transformers for optimum's exporter ({why})"):
+            loaded = load_decoder(source)
+        with progress.step("exporting with optimum, concatenated KV"):
             built = optimum_export.export_concat_decoder(loaded.model, options.max_context, staging)
         style, providers, extra = STYLE_CONCAT_KV, ("CUDAExecutionProvider", "CPUExecutionProvider"), ("optimum", "optimum-onnx")
+        reference = WholeModelReference(loaded.model)
 
-    def manifest_for(built: BuiltGraph | OptimumGraph, precision: str, providers: tuple[str, ...] = providers) -> Manifest:
-        return Manifest(
-            name=name,
-            task=TASK_TEXT_GENERATION,
-            architecture=type(loaded.model).__name__,
-            model_type=config.model_type,
-            style=style,
-            graph_file=built.graph_file,
-            inputs=built.inputs,
-            outputs=built.outputs,
-            kv_cache=built.kv_cache,
-            precision=precision,
-            execution_providers=providers,
-            tensorrt=tensorrt_spec(built, options, staging / built.graph_file) if options.backend == "tensorrt" and precision == options.precision else None,
-            vocab_size=int(config.vocab_size),
-            context_length=options.max_context,
-            bos_token_id=loaded.bos_token_id,
-            eos_token_ids=loaded.eos_token_ids,
-            pad_token_id=loaded.pad_token_id,
-            add_bos_token=_adds_bos(loaded.tokenizer, loaded.bos_token_id),
-            chat_template=loaded.chat_template,
-            source=source.describe(),
-            export_options=dataclasses.asdict(options) | {"builder_used": "gqa" if use_gqa else "optimum"},
-            exporter=_exporter_versions(*extra),
-            created=_now(),
-        )
-
+    manifest = Manifest(
+        name=name,
+        task=TASK_TEXT_GENERATION,
+        architecture=opened.architecture,
+        model_type=config.model_type,
+        style=style,
+        graph_file=built.graph_file,
+        inputs=built.inputs,
+        outputs=built.outputs,
+        kv_cache=built.kv_cache,
+        precision=options.precision,
+        execution_providers=providers,
+        tensorrt=tensorrt_spec(built, options, staging / built.graph_file) if options.backend == "tensorrt" else None,
+        vocab_size=int(config.vocab_size),
+        context_length=options.max_context,
+        bos_token_id=opened.bos_token_id,
+        eos_token_ids=opened.eos_token_ids,
+        pad_token_id=opened.pad_token_id,
+        add_bos_token=_adds_bos(opened.tokenizer, opened.bos_token_id),
+        chat_template=opened.chat_template,
+        source=source.describe(),
+        export_options=dataclasses.asdict(options) | {"builder_used": "gqa" if use_gqa else "optimum"},
+        exporter=_exporter_versions(*extra),
+        created=_now(),
+    )
     with progress.step("writing tokenizer.json and manifest.json"):
-        changes = save_tokenizer(loaded.tokenizer, staging / TOKENIZER_FILE)
-        manifest = dataclasses.replace(manifest_for(built, options.precision), tokenizer_changes=changes)
+        changes = save_tokenizer(opened.tokenizer, staging / TOKENIZER_FILE)
+        manifest = dataclasses.replace(manifest, tokenizer_changes=changes)
         write_manifest(staging, manifest)
     if options.backend == "tensorrt":
         with progress.step("building the TensorRT plans (minutes: TensorRT times kernels for this GPU)"):
             manifest = _build_tensorrt_plans(staging, manifest)
-    settings = _check_settings(manifest)
-    where = ", ".join(settings.providers) if settings.providers else ", ".join(manifest.execution_providers)
-    with progress.step(f"validating against the PyTorch model (engine on {where})", total=len(DECODER_PROMPTS)) as step:
-        parity = decoder_parity(
-            loaded.model, loaded.tokenizer, staging, options.parity_tokens, on_prompt=lambda prompt: step.advance(detail=prompt), settings=settings
-        )
+    parity = _validate_decoder(staging, manifest, opened.tokenizer, reference, options, progress)
     parity["precision"] = options.precision
     parity["compute_dtype"] = options.compute_dtype
+    parity["export_resources"] = {"estimated_peak_memory_bytes": needs.memory, "estimated_engine_bytes": needs.engine}
     if isinstance(built, gqa_builder.BuiltGraph):
         parity["matmul_weight_bytes"] = built.matmul_weight_bytes
     if quant is not None:
@@ -391,8 +414,6 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
         parity["weight_quantization"] = dataclasses.asdict(quant)
         if quant.method == "source-blocks":
             parity["source_blocks"] = {"carried_exactly": list(built.carried), "rounded": list(built.rounded)}
-    if options.precision != "fp32":
-        parity["versus_fp32_engine"] = _compare_with_fp32_engine(loaded, staging, manifest_for, options, progress, settings)
     if options.precision == "fp16":
         parity["fp16_bars"] = {"max_rel_logit_error": FP16_MAX_REL_LOGIT_ERROR, "min_top1_agreement": FP16_MIN_TOP1_AGREEMENT}
     _write_parity(staging, manifest, parity)
@@ -413,38 +434,65 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
     if options.precision == "fp16":
         _check_fp16_parity(parity)
     if options.precision != "fp32":
-        versus = parity["versus_fp32_engine"]
+        versus = parity["versus_fp32"]
         progress.note(
-            f"{options.precision} engine vs the fp32 engine: top-1 agreement {versus['top1_agreement']:.4f} over "
+            f"{options.precision} engine vs the fp32 reference: top-1 agreement {versus['top1_agreement']:.4f} over "
             f"{versus['positions']} positions, mean KL {versus['mean_kl']:.4f}"
         )
     return manifest, parity
 
 
-def _compare_with_fp32_engine(
-    loaded: Any,
-    staging: Path,
-    manifest_for: Callable[[BuiltGraph, str, tuple[str, ...]], Manifest],
-    options: ExportOptions,
-    progress: Progress,
-    settings: RuntimeSettings,
-) -> dict:
-    """Build the fp32 engine beside the staging folder and measure the quantized one against it."""
-    from export import gqa_builder
-    from export.parity import quantized_parity, reference_sequences
+def _file_mb(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:,.0f} MB" if path.exists() else "0 MB"
 
-    reference = staging.parent / f"{staging.name}.fp32-reference"
-    reference.mkdir()
+
+def _resource_needs(source: ModelSource, config: Any, options: ExportOptions, use_gqa: bool) -> budget.Needs:
+    """The export's expected peak memory and disk (export/budget.py), from the config and the
+    source's size alone: known before any weight or the tokenizer is read."""
+    quant = options.quantization
+    # int4 from a Q4_0/Q4_1 GGUF carries its blocks: the engine is about the file's size.
+    carried = source.kind == "gguf" and use_gqa and quant is not None and quant.method == "source-blocks"
+    carried = carried and source.gguf.get("general.file_type") in budget.CARRIED_FILE_TYPES
+    if source.kind == "gguf":
+        size = source.path.stat().st_size
+    else:
+        size = sum(p.stat().st_size for pattern in ("*.safetensors", "*.bin") for p in source.path.glob(pattern))
+    names_head = bool(getattr(config, "tie_word_embeddings", False))
+    needs = budget.estimate(config, size, options.precision, carried, names_head, options.max_context)
+    if not use_gqa:  # optimum's exporter traces the model loaded whole in fp32
+        needs = budget.Needs(memory=needs.memory + 3 * 4 * budget.parameters(config), disk=needs.disk, engine=needs.engine)
+    return needs
+
+
+def _validate_decoder(staging: Path, manifest: Manifest, tokenizer: Any, reference: Reference, options: ExportOptions, progress: Progress) -> dict:
+    """Parity in three passes (export/parity.py): the engine, then the fp32 reference, then the comparison;
+    the engine's logits wait in a scratch folder beside the staging one, so the engine and the
+    reference are never in memory together."""
+    from export.parity import compare_decoder, compare_quantized, reference_sequences, run_engine
+    from export.prompts import DECODER_PROMPTS
+
+    settings = _check_settings(manifest)
+    where = ", ".join(settings.providers) if settings.providers else ", ".join(manifest.execution_providers)
+    passages = options.precision != "fp32"
+    count = len(DECODER_PROMPTS) + (len(reference_sequences(tokenizer)) if passages else 0)
+    scratch = staging.parent / f"{staging.name}.parity"
+    scratch.mkdir()
     try:
-        with progress.step("building the fp32 engine to compare with"):
-            built = gqa_builder.build_gqa_graph(loaded.model, options.max_context, reference)
-            shutil.copyfile(staging / TOKENIZER_FILE, reference / TOKENIZER_FILE)
-            write_manifest(reference, manifest_for(built, "fp32", (CPU,)))
-        passages = len(reference_sequences(loaded.tokenizer))
-        with progress.step("teacher-forced agreement with the fp32 engine", total=passages) as step:
-            return quantized_parity(reference, staging, loaded.tokenizer, on_passage=lambda name: step.advance(detail=name), engine_settings=settings)
+        what = f"{options.parity_tokens} greedy tokens for {len(DECODER_PROMPTS)} prompts" + (", and the reference passages" if passages else "")
+        with progress.step(f"running the engine ({where}): {what}", total=count) as step:
+            run = run_engine(staging, tokenizer, scratch, options.parity_tokens, passages=passages, on_item=lambda name: step.advance(detail=name), settings=settings)
+        gc.collect()  # the engine's session and KV pool go before the reference comes
+        positions = sum(len(s) for s in run.sequences())
+        layers = int(manifest.kv_cache.layers) if manifest.kv_cache else None
+        with progress.step(f"the fp32 reference over {positions:,} positions, a layer at a time", total=layers) as step:
+            reference.run(run.sequences(), on_layer=lambda done, total: step.advance(detail="layers"))
+        with progress.step("comparing the engine with the reference"):
+            parity = compare_decoder(run, reference, tokenizer)
+            if passages:
+                parity["versus_fp32"] = compare_quantized(run, reference)
     finally:
-        shutil.rmtree(reference, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return parity
 
 
 # fp16 engines pass when their logits stay within fp16's reach of PyTorch's fp32 ones: the
@@ -457,7 +505,7 @@ FP16_MIN_TOP1_AGREEMENT = 0.97
 
 def _check_fp16_parity(parity: dict[str, Any]) -> None:
     """Fail an fp16 export whose logits are off by more than fp16 rounding explains."""
-    versus = parity["versus_fp32_engine"]
+    versus = parity["versus_fp32"]
     if parity["max_rel_logit_error"] > FP16_MAX_REL_LOGIT_ERROR or versus["top1_agreement"] < FP16_MIN_TOP1_AGREEMENT:
         raise ParityError(
             f"the fp16 engine is further from PyTorch than fp16 rounding explains: largest logit error "

@@ -27,6 +27,7 @@ class Step:
         self.done = 0
         self.detail = ""
         self.started = time.monotonic()
+        self.last_report = self.started  # when a non-live Progress last printed this step's progress
 
     def advance(self, count: int = 1, detail: str = "") -> None:
         self.done += count
@@ -37,10 +38,18 @@ class Step:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
+    def eta(self) -> float | None:
+        """Seconds left at the pace so far, once the step has a total and some of it done."""
+        if not self.total or not 0 < self.done < self.total:
+            return None
+        return self.elapsed() * (self.total - self.done) / self.done
+
     def line(self) -> str:
         count = f" {self.done}/{self.total}" if self.total else ""
         detail = f" {self.detail}" if self.detail else ""
-        return f"{self.title}{count}{detail} ({self.elapsed():.1f} s)"
+        eta = self.eta()
+        left = f", about {eta:.0f} s left" if eta is not None else ""
+        return f"{self.title}{count}{detail} ({self.elapsed():.1f} s{left})"
 
 
 class Progress:
@@ -55,8 +64,18 @@ class Progress:
         """A one-off line outside any step."""
         print(f"[{self.prefix}] {message}", file=self.stream, flush=True)
 
+    # Without a live line (logs, pipes), a long step still says how far it is this often.
+    QUIET_INTERVAL = 15.0
+
     def advanced(self, step: Step) -> None:
-        """A step's counter moved (the live line repaints by itself)."""
+        """A step's counter moved: the live line repaints by itself; elsewhere a line every
+        QUIET_INTERVAL seconds tells how far the step is and how long it has left."""
+        if self.live:
+            return
+        now = time.monotonic()
+        if now - step.last_report >= self.QUIET_INTERVAL and step.done < (step.total or 0):
+            step.last_report = now
+            print(f"[{self.prefix}] {step.line()}", file=self.stream, flush=True)
 
     @contextmanager
     def step(self, title: str, total: int | None = None, spinner: bool = True) -> Iterator[Step]:
@@ -94,6 +113,9 @@ class Silent(Progress):
         super().__init__(stream=sys.stderr, live=False)
 
     def note(self, message: str) -> None:
+        pass
+
+    def advanced(self, step: Step) -> None:
         pass
 
     @contextmanager

@@ -33,7 +33,7 @@ def test_smollm2_fp32_greedy_tokens_match_pytorch_on_every_prompt(default_engine
 
 def test_the_default_int4_engine_agrees_with_the_fp32_engine(default_engines):
     parity = json.loads((default_engines["int4"] / PARITY_FILE).read_text())
-    versus = parity["versus_fp32_engine"]
+    versus = parity["versus_fp32"]
     assert versus["positions"] >= 2000
     assert versus["top1_agreement"] >= 0.95, versus  # the bar for the engine make serve builds
     assert 0 < versus["mean_kl"] < 0.02

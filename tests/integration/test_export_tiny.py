@@ -257,7 +257,7 @@ def test_quantized_exports_record_agreement_with_the_fp32_engine(tiny_llama_dir,
     # The tiny model's weights are random floats, not GGUF blocks: int4 falls back to rounding.
     result = export_model(str(tiny_llama_dir), tmp_path / precision, ExportOptions(precision=precision, max_context=256, parity_tokens=4))
     parity = json.loads((result.directory / "parity.json").read_text())
-    versus = parity["versus_fp32_engine"]
+    versus = parity["versus_fp32"]
     assert versus["positions"] >= 2000 and 0 < versus["top1_agreement"] <= 1 and versus["mean_kl"] >= 0
     assert parity["precision"] == precision and result.manifest.precision == precision
     assert parity["weight_quantization"]["bits"] == int(precision[3:])

@@ -1,0 +1,154 @@
+"""What an export will need, in memory and disk, checked against the machine before any work.
+
+The streaming export's memory is bounded by the source, not by the model in fp32 (see
+export/tensors.py and export/reference.py). Its peak is the largest of three phases:
+
+* building the graph: one (fused) matrix in fp32 for the paths that round or convert floats,
+  nothing for carried GGUF blocks (they are re-laid block by block);
+* running the engine over the parity prompts: ONNX Runtime holds the engine's initializers
+  and the packed copies its quantized kernels make at load, plus the logits of one sequence;
+* the layer-streamed fp32 reference: one decoder layer in fp32, the hidden states of every
+  sequence, and one sequence's logits at a time.
+
+The estimate is meant to be a little above what the export uses (docs/exporting.md has the
+measured peaks beside it); `--memory-limit` lowers the bound, e.g. to leave room for a server
+running beside the export.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from export.errors import ExportError, InsufficientResourcesError
+
+GIB = 1 << 30
+MIB = 1 << 20
+# Python, numpy, torch, transformers and onnxruntime imported, before any weight is read.
+BASE_BYTES = 700 * MIB
+# ONNX Runtime keeps an engine's initializers and makes packed copies of the quantized ones.
+SESSION_FACTOR = 1.6
+# GGUF general.file_type values whose projections are blocks the int4 engine carries as they are
+# (MOSTLY_Q4_0, MOSTLY_Q4_1).
+CARRIED_FILE_TYPES = (2, 3)
+# Positions the parity check keeps logits for at once (a passage or a prompt with its greedy tokens).
+SEQUENCE_POSITIONS = 400
+# Positions in the parity prompts and the reference passages, for the scratch files.
+PARITY_POSITIONS = 5 * 320 + 2304
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What an export is expected to take at its peak."""
+
+    memory: int
+    disk: int
+    engine: int
+
+    def describe(self) -> str:
+        return f"about {self.memory / GIB:.1f} GiB of memory and {self.disk / GIB:.1f} GiB of disk (engine about {self.engine / GIB:.2f} GiB)"
+
+
+def _shapes(config: Any) -> tuple[int, int, int, int]:
+    """(parameters in the projection matrices, in the largest layer, in the largest fused matrix,
+    embedding parameters)."""
+    hidden = int(config.hidden_size)
+    heads, kv_heads = int(config.num_attention_heads), int(config.num_key_value_heads)
+    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+    inter = int(config.intermediate_size)
+    attention = hidden * (heads + 2 * kv_heads) * head_dim + heads * head_dim * hidden
+    mlp = 3 * hidden * inter
+    layer = attention + mlp
+    return layer * int(config.num_hidden_layers), layer, max(2 * hidden * inter, hidden * (heads + 2 * kv_heads) * head_dim), int(config.vocab_size) * hidden
+
+
+def parameters(config: Any) -> int:
+    """The model's parameter count (projections and embedding; norms are negligible)."""
+    matrices, _, _, embedding = _shapes(config)
+    return matrices + embedding
+
+
+def estimate(config: Any, source_bytes: int, precision: str, carried: bool, tied: bool, max_context: int) -> Needs:
+    """The memory and disk an export of this model is expected to need.
+
+    `carried`: the matrices come as GGUF blocks the engine takes as they are (int4 from a
+    Q4_0/Q4_1 file), so the engine is about the source's size.
+    """
+    matrices, layer, fused, embedding = _shapes(config)
+    vocab = int(config.vocab_size)
+    heads = embedding * (1 if tied else 2)
+    if carried:
+        engine = source_bytes
+    elif precision == "fp32":
+        engine = 4 * (matrices + heads)
+    elif precision == "fp16":
+        engine = 2 * (matrices + heads)
+    else:
+        per_weight = {"int4": 0.5 + 5 / 32, "int8": 1 + 5 / 32}[precision]
+        engine = int(per_weight * matrices) + 4 * embedding + int(1.2 * embedding)
+    kv = 2 * int(config.num_hidden_layers) * int(config.num_key_value_heads) * int(getattr(config, "head_dim", None) or int(config.hidden_size) // int(config.num_attention_heads)) * max_context * 4
+    logits = SEQUENCE_POSITIONS * vocab * 4
+    build = 0 if carried else 3 * 4 * fused  # the fused matrix in fp32, its transpose and its quantized blocks
+    session = int(SESSION_FACTOR * engine) + kv + 2 * logits
+    reference = 4 * layer + 2 * 4 * fused + 4 * logits  # a layer in fp32, a de-quantization's temporaries, two sides' log-softmax
+    memory = BASE_BYTES + max(build, session, reference)
+    scratch = PARITY_POSITIONS * vocab * 4  # the engine's logits, kept on disk between the passes
+    return Needs(memory=memory, disk=engine + scratch + 64 * MIB, engine=engine)
+
+
+def available_memory() -> int:
+    """Bytes this process can still take: MemAvailable, or the cgroup's room if that is less."""
+    available = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+            room = int(limit) - used
+            available = room if available is None else min(available, room)
+    except (OSError, ValueError):
+        pass
+    if available is None:  # not Linux: trust the physical size
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return available
+
+
+def check(needs: Needs, out_parent: Path, memory_limit: int | None = None) -> None:
+    """InsufficientResourcesError, in one line, when the memory or disk at hand is short."""
+    memory = available_memory() if memory_limit is None else memory_limit
+    where = "the --memory-limit" if memory_limit is not None else "this machine's available memory"
+    if needs.memory > memory:
+        raise InsufficientResourcesError(
+            f"this export needs {needs.describe()}, but {where} is {memory / GIB:.1f} GiB: free memory, "
+            "export on a bigger machine and copy the engine directory over, or pass --no-resource-check to try anyway"
+        )
+    probe = out_parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needs.disk > free:
+        raise InsufficientResourcesError(
+            f"this export needs {needs.describe()}, but {probe} has {free / GIB:.1f} GiB free: make room or choose another --out"
+        )
+
+
+def parse_size(text: str) -> int:
+    """'2G', '1536M', '3.5GiB', '800000000' → bytes."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = {"K": 1 << 10, "M": MIB, "G": GIB, "T": 1 << 40}.get(value[-1:], 1)
+    number = value[:-1] if value[-1:] in "KMGT" else value
+    try:
+        size = float(number) * scale
+    except ValueError:
+        raise ExportError(f"--memory-limit {text!r} is not a size; write it like 2G, 1536M or 3.5GiB") from None
+    if size <= 0:
+        raise ExportError(f"--memory-limit {text!r} must be more than zero")
+    return int(size)

@@ -1,0 +1,138 @@
+"""The fp32 reference an engine is checked against, computed within the export's memory bound.
+
+`StreamedReference` runs transformers' own modules of the model (its decoder layer class,
+rotary embedding, causal mask and final norm) in fp32, but one layer at a time: the layer's
+weights are read from the tensor source, every position of every sequence goes through it,
+and the weights are dropped before the next layer. Only the sequences' hidden states
+([positions, hidden] each) live across layers, and the vocabulary projection is computed a
+slice of the vocabulary at a time. Memory: one layer in fp32 plus the hidden states, instead
+of the whole model in fp32 (5 GB for a 1B model, 32 GB for an 8B one).
+
+Every position is computed at once (teacher forcing), so the reference's greedy tokens are
+checked by feeding it the engine's: if the reference's most likely next token equals the
+engine's at every step, its own greedy decode is the same sequence (export/parity.py).
+
+`WholeModelReference` is the same interface over a model loaded whole (the optimum fallback,
+which needs the PyTorch module anyway).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from export.tensors import TensorSource, iter_row_chunks
+
+# Vocabulary rows projected at a time (4096 × hidden 4096 × 4 B = 64 MB for an 8B model).
+VOCAB_CHUNK = 4096
+
+
+class Reference(Protocol):
+    description: str
+
+    def run(self, sequences: Sequence[Sequence[int]], on_layer: Callable[[int, int], None] = ...) -> None:
+        """Compute whatever `logits(i)` needs for each sequence."""
+        ...
+
+    def logits(self, index: int) -> np.ndarray:
+        """Next-token logits [positions, vocab] (fp32) at every position of sequence `index`."""
+        ...
+
+
+class StreamedReference:
+    """transformers' decoder layers in fp32, a layer at a time over every position."""
+
+    description = (
+        "transformers' own modules of the model in fp32, run one decoder layer at a time over every position "
+        "of every sequence (teacher forcing), weights read from the same source a layer at a time"
+    )
+
+    def __init__(self, skeleton: Any, tensors: TensorSource) -> None:
+        self.skeleton = skeleton  # the model on the meta device
+        self.tensors = tensors
+        self.config = skeleton.config
+        self.hidden: list[np.ndarray] = []
+
+    def _load(self, module: Any, prefix: str) -> Any:
+        """`module` (on the meta device) with its weights from the source, in fp32, assigned in place."""
+        import torch
+
+        state = {key: torch.from_numpy(self.tensors.float(f"{prefix}.{key}")) for key in module.state_dict()}
+        module.load_state_dict(state, assign=True)
+        return module
+
+    def run(self, sequences: Sequence[Sequence[int]], on_layer: Callable[[int, int], None] = lambda done, total: None) -> None:
+        import torch
+        from transformers.masking_utils import create_causal_mask
+
+        base = self.skeleton.model
+        layers = int(self.config.num_hidden_layers)
+        rotary = type(base.rotary_emb)(config=self.config)  # built on the CPU: its inv_freq is computed, not loaded
+        embedded = self._embed(sequences)
+        with torch.inference_mode():
+            states, extras = [], []
+            for rows in embedded:
+                hidden = torch.from_numpy(rows)[None]
+                positions = torch.arange(hidden.shape[1])
+                mask = create_causal_mask(
+                    config=self.config, input_embeds=hidden, attention_mask=None, cache_position=positions,
+                    past_key_values=None, position_ids=positions[None],
+                )  # fmt: skip
+                extras.append({"attention_mask": mask, "position_ids": positions[None], "cache_position": positions,
+                               "position_embeddings": rotary(hidden, positions[None])})  # fmt: skip
+                states.append(hidden)
+            del embedded
+            for i in range(layers):
+                layer = self._load(base.layers[i], f"model.layers.{i}")
+                for j, hidden in enumerate(states):
+                    out = layer(hidden, past_key_values=None, use_cache=False, **extras[j])
+                    states[j] = out[0] if isinstance(out, tuple) else out
+                base.layers[i] = layer.to("meta")  # the layer's fp32 weights are dropped here
+                self.tensors.release()
+                on_layer(i + 1, layers)
+            norm = self._load(base.norm, "model.norm")
+            self.hidden = [norm(hidden)[0].numpy() for hidden in states]
+            base.norm = norm.to("meta")
+
+    def _embed(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """The embedding rows of every sequence's tokens, the table read a slice at a time."""
+        hidden_size = int(self.config.hidden_size)
+        out = [np.empty((len(ids), hidden_size), dtype=np.float32) for ids in sequences]
+        arrays = [np.asarray(ids, dtype=np.int64) for ids in sequences]
+        for start, rows in iter_row_chunks(self.tensors, "model.embed_tokens.weight", int(self.config.vocab_size), VOCAB_CHUNK):
+            stop = start + len(rows)
+            for ids, target in zip(arrays, out):
+                where = (ids >= start) & (ids < stop)
+                target[where] = rows[ids[where] - start]
+        return out
+
+    def logits(self, index: int) -> np.ndarray:
+        hidden = self.hidden[index]
+        vocab = int(self.config.vocab_size)
+        tied = bool(getattr(self.config, "tie_word_embeddings", False)) or "lm_head.weight" not in self.tensors.names()
+        name = "model.embed_tokens.weight" if tied else "lm_head.weight"
+        out = np.empty((hidden.shape[0], vocab), dtype=np.float32)
+        for start, rows in iter_row_chunks(self.tensors, name, vocab, VOCAB_CHUNK):
+            out[:, start : start + len(rows)] = hidden @ rows.T
+        return out
+
+
+class WholeModelReference:
+    """A PyTorch model loaded whole (fp32): each sequence's logits from one forward pass."""
+
+    description = "transformers PyTorch model (fp32) loaded whole from the same source, teacher forcing over every position"
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.sequences: list[list[int]] = []
+
+    def run(self, sequences: Sequence[Sequence[int]], on_layer: Callable[[int, int], None] = lambda done, total: None) -> None:
+        self.sequences = [list(s) for s in sequences]
+
+    def logits(self, index: int) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model(input_ids=torch.tensor([self.sequences[index]]), use_cache=False).logits[0].float().numpy()
