@@ -256,7 +256,7 @@ def build_gqa_graph(
         """MatMulNBits over a GGUF's own blocks (export/blocks.py), plus Q4_1's offsets."""
         nonlocal weight_bytes
         weight_bytes += carried_bytes(blocks)
-        scales = g.as_compute(f"{weight_name}.scales", blocks.scales)
+        scales = g.as_compute(f"{weight_name}.scales", blocks.scales.reshape(-1))  # [N × blocks], MatMulNBits' usual layout
         quant_name = g.const(f"{weight_name}.quant", blocks.packed)
         y = g.node(
             "MatMulNBits", [x, quant_name, scales], [f"{node_name}/nbits/out" if blocks.minimums is not None else f"{node_name}/out"],
@@ -267,6 +267,8 @@ def build_gqa_graph(
             return y
         # offsets [blocks, N] = m + 8d, computed in fp32 from the stored fp16 values (folded at load).
         d32 = g.node("Cast", [f"{weight_name}.scales_f16"], [f"{weight_name}.scales_f32"], f"{weight_name}.scales_f32", to=f32)[0]
+        grid = g.const(f"{weight_name}.block_grid", np.array(blocks.scales.shape, dtype=np.int64))
+        d32 = g.node("Reshape", [d32, grid], [f"{weight_name}.scales_grid"], f"{weight_name}.scales_grid")[0]
         minimums = g.const(f"{weight_name}.minimums_f16", blocks.minimums, keep_dtype=True)
         m32 = g.node("Cast", [minimums], [f"{weight_name}.minimums_f32"], f"{weight_name}.minimums_f32", to=f32)[0]
         eight = g.const(f"{weight_name}.eight", np.array(8.0, dtype=np.float32), keep_dtype=True)
@@ -399,8 +401,10 @@ def build_gqa_graph(
         carried.append("lm_head.weight_t")
         shape = g.const("lm_head.quant_shape", np.array([vocab, -1, BLOCK], dtype=np.int64))
         blocks3 = g.node("Reshape", ["model.embed_tokens.quant", shape], ["lm_head.quant"], "lm_head_blocks")[0]
+        flat = g.const("lm_head.scales_shape", np.array([-1], dtype=np.int64))
+        head_scales = g.node("Reshape", [embed_scales, flat], ["lm_head.scales"], "lm_head_scales")[0]
         g.node(
-            "MatMulNBits", [kept, blocks3, embed_scales], [logits_name], "lm_head", MS_DOMAIN,
+            "MatMulNBits", [kept, blocks3, head_scales], [logits_name], "lm_head", MS_DOMAIN,
             K=config.hidden_size, N=vocab, bits=8, block_size=BLOCK, accuracy_level=head_quant.accuracy_level,
         )  # fmt: skip
     else:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,18 +77,25 @@ class DecoderSource:
         return type(self.skeleton).__name__
 
 
+@contextmanager
+def _reading(source: ModelSource) -> Iterator[None]:
+    """transformers' errors while reading `source`, as the one-line export errors they mean."""
+    try:
+        yield
+    except ValueError as exc:  # transformers' way of saying "unknown architecture"
+        raise UnsupportedModelError(f"{source.path}: transformers cannot load this model ({_first_line(exc)})") from exc
+    except (OSError, KeyError, RuntimeError) as exc:
+        raise CorruptSourceError(f"{source.path}: cannot be loaded ({_first_line(exc)}); check or re-download the model") from exc
+
+
 def read_decoder_config(source: ModelSource) -> Any:
     """The transformers config of a .gguf file or a HF folder (seconds: no weights, no tokenizer)."""
     from transformers import AutoConfig
 
     quiet_libraries()
     where, extra = _where(source)
-    try:
+    with _reading(source):
         return AutoConfig.from_pretrained(where, **extra)
-    except ValueError as exc:  # transformers' way of saying "unknown architecture"
-        raise UnsupportedModelError(f"{source.path}: transformers cannot load this model ({_first_line(exc)})") from exc
-    except (OSError, KeyError, RuntimeError) as exc:
-        raise CorruptSourceError(f"{source.path}: cannot be loaded ({_first_line(exc)}); check or re-download the model") from exc
 
 
 def open_decoder_source(source: ModelSource, config: Any) -> DecoderSource:
@@ -97,14 +106,10 @@ def open_decoder_source(source: ModelSource, config: Any) -> DecoderSource:
 
     quiet_libraries()
     where, extra = _where(source)
-    try:
+    with _reading(source):
         tokenizer = AutoTokenizer.from_pretrained(where, **extra)
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(config)
-    except ValueError as exc:  # transformers' way of saying "unknown architecture"
-        raise UnsupportedModelError(f"{source.path}: transformers cannot load this model ({_first_line(exc)})") from exc
-    except (OSError, KeyError, RuntimeError) as exc:
-        raise CorruptSourceError(f"{source.path}: cannot be loaded ({_first_line(exc)}); check or re-download the model") from exc
     if not getattr(tokenizer, "is_fast", False):
         raise UnsupportedModelError(f"{source.path}: no fast (tokenizer.json) tokenizer, which the runtime needs")
     tensors: TensorSource = GGUFTensors(source.path, skeleton) if source.kind == "gguf" else CheckpointTensors(source.path)
@@ -147,13 +152,9 @@ def load_decoder(source: ModelSource) -> LoadedDecoder:
 
     quiet_libraries()
     where, extra = _where(source)
-    try:
+    with _reading(source):
         tokenizer = AutoTokenizer.from_pretrained(where, **extra)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **extra)
-    except ValueError as exc:  # transformers' way of saying "unknown architecture"
-        raise UnsupportedModelError(f"{source.path}: transformers cannot load this model ({_first_line(exc)})") from exc
-    except (OSError, KeyError, RuntimeError) as exc:
-        raise CorruptSourceError(f"{source.path}: cannot be loaded ({_first_line(exc)}); check or re-download the model") from exc
     if not getattr(tokenizer, "is_fast", False):
         raise UnsupportedModelError(f"{source.path}: no fast (tokenizer.json) tokenizer, which the runtime needs")
     model.eval()

@@ -86,7 +86,13 @@ def engine_greedy(decoder: Any, ids: Sequence[int], new_tokens: int, chunk: int 
     decoder.reset(0)
     ids = list(ids)
     step = len(ids) if chunk is None or len(ids) <= chunk else chunk
-    prompt_logits = np.concatenate([decoder.prefill(0, ids[i : i + step], logits_to_keep=len(ids[i : i + step])) for i in range(0, len(ids), step)])
+    prompt_logits = np.empty((0, 0), dtype=np.float32)
+    for i in range(0, len(ids), step):
+        part = decoder.prefill(0, ids[i : i + step], logits_to_keep=len(ids[i : i + step]))
+        if i == 0:
+            prompt_logits = part if step == len(ids) else np.empty((len(ids), part.shape[1]), dtype=np.float32)
+        if step < len(ids):
+            prompt_logits[i : i + len(part)] = part  # filled in place: never the chunks and the whole at once
     token = int(prompt_logits[-1].argmax())
     tokens, steps = [token], []
     for _ in range(new_tokens - 1):

@@ -2,13 +2,16 @@
 
 The steps, each reported by `Progress`:
 
-1. check the arguments and the source (cheap, before any heavy import);
-2. load the model with transformers (fp32, eval);
-3. build the graph: our GroupQueryAttention builder when it covers the architecture,
-   optimum's exporter otherwise (decoders); optimum's feature-extraction export (encoders);
+1. check the arguments and the source (cheap, before any heavy import), then the config and
+   the memory and disk the export will need (export/budget.py), before any weight is read;
+2. open the source: tokenizer, special tokens and a tensor source (export/tensors.py), no weights;
+3. build the graph: our GroupQueryAttention builder, a tensor at a time from the tensor source,
+   when it covers the architecture; optimum's exporter otherwise (decoders, the model loaded
+   whole); optimum's feature-extraction export (encoders);
 4. write tokenizer.json and manifest.json;
-5. validate against the PyTorch model and write parity.json; an fp32 decoder whose greedy
-   tokens differ, or an encoder below cosine 0.9999, fails the export;
+5. validate against the PyTorch model (decoders: a layer-streamed fp32 reference, run after the
+   engine is closed) and write parity.json; an fp32 decoder whose greedy tokens differ, or an
+   encoder below cosine 0.9999, fails the export;
 6. rewrite the manifest with the final sha256 of every file and move the directory into
    place. Everything happens in a hidden sibling folder that is deleted on any failure, so
    the output path either holds a complete engine or nothing new.

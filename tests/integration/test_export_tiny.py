@@ -253,7 +253,7 @@ def test_a_short_context_export_still_validates_every_prompt(tiny_llama_dir, tmp
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4"])
-def test_quantized_exports_record_agreement_with_the_fp32_engine(tiny_llama_dir, tmp_path, precision):
+def test_quantized_exports_record_agreement_with_the_fp32_reference(tiny_llama_dir, tmp_path, precision):
     # The tiny model's weights are random floats, not GGUF blocks: int4 falls back to rounding.
     result = export_model(str(tiny_llama_dir), tmp_path / precision, ExportOptions(precision=precision, max_context=256, parity_tokens=4))
     parity = json.loads((result.directory / "parity.json").read_text())
@@ -265,4 +265,5 @@ def test_quantized_exports_record_agreement_with_the_fp32_engine(tiny_llama_dir,
         assert parity["source_blocks"]["carried_exactly"] == [] and parity["source_blocks"]["rounded"]
     graph = (result.directory / "model.onnx").read_bytes()
     assert b"MatMulNBits" in graph
-    assert not any(p.name.endswith("fp32-reference") for p in tmp_path.iterdir())  # the reference build is cleaned up
+    assert versus["kind"] == "quantized-vs-fp32-reference" and "a layer at a time" in versus["reference"]
+    assert [p.name for p in tmp_path.iterdir()] == [precision]  # the engine's scratch logits are cleaned up
