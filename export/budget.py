@@ -30,17 +30,20 @@ MIB = 1 << 20
 # Python, numpy, torch, transformers, onnxruntime and the tokenizer, before any weight is read
 # (measured: 0.55 GB with a 49k-token GGUF tokenizer).
 BASE_BYTES = 650 * MIB
-# ONNX Runtime holds an engine at about 1.7 × its file (measured at 1B: 1.2 GB for a 717 MB engine:
-# the fp16 scales folded to fp32, the packed copies its quantized kernels make at load).
-SESSION_FACTOR = 1.8
+# ONNX Runtime holds an int4 engine at about 1.7 × its file once loaded, and up to 2 × while it
+# loads and runs (the fp16 scales folded to fp32, the packed copies its quantized kernels make):
+# fitted with LOGITS_COPIES to the peaks measured at 300M, 1B and 3B shapes (docs/exporting.md).
+SESSION_FACTOR = 2.0
 # Copies of one sequence's logits alive at once while the engine runs (ONNX Runtime's output and
-# arena, the runtime's copy, the prompt's array): fitted to the measured peaks at 300M and 1B shapes.
-LOGITS_COPIES = 6
+# arena, the runtime's copy, the prompt's array).
+LOGITS_COPIES = 5
 # GGUF general.file_type values whose projections are blocks the int4 engine carries as they are
 # (MOSTLY_Q4_0, MOSTLY_Q4_1).
 CARRIED_FILE_TYPES = (2, 3)
 # Positions the parity check runs at once (a passage, a prompt chunk: export/parity.py PROMPT_CHUNK).
 SEQUENCE_POSITIONS = 256
+# KV positions the parity check touches at most (the longest prompt and its greedy tokens).
+KV_POSITIONS_TOUCHED = 1200
 # Positions in the parity prompts and the reference passages, for the scratch files.
 PARITY_POSITIONS = 5 * 320 + 2304
 
@@ -94,7 +97,9 @@ def estimate(config: Any, source_bytes: int, precision: str, carried: bool, tied
     else:
         per_weight = {"int4": 0.5 + 5 / 32, "int8": 1 + 5 / 32}[precision]
         engine = int(per_weight * matrices) + 4 * embedding + int(1.2 * embedding)
-    kv = 2 * int(config.num_hidden_layers) * int(config.num_key_value_heads) * int(getattr(config, "head_dim", None) or int(config.hidden_size) // int(config.num_attention_heads)) * max_context * 4
+    head_dim = int(getattr(config, "head_dim", None) or int(config.hidden_size) // int(config.num_attention_heads))
+    # The KV pool is mapped lazily: only the positions the longest parity prompt reaches are touched.
+    kv = 2 * int(config.num_hidden_layers) * int(config.num_key_value_heads) * head_dim * min(max_context, KV_POSITIONS_TOUCHED) * 4
     logits = SEQUENCE_POSITIONS * vocab * 4
     build = 0 if carried else 3 * 4 * fused  # the fused matrix in fp32, its transpose and its quantized blocks
     session = int(SESSION_FACTOR * engine) + kv + LOGITS_COPIES * logits
