@@ -63,10 +63,13 @@ class Needs:
 def _shapes(config: Any) -> tuple[int, int, int, int]:
     """(parameters in the projection matrices, in the largest layer, in the largest fused matrix,
     embedding parameters)."""
+    # Families without grouped-query attention (GPT-2 and the like, optimum's fallback) name no
+    # KV heads, and some no intermediate size (4 × hidden).
     hidden = int(config.hidden_size)
-    heads, kv_heads = int(config.num_attention_heads), int(config.num_key_value_heads)
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
-    inter = int(config.intermediate_size)
+    inter = int(getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden)
     attention = hidden * (heads + 2 * kv_heads) * head_dim + heads * head_dim * hidden
     mlp = 3 * hidden * inter
     layer = attention + mlp
@@ -98,8 +101,9 @@ def estimate(config: Any, source_bytes: int, precision: str, carried: bool, tied
         per_weight = {"int4": 0.5 + 5 / 32, "int8": 1 + 5 / 32}[precision]
         engine = int(per_weight * matrices) + 4 * embedding + int(1.2 * embedding)
     head_dim = int(getattr(config, "head_dim", None) or int(config.hidden_size) // int(config.num_attention_heads))
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
     # The KV pool is mapped lazily: only the positions the longest parity prompt reaches are touched.
-    kv = 2 * int(config.num_hidden_layers) * int(config.num_key_value_heads) * head_dim * min(max_context, KV_POSITIONS_TOUCHED) * 4
+    kv = 2 * int(config.num_hidden_layers) * kv_heads * head_dim * min(max_context, KV_POSITIONS_TOUCHED) * 4
     logits = SEQUENCE_POSITIONS * vocab * 4
     build = 0 if carried else 3 * 4 * fused  # the fused matrix in fp32, its transpose and its quantized blocks
     session = int(SESSION_FACTOR * engine) + kv + LOGITS_COPIES * logits
