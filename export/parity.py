@@ -23,7 +23,8 @@ very ids transformers produces.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,40 +77,48 @@ def torch_greedy(model: Any, ids: Sequence[int], new_tokens: int) -> tuple[list[
     return tokens, prompt_logits, np.stack(steps) if steps else np.zeros((0, prompt_logits.shape[1]), np.float32)
 
 
-def engine_greedy(decoder: Any, ids: Sequence[int], new_tokens: int, chunk: int | None = None) -> tuple[list[int], np.ndarray, np.ndarray]:
+def engine_greedy(
+    decoder: Any, ids: Sequence[int], new_tokens: int, chunk: int | None = None, keep: Callable[[np.ndarray], None] | None = None
+) -> tuple[list[int], np.ndarray, np.ndarray]:
     """Greedy tokens, prompt logits and decode-step logits from the engine (slot 0).
 
     With `chunk`, a longer prompt is read in chunks of that many positions, as the scheduler
-    reads long prompts: the logits of every position are still returned, but ONNX Runtime never
-    holds more than a chunk's [positions, vocabulary] at once.
+    reads long prompts, so ONNX Runtime never holds more than a chunk's [positions, vocabulary].
+    With `keep`, each chunk's logits go to it as they come and the prompt logits returned are
+    empty: the whole prompt's are never in memory at once.
     """
     decoder.reset(0)
     ids = list(ids)
     step = len(ids) if chunk is None or len(ids) <= chunk else chunk
-    prompt_logits = np.empty((0, 0), dtype=np.float32)
+    parts = []
     for i in range(0, len(ids), step):
         part = decoder.prefill(0, ids[i : i + step], logits_to_keep=len(ids[i : i + step]))
-        if i == 0:
-            prompt_logits = part if step == len(ids) else np.empty((len(ids), part.shape[1]), dtype=np.float32)
-        if step < len(ids):
-            prompt_logits[i : i + len(part)] = part  # filled in place: never the chunks and the whole at once
-    token = int(prompt_logits[-1].argmax())
+        last = part[-1]
+        if keep is not None:
+            keep(part)
+        else:
+            parts.append(part)
+        del part
+    prompt_logits = np.concatenate(parts) if parts else np.zeros((0, last.shape[0]), np.float32)
+    token = int(last.argmax())
     tokens, steps = [token], []
     for _ in range(new_tokens - 1):
         logits = decoder.decode([0], [token])[0]
         token = int(logits.argmax())
         steps.append(logits)
         tokens.append(token)
-    return tokens, prompt_logits, np.stack(steps) if steps else np.zeros((0, prompt_logits.shape[1]), np.float32)
+    return tokens, prompt_logits, np.stack(steps) if steps else np.zeros((0, last.shape[0]), np.float32)
 
 
-def _errors(ours: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
-    """Largest |ours − ref| and that over the largest |ref|, a few rows at a time (no full-size temporaries)."""
+def _errors(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+    """Largest |ours − ref| over (ours, ref) pairs of rows, and that over the largest |ref|, a few
+    rows at a time (no full-size temporaries)."""
     abs_err, largest = 0.0, 0.0
-    for start in range(0, len(ref), ROWS_AT_ONCE):
-        rows = slice(start, start + ROWS_AT_ONCE)
-        abs_err = max(abs_err, float(np.abs(ours[rows] - ref[rows]).max()))
-        largest = max(largest, float(np.abs(ref[rows]).max()))
+    for ours, ref in pairs:
+        for start in range(0, len(ref), ROWS_AT_ONCE):
+            rows = slice(start, start + ROWS_AT_ONCE)
+            abs_err = max(abs_err, float(np.abs(ours[rows] - ref[rows]).max()))
+            largest = max(largest, float(np.abs(ref[rows]).max()))
     return abs_err, abs_err / max(largest, 1e-12)
 
 
@@ -135,8 +144,12 @@ class EngineRun:
         return [p["ids"] + p["tokens"][:-1] for p in self.prompts] + [ids for _, ids in self.passages]
 
     def logits(self, kind: str, index: int) -> np.ndarray:
-        """The engine's logits: kind "prompt" (prompt positions), "steps" (decode steps) or "passage"."""
+        """The engine's logits: kind "steps" (a prompt's decode steps) or "passage"."""
         return np.load(self.scratch / f"{kind}-{index}.npy", mmap_mode="r")
+
+    def prompt_chunks(self, index: int) -> list[np.ndarray]:
+        """The logits of prompt `index`'s positions, chunk by chunk as the engine read them."""
+        return [np.load(path, mmap_mode="r") for path in self.prompts[index]["chunks"]]
 
 
 def run_engine(
@@ -153,7 +166,7 @@ def run_engine(
     passage in one prefill; the logits go to files in `scratch`, and the engine is closed after."""
     from runtime.decoder import open_decoder
 
-    engine = load_engine(engine_dir, settings)
+    engine = load_engine(engine_dir, dataclasses.replace(settings, cpu_arena=False))  # a lower peak: runtime/settings.py
     decoder = open_decoder(engine, slots=1)
     # An engine exported with a short --max-context still gets every prompt: a prompt that
     # would not fit with its greedy tokens is cut to its beginning (and recorded as such).
@@ -164,12 +177,17 @@ def run_engine(
         ids = render_prompt(hf_tokenizer, prompt)
         ours_ids = runtime_ids(engine.tokenizer, hf_tokenizer, prompt)
         kept = ids[:room]
-        record = {"name": prompt.name, "cut": len(ids) > room, "tokenizer_identical": ours_ids == ids, "ids": kept}
-        tokens, prompt_logits, steps = engine_greedy(decoder, kept, new_tokens, PROMPT_CHUNK)
-        np.save(scratch / f"prompt-{index}.npy", prompt_logits)
+        record: dict[str, Any] = {"name": prompt.name, "cut": len(ids) > room, "tokenizer_identical": ours_ids == ids, "ids": kept}
+        chunks: list[Path] = []
+
+        def keep(rows: np.ndarray, index: int = index, chunks: list[Path] = chunks) -> None:
+            chunks.append(scratch / f"prompt-{index}-{len(chunks)}.npy")
+            np.save(chunks[-1], rows)
+
+        tokens, _, steps = engine_greedy(decoder, kept, new_tokens, PROMPT_CHUNK, keep)
         np.save(scratch / f"steps-{index}.npy", steps)
-        del prompt_logits, steps
-        run.prompts.append(record | {"tokens": tokens})
+        del steps
+        run.prompts.append(record | {"tokens": tokens, "chunks": chunks})
         on_item(prompt.name)
     if passages:
         for index, (name, ids) in enumerate(reference_sequences(hf_tokenizer)):
@@ -197,8 +215,10 @@ def compare_decoder(run: EngineRun, reference: Reference, hf_tokenizer: Any) -> 
         ref_next = ref[prompt_len - 1 :].argmax(axis=1)  # the reference's choice at each of the engine's steps
         diverged = next((i for i, (a, b) in enumerate(zip(tokens, ref_next)) if a != b), None)
         comparable = (len(tokens) - 1) if diverged is None else diverged  # step i's logits follow token i
-        prompt_abs, prompt_rel = _errors(run.logits("prompt", index), ref[:prompt_len])
-        step_abs, step_rel = _errors(run.logits("steps", index)[:comparable], ref[prompt_len : prompt_len + comparable])
+        chunks = run.prompt_chunks(index)
+        starts = np.cumsum([0] + [len(rows) for rows in chunks])
+        prompt_abs, prompt_rel = _errors((rows, ref[start : start + len(rows)]) for rows, start in zip(chunks, starts))
+        step_abs, step_rel = _errors([(run.logits("steps", index)[:comparable], ref[prompt_len : prompt_len + comparable])])
         del ref
         records.append(
             {

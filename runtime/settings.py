@@ -23,3 +23,7 @@ class RuntimeSettings:
     cuda_graph: bool = False
     # Check every file's sha256 against the manifest at load (seconds for big engines).
     verify_files: bool = True
+    # ONNX Runtime's CPU memory arena: buffers reused between runs without going back to malloc.
+    # The export's parity run turns it off: one pass over a few sequences, where a lower peak
+    # (the arena keeps its largest extents) matters more than allocation speed.
+    cpu_arena: bool = True
