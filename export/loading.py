@@ -27,16 +27,22 @@ from export.tensors import CheckpointTensors, GGUFTensors, TensorSource
 
 
 @dataclass
-class LoadedDecoder:
-    """A causal LM in fp32 and eval mode, its fast tokenizer, and its special tokens."""
+class DecoderText:
+    """A decoder's fast tokenizer, special tokens, chat template and trained context."""
 
-    model: Any
     tokenizer: Any
     bos_token_id: int | None
     eos_token_ids: tuple[int, ...]
     pad_token_id: int | None
     chat_template: str | None
     model_context_length: int
+
+
+@dataclass
+class LoadedDecoder(DecoderText):
+    """A causal LM loaded whole in fp32 and eval mode (optimum's fallback), with its text side."""
+
+    model: Any
 
 
 def quiet_libraries() -> None:
@@ -59,18 +65,12 @@ def quiet_libraries() -> None:
 
 
 @dataclass
-class DecoderSource:
-    """A decoder's config, tokenizer and special tokens, with its weights left in the source."""
+class DecoderSource(DecoderText):
+    """A decoder's config and text side, with its weights left in the source."""
 
     config: Any
     skeleton: Any  # the transformers model on the meta device: classes and names, no weights
     tensors: TensorSource
-    tokenizer: Any
-    bos_token_id: int | None
-    eos_token_ids: tuple[int, ...]
-    pad_token_id: int | None
-    chat_template: str | None
-    model_context_length: int
 
     @property
     def architecture(self) -> str:
@@ -118,18 +118,13 @@ def open_decoder_source(source: ModelSource, config: Any) -> DecoderSource:
     except (OSError, ValueError):
         generation = None
     generation = generation or GenerationConfig.from_model_config(config)
+    return DecoderSource(**vars(_text_side(source, config, generation, tokenizer)), config=config, skeleton=skeleton, tensors=tensors)
+
+
+def _text_side(source: ModelSource, config: Any, generation: Any, tokenizer: Any) -> DecoderText:
     bos, eos, pad = _special_tokens(source, config, generation, tokenizer)
-    return DecoderSource(
-        config=config,
-        skeleton=skeleton,
-        tensors=tensors,
-        tokenizer=tokenizer,
-        bos_token_id=bos,
-        eos_token_ids=eos,
-        pad_token_id=pad,
-        chat_template=_chat_template(tokenizer),
-        model_context_length=int(getattr(config, "max_position_embeddings", 0) or 0),
-    )
+    context = int(getattr(config, "max_position_embeddings", 0) or 0)
+    return DecoderText(tokenizer, bos, eos, pad, _chat_template(tokenizer), context)
 
 
 def _where(source: ModelSource) -> tuple[str, dict[str, str]]:
@@ -158,17 +153,7 @@ def load_decoder(source: ModelSource) -> LoadedDecoder:
     if not getattr(tokenizer, "is_fast", False):
         raise UnsupportedModelError(f"{source.path}: no fast (tokenizer.json) tokenizer, which the runtime needs")
     model.eval()
-    bos, eos, pad = _special_tokens(source, model.config, getattr(model, "generation_config", None), tokenizer)
-    template = _chat_template(tokenizer)
-    return LoadedDecoder(
-        model=model,
-        tokenizer=tokenizer,
-        bos_token_id=bos,
-        eos_token_ids=eos,
-        pad_token_id=pad,
-        chat_template=template,
-        model_context_length=int(getattr(model.config, "max_position_embeddings", 0) or 0),
-    )
+    return LoadedDecoder(**vars(_text_side(source, model.config, getattr(model, "generation_config", None), tokenizer)), model=model)
 
 
 def _special_tokens(source: ModelSource, config: Any, generation: Any, tokenizer: Any) -> tuple[int | None, tuple[int, ...], int | None]:
