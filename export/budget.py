@@ -29,14 +29,15 @@ GIB = 1 << 30
 MIB = 1 << 20
 # Python, numpy, torch, transformers, onnxruntime and the tokenizer, before any weight is read
 # (measured: 0.55 GB with a 49k-token GGUF tokenizer).
-BASE_BYTES = 650 * MIB
+BASE_BYTES = 700 * MIB
 # ONNX Runtime holds an int4 engine at about 1.7 × its file once loaded, and up to 2 × while it
 # loads and runs (the fp16 scales folded to fp32, the packed copies its quantized kernels make):
 # fitted with LOGITS_COPIES to the peaks measured at 300M, 1B and 3B shapes (docs/exporting.md).
 SESSION_FACTOR = 2.0
-# Copies of one sequence's logits alive at once while the engine runs (ONNX Runtime's output and
-# arena, the runtime's copy, the prompt's array).
-LOGITS_COPIES = 5
+# Copies of one sequence's logits alive at once while the engine runs (ONNX Runtime's output,
+# the runtime's copy, the saved array), with room for the allocator's noise: the same 300M
+# export peaked at 1.31 GB here and 1.46 GB in a CI run.
+LOGITS_COPIES = 8
 # GGUF general.file_type values whose projections are blocks the int4 engine carries as they are
 # (MOSTLY_Q4_0, MOSTLY_Q4_1).
 CARRIED_FILE_TYPES = (2, 3)
