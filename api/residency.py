@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, Protocol, TypeVar
 
+from runtime.memory import release_free_memory
+
 # A keep-alive that never ends (Ollama: a negative keep_alive).
 FOREVER = math.inf
 # How soon a model that expired while still busy is looked at again.
@@ -181,6 +183,7 @@ def close_quietly(model: Resident) -> None:
         model.close()
     except Exception:  # an engine that fails to close is still dropped; say so in the log
         log.exception("unloading a model failed")
+    release_free_memory()  # an unloaded engine's freed heap goes back to the system
 
 
 # -- leases held by one request ------------------------------------------------------------

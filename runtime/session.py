@@ -10,6 +10,7 @@ import onnxruntime as ort
 from runtime.errors import EngineLoadError
 from runtime.gpu import GPUIdentity, gpu_identity, nvidia_gpu_present, tensorrt_version
 from runtime.manifest import Manifest
+from runtime.memory import building_session
 from runtime.settings import RuntimeSettings
 
 CPU = "CPUExecutionProvider"
@@ -159,7 +160,8 @@ def create_session(directory: Path, manifest: Manifest, settings: RuntimeSetting
         check_tensorrt_cache(manifest)
     configured = [(p, provider_options(p, Path(directory), manifest, settings)) for p in providers]
     try:
-        return ort.InferenceSession(str(path), sess_options=session_options(settings), providers=configured)
+        with building_session():  # the load's temporaries go back to the system (runtime/memory.py)
+            return ort.InferenceSession(str(path), sess_options=session_options(settings), providers=configured)
     except EngineLoadError:
         raise
     except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
