@@ -12,7 +12,7 @@ ENGINES := engines
 DECODER := $(ENGINES)/smollm2-135m-instruct-int4
 ENCODER := $(ENGINES)/all-minilm-l6-v2
 
-.PHONY: install install-gpu gpu-check models engines serve lint browser test test-unit bench bench-peers bench-serving soak clean-engines
+.PHONY: install install-gpu gpu-check models engines serve lint browser test test-unit bench bench-peers bench-serving bench-size soak clean-engines
 
 # The venv is rebuilt when the declared dependencies change.
 $(STAMP): setup.cfg pyproject.toml
@@ -112,6 +112,12 @@ bench-peers: $(GENAI_STAMP) $(LLAMA_SERVER)
 # `appliance bench`: our server and every installed peer through HTTP, one run (README: Benchmarks).
 bench-serving: engines
 	$(APPLIANCE) bench --json $(PEERS)/serving.json
+
+# The same serving phases at a real size: a generated GGUF of Llama-3.2-1B's shapes (random
+# blocks, SmolLM2's tokenizer; bench/random_gguf.py, about 30 s), exported to int4 once (about
+# 7 minutes, kept under bench/peers/engines-1b/), ours against llama-server on that file.
+bench-size: models $(LLAMA_SERVER)
+	$(APPLIANCE) bench --size 1b --skip default --json $(PEERS)/serving-1b.json
 
 bench: engines
 	$(PY) bench/decode_speed.py $(DECODER)

@@ -444,6 +444,104 @@ def _phases(server: Server, args, embed_model: str | None, figures: dict) -> Non
     figures["single"].pop("texts")
 
 
+def run_llama_server(gguf: Path, args, results: dict, label: str = "") -> None:
+    """llama.cpp's own server on `gguf` (8 slots of 2,048 positions), every phase, into `results`."""
+    if "llama.cpp" in args.skip:
+        results["skipped"]["llama.cpp"] = "--skip"
+        return
+    if not LLAMA_SERVER.exists():
+        results["skipped"]["llama.cpp"] = "llama-server not built: run `make bench-peers`"
+        return
+    port = free_port()
+    version = subprocess.run([str(LLAMA_SERVER), "--version"], capture_output=True, text=True).stderr.strip().splitlines()
+    llama = Server(
+        f"llama.cpp llama-server{label}",
+        [str(LLAMA_SERVER), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", "8", "-c", str(8 * 2048), "-t", str(args.threads), "--no-webui"],
+        port,
+        gguf.name,
+    )
+    name = f"llama.cpp server -np 8 ({gguf.name.split('.')[-2]})"
+    results["systems"][name] = run_server(llama, args, None)
+    results["systems"][name]["version"] = version[0] if version else "unknown"
+    if "error" in results["systems"][name]:
+        results["errors"][name] = results["systems"][name]["error"]
+
+
+def export_at_size(gguf: Path, engine: Path) -> dict:
+    """`appliance export` of the generated GGUF to int4 (parity included): wall time and peak memory."""
+    print(f"\n== exporting {gguf.name} to {engine.relative_to(ROOT)} (int4, parity check included)", flush=True)
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "export", str(gguf), "--precision", "int4", "--out", str(engine), "--force"], cwd=ROOT
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"the export of {gguf} failed (exit {process.returncode}); its output is above")
+    return {"wall_s": time.perf_counter() - started, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def size_phase(args) -> dict:
+    """Ours and llama-server on a generated GGUF of a real model's shapes, the same phases.
+
+    The file (bench/random_gguf.py: Llama-3.2's shapes, SmolLM2's tokenizer, Q4_1 projections
+    and a Q8_0 embedding, random blocks) and its int4 engine are made once and kept under
+    bench/peers/; a file newer than its engine is exported again.
+    """
+    import random_gguf
+
+    from runtime.manifest import read_manifest
+
+    gguf = PEERS / f"llama-{args.size}-shaped.gguf"
+    if not gguf.exists():
+        print(f"\n== generating {gguf.relative_to(ROOT)} (Llama-3.2-{args.size.upper()} shapes, random blocks)", flush=True)
+        random_gguf.write_random_gguf(gguf, random_gguf.SHAPES[args.size], random_gguf.default_tokenizer_gguf())
+    engines = PEERS / f"engines-{args.size}"
+    engine = engines / f"llama-{args.size}-shaped-int4"
+    manifest = engine / "manifest.json"
+    exported = None
+    if not manifest.exists() or manifest.stat().st_mtime < gguf.stat().st_mtime:
+        exported = export_at_size(gguf, engine)
+    name = read_manifest(engine).name
+    results: dict = {
+        "shape": args.size, "gguf": str(gguf.relative_to(ROOT)), "gguf_mb": gguf.stat().st_size / 1e6,
+        "engine_mb": sum(f.stat().st_size for f in engine.iterdir() if f.is_file()) / 1e6, "export": exported,
+        "tokens": args.tokens, "threads": args.threads, "concurrency": args.concurrency,
+        "systems": {}, "skipped": {}, "embeddings": {}, "errors": {},
+    }
+    port = free_port()
+    ours = Server(f"ours {args.size}", [sys.executable, "-m", "appliance", "serve", "--engines", str(engines), "--port", str(port)], port, name)
+    args.structured = "structured" not in args.skip
+    results["systems"]["ours"] = run_server(ours, args, None)
+    args.structured = False
+    if "error" in results["systems"]["ours"]:
+        results["errors"]["ours"] = results["systems"]["ours"]["error"]
+    run_llama_server(gguf, args, results, f" {args.size}")
+    results["targets"] = size_targets(results)
+    return results
+
+
+def size_targets(results: dict) -> list[dict]:
+    """The size issue's serving targets, each with its ratio and PASS or MISS."""
+    systems = results["systems"]
+    ours = systems.get("ours")
+    llama = next((f for name, f in systems.items() if name.startswith("llama.cpp")), None)
+    rows = []
+    for target, path, goal, higher in (
+        ("single stream tok/s >= 1.3x llama.cpp", ("single", "decode_tok_s"), 1.3, True),
+        ("aggregate tok/s at 8 streams >= 3x llama.cpp", ("concurrent", "8", "aggregate_tok_s"), 3.0, True),
+        ("server peak RSS up to the 16-stream burst <= 1.1x llama.cpp's", ("peak_rss_mb_burst",), 1.1, False),
+    ):
+        mine, theirs = _get(ours, *path), _get(llama, *path)
+        if mine is None or not theirs:
+            rows.append({"target": target, "status": "N/A", "why": "a figure is missing (a phase skipped or failed)"})
+            continue
+        value = mine / theirs
+        rows.append({"target": target, "ours": mine, "peer": theirs, "value": value, "goal": goal, "unit": "ratio",
+                     "status": "PASS" if (value >= goal if higher else value <= goal) else "MISS"})
+    return rows
+
+
 def in_process_peers(args, prompts_ids: list[list[int]]) -> tuple[dict, dict]:
     """Single-stream figures of the peers that have no HTTP server, and why others were skipped."""
     import runtime_vs_peers as rvp
@@ -615,9 +713,34 @@ def main() -> int:
     parser.add_argument("--per-stream", type=int, default=2, help="requests each concurrent client sends")
     parser.add_argument("--concurrency", type=int, nargs="*", default=list(CONCURRENCY))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--skip", nargs="*", default=[], help="systems or phases to leave out: llama.cpp, in-process, embeddings, structured, multi-turn")
+    parser.add_argument(
+        "--skip", nargs="*", default=[],
+        help="systems or phases to leave out: llama.cpp, in-process, embeddings, structured, multi-turn; default: the default model's run (with --size)",
+    )
+    parser.add_argument(
+        "--size", choices=("1b", "3b", "8b"),
+        help="then the same phases, ours against llama-server, on a generated GGUF of Llama-3.2-1B's (3B's, Llama-3.1-8B's) shapes, exported to int4 here once",
+    )
     parser.add_argument("--json", type=Path, default=PEERS / "serving.json")
     args = parser.parse_args()
+    if "default" in args.skip and not args.size:
+        raise SystemExit("--skip default leaves nothing to run without --size")
+
+    results = default_run(args) if "default" not in args.skip else {}
+    if args.size:
+        results["size"] = sized = size_phase(args)
+        print(f"\nat size: {sized['gguf']} ({sized['gguf_mb']:.0f} MB), its int4 engine {sized['engine_mb']:.0f} MB", end="")
+        export = sized["export"]
+        print(f"; exported in {export['wall_s']:.0f} s at {export['peak_rss_mb']:.0f} MB peak" if export else " (exported in an earlier run)")
+        print_table(sized)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nfigures written to {args.json}")
+    return 0
+
+
+def default_run(args) -> dict:
+    """Every system on the default models (the engines under --engines)."""
 
     from api.registry import find_engine_dirs
     from export.pull import resolve_default
@@ -657,25 +780,7 @@ def main() -> int:
         except Exception as exc:  # reported, not fatal
             results["errors"][decoded.name] = f"{type(exc).__name__}: {exc}"[:500]
 
-    gguf = resolve_source(args.source).path
-    if "llama.cpp" in args.skip:
-        results["skipped"]["llama.cpp"] = "--skip"
-    elif not LLAMA_SERVER.exists():
-        results["skipped"]["llama.cpp"] = "llama-server not built: run `make bench-peers`"
-    else:
-        port = free_port()
-        version = subprocess.run([str(LLAMA_SERVER), "--version"], capture_output=True, text=True).stderr.strip().splitlines()
-        llama = Server(
-            "llama.cpp llama-server",
-            [str(LLAMA_SERVER), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", "8", "-c", str(8 * 2048), "-t", str(args.threads), "--no-webui"],
-            port,
-            gguf.name,
-        )
-        name = f"llama.cpp server -np 8 ({gguf.name.split('.')[-2]})"
-        results["systems"][name] = run_server(llama, args, None)
-        results["systems"][name]["version"] = version[0] if version else "unknown"
-        if "error" in results["systems"][name]:
-            results["errors"][name] = results["systems"][name]["error"]
+    run_llama_server(resolve_source(args.source).path, args, results)
 
     if "in-process" not in args.skip:
         from runtime.engine import load_engine
@@ -701,10 +806,7 @@ def main() -> int:
     parity = json.loads(parity_file.read_text()) if parity_file.exists() else None
     results["targets"] = targets(results, parity)
     print_table(results)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nfigures written to {args.json}")
-    return 0
+    return results
 
 
 if __name__ == "__main__":
