@@ -643,14 +643,15 @@ def print_table(results: dict) -> None:
     ours = systems.get("ours", {})
     print("\n" + "=" * 100)
     print(f"greedy, {results['tokens']} new tokens (EOS ignored), {results['threads']} threads; ratio = ours / peer (higher is better for ours)")
-    header = f"{'system':36} {'single tok/s':>12} {'TTFT ms':>8}" + "".join(f" {'agg@' + str(c):>9}" for c in results["concurrency"]) + f" {'RSS@burst':>9} {'RSS peak':>8}"
+    width = max([36, *(len(name) for name in systems)])  # the names column fits the longest name
+    header = f"{'system':{width}} {'single tok/s':>12} {'TTFT ms':>8}" + "".join(f" {'agg@' + str(c):>9}" for c in results["concurrency"]) + f" {'RSS@burst':>9} {'RSS peak':>8}"
     print(header)
 
     def cell(value: float | None, width: int, digits: int = 1) -> str:
         return f" {value:{width}.{digits}f}" if value is not None else f" {'-':>{width}}"
 
     for name, f in systems.items():
-        row = f"{name:36}" + cell(_get(f, "single", "decode_tok_s"), 12) + cell(_get(f, "single", "ttft_ms"), 8, 0)
+        row = f"{name:{width}}" + cell(_get(f, "single", "decode_tok_s"), 12) + cell(_get(f, "single", "ttft_ms"), 8, 0)
         for c in results["concurrency"]:
             row += cell(_get(f, "concurrent", str(c), "aggregate_tok_s"), 9)
         row += cell(_get(f, "peak_rss_mb_burst"), 9, 0) + cell(_get(f, "peak_rss_mb"), 8, 0)
@@ -664,11 +665,11 @@ def print_table(results: dict) -> None:
             mine, theirs = _get(ours, *path), _get(f, *path)
             if mine is not None and theirs:
                 parts.append(f"{label} {mine / theirs:.2f}x")
-        print(f"  vs {name:33} " + (", ".join(parts) or "-"))
+        print(f"  vs {name:{width - 3}} " + (", ".join(parts) or "-"))
     print("\nTTFT p50 / p95 ms at each concurrency")
     for name, f in systems.items():
         if f.get("concurrent"):
-            print(f"  {name:36} " + "  ".join(f"@{c}: {r['ttft_p50_ms']:.0f}/{r['ttft_p95_ms']:.0f}" for c, r in f["concurrent"].items()))
+            print(f"  {name:{width}} " + "  ".join(f"@{c}: {r['ttft_p50_ms']:.0f}/{r['ttft_p95_ms']:.0f}" for c, r in f["concurrent"].items()))
     for name, f in [*systems.items(), ("ours --prefix-cache-decoded", {"multi_turn": results.get("multi_turn_decoded")})]:
         turns = f.get("multi_turn")
         if turns:
