@@ -11,20 +11,24 @@ import pytest
 
 from runtime import memory
 
-# In a fresh interpreter: a large block freed first raises glibc's dynamic mmap threshold, then
-# weights-sized blocks are allocated behind a small one that pins the heap's top, touched and
-# freed, as ONNX Runtime's graph optimizer and weight packing do. Prints the resident MB held
-# after the frees.
-_PROGRAM = textwrap.dedent(
+# Both programs below run in a fresh interpreter, with glibc's malloc and free at hand.
+_LIBC = textwrap.dedent(
     """
-    import ctypes, sys
+    import ctypes, resource, sys
     from runtime.memory import building_session
 
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
+    """
+)
 
+# A large block freed first raises glibc's dynamic mmap threshold; then weights-sized blocks,
+# with smaller live ones between them that keep the heap from shrinking, are touched and freed,
+# as ONNX Runtime's graph optimizer and weight packing do. Prints the resident MB still held.
+_PROGRAM = _LIBC + textwrap.dedent(
+    """
     def resident_mb():
         for line in open("/proc/self/status"):
             if line.startswith("VmRSS:"):
@@ -69,15 +73,8 @@ def test_a_session_build_gives_freed_blocks_back():
 
 # After a session is built: a serving step's few-MB temporary, allocated and freed fifty
 # times with a small block kept above it. Prints the page faults the fifty steps took.
-_STEPS = textwrap.dedent(
+_STEPS = _LIBC + textwrap.dedent(
     """
-    import ctypes, resource
-    from runtime.memory import building_session
-
-    libc = ctypes.CDLL("libc.so.6")
-    libc.malloc.restype = ctypes.c_void_p
-    libc.malloc.argtypes = [ctypes.c_size_t]
-    libc.free.argtypes = [ctypes.c_void_p]
     with building_session():
         pass
 
