@@ -494,7 +494,7 @@ def size_phase(args) -> dict:
 
     gguf = PEERS / f"llama-{args.size}-shaped.gguf"
     if not gguf.exists():
-        print(f"\n== generating {gguf.relative_to(ROOT)} (Llama-3.2-{args.size.upper()} shapes, random blocks)", flush=True)
+        print(f"\n== generating {gguf.relative_to(ROOT)} ({random_gguf.SHAPES[args.size]}, random blocks)", flush=True)
         random_gguf.write_random_gguf(gguf, random_gguf.SHAPES[args.size], random_gguf.default_tokenizer_gguf())
     engines = PEERS / f"engines-{args.size}"
     engine = engines / f"llama-{args.size}-shaped-int4"
