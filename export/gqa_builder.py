@@ -49,7 +49,7 @@ from export.quantize import QuantizedWeight, WeightQuantization, dequantize, qua
 from export.tensors import TensorSource
 from runtime.manifest import KVLayout, TensorSpec
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 STATIC_ROPE_TYPES = (None, "default", "linear", "llama3")  # inv_freq does not depend on length
 OPSET = 21
 # Compute dtypes the builder writes: float32 (CPU engines) and float16 (CUDA / TensorRT engines).
@@ -295,6 +295,15 @@ def build_gqa_graph(
         parts = [p if p is not None else np.zeros_like(next(b for b in present if b is not None)) for p in present]
         return g.node("Add", [x, g.const(f"{name}.bias", np.concatenate(parts))], [f"{name}/biased"], f"{name}/add_bias")[0]
 
+    def head_norm(x: str, weight_name: str, count: int, name: str) -> str:
+        """RMSNorm of each of `count` heads of x [batch, sequence, count × head_dim]."""
+        heads_shape = g.const(f"{name}/heads_shape", np.array([0, 0, count, head_dim], dtype=np.int64))
+        flat_shape = g.const(f"{name}/flat_shape", np.array([0, 0, count * head_dim], dtype=np.int64))
+        split = g.node("Reshape", [x, heads_shape], [f"{name}/heads"], f"{name}/to_heads")[0]
+        weight = g.const(weight_name, tensors.float(weight_name))
+        normed = g.node("SimplifiedLayerNormalization", [split, weight], [f"{name}/normed"], name, axis=-1, epsilon=eps)[0]
+        return g.node("Reshape", [normed, flat_shape], [f"{name}/out"], f"{name}/to_flat")[0]
+
     # Rotary caches: cos/sin of position × inverse frequency, from the model's rotary embedding.
     inv_freq, scaling = rotary
     angles = np.outer(np.arange(max_context, dtype=np.float64), inv_freq.astype(np.float64))
@@ -351,9 +360,17 @@ def build_gqa_graph(
         a = f"{p}.self_attn"
         qkv = matmul(normed, [f"{a}.q_proj.weight", f"{a}.k_proj.weight", f"{a}.v_proj.weight"], f"{a}.qkv_proj.weight", f"{p}/qkv_proj")
         qkv = maybe_bias(qkv, f"{a}.qkv_proj", [f"{a}.q_proj.bias", f"{a}.k_proj.bias", f"{a}.v_proj.bias"])
+        qkv_inputs = [qkv, "", ""]  # packed q|k|v: the node splits it
+        if f"{a}.q_norm.weight" in names:
+            # Qwen3: an RMSNorm over each head's query and key before the rotary embedding. The
+            # CPU kernel takes no q/k norm weights (../shared/FAMILIES.md), so they are ordinary
+            # norms over [.., heads, head_dim] before the node, which then gets q, k, v apart.
+            sizes = g.const(f"{a}.qkv_sizes", np.array([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dtype=np.int64))
+            q, k, v = g.node("Split", [qkv, sizes], [f"{p}/q", f"{p}/k", f"{p}/v"], f"{p}/qkv_split", axis=-1)
+            qkv_inputs = [head_norm(q, f"{a}.q_norm.weight", heads, f"{p}/q_norm"), head_norm(k, f"{a}.k_norm.weight", kv_heads, f"{p}/k_norm"), v]
         attn = g.node(
             "GroupQueryAttention",
-            [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k", "total_sequence_length", cos_cache, sin_cache],
+            [*qkv_inputs, f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k", "total_sequence_length", cos_cache, sin_cache],
             [f"{p}/attn", f"present.{i}.key", f"present.{i}.value"],
             f"{p}/attention", MS_DOMAIN,
             num_heads=heads, kv_num_heads=kv_heads, scale=float(head_dim**-0.5), do_rotary=1, rotary_interleaved=0,

@@ -72,7 +72,7 @@ def _init_weights(model, std: float) -> None:
 
 
 def make_tiny_llama(folder: Path, *, model_type: str = "llama", tie: bool = True, fim: bool = False) -> Path:
-    """A 2-layer llama (or qwen2, with q/k/v biases) with 4 query and 2 KV heads of 16 dims;
+    """A 2-layer llama (or qwen2, with q/k/v biases; qwen3, with q/k norms) with 4 query and 2 KV heads of 16 dims;
     with `fim`, its vocabulary has the fill-in-the-middle tokens too (FIM_TOKENS)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 

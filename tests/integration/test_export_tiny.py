@@ -145,6 +145,28 @@ def test_qwen2_with_biases_and_untied_head(tmp_path):
     assert "lm_head.weight_t" in initializers and any(name.endswith("qkv_proj.bias") for name in initializers)
 
 
+def test_qwen3_query_and_key_norms_on_the_shared_kv_graph(tmp_path):
+    """Qwen3 normalizes each head's query and key before the rotary embedding: PyTorch's greedy
+    tokens, on the batched graph, with rows in a batch equal to each sequence alone."""
+    from tests.tiny_models import make_tiny_llama
+
+    folder = make_tiny_llama(tmp_path / "qwen3", model_type="qwen3", tie=False)
+    result = export_model(str(folder), tmp_path / "engine", ExportOptions())
+    assert result.manifest.style == "gqa-shared-kv" and result.parity["greedy_identical"]
+    graph = load_graph(result.directory)
+    assert {"model.layers.1.self_attn.q_norm.weight", "model.layers.1.self_attn.k_norm.weight"} <= {i.name for i in graph.initializer}
+    engine = load_engine(result.directory)
+    ids = [engine.tokenizer.encode(p).ids for p in ("Short one.", "A longer prompt than the first one, to offset the lengths.")]
+    alone = [greedy_alone(engine, i, 6) for i in ids]
+    decoder = open_decoder(engine, slots=2)
+    tokens = [int(decoder.prefill(slot, ids[slot])[-1].argmax()) for slot in range(2)]
+    for step in range(6):
+        logits = decoder.decode([0, 1], tokens)
+        for slot in range(2):
+            np.testing.assert_allclose(logits[slot], alone[slot][step], atol=1e-4)
+            tokens[slot] = int(logits[slot].argmax())
+
+
 def test_max_context_beyond_the_model_is_refused(tiny_llama_dir, tmp_path):
     with pytest.raises(ExportError, match="exceeds the 4096 positions"):
         export_model(str(tiny_llama_dir), tmp_path / "out" / "e", ExportOptions(max_context=8192))
