@@ -49,7 +49,7 @@ from export.quantize import QuantizedWeight, WeightQuantization, dequantize, qua
 from export.tensors import TensorSource
 from runtime.manifest import KVLayout, TensorSpec
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "granite")
 STATIC_ROPE_TYPES = (None, "default", "linear", "llama3")  # inv_freq does not depend on length
 OPSET = 21
 # Compute dtypes the builder writes: float32 (CPU engines) and float16 (CUDA / TensorRT engines).
@@ -343,6 +343,18 @@ def build_gqa_graph(
             ["embeddings"], "embed_tokens", MS_DOMAIN, gather_axis=0, quantize_axis=1, block_size=32, bits=8,
         )[0]  # fmt: skip
         del rows
+    # Granite scales the embedding, each residual branch, the attention scores and the logits.
+    embedding_multiplier = float(getattr(config, "embedding_multiplier", 1.0))
+    residual_multiplier = float(getattr(config, "residual_multiplier", 1.0))
+    attention_scale = float(getattr(config, "attention_multiplier", head_dim**-0.5))
+    logits_scaling = float(getattr(config, "logits_scaling", 1.0))
+
+    def scaled(x: str, factor: float, name: str) -> str:
+        if factor == 1.0:
+            return x
+        return g.node("Mul", [x, g.const(f"{name}/factor", np.array(factor, dtype=np.float32))], [f"{name}/out"], name)[0]
+
+    x = scaled(x, embedding_multiplier, "embedding_multiplier")
     residual = x
     pending: str | None = None  # output of the previous block still to be added to the residual
     for i in range(layers):
@@ -373,10 +385,10 @@ def build_gqa_graph(
             [*qkv_inputs, f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k", "total_sequence_length", cos_cache, sin_cache],
             [f"{p}/attn", f"present.{i}.key", f"present.{i}.value"],
             f"{p}/attention", MS_DOMAIN,
-            num_heads=heads, kv_num_heads=kv_heads, scale=float(head_dim**-0.5), do_rotary=1, rotary_interleaved=0,
+            num_heads=heads, kv_num_heads=kv_heads, scale=attention_scale, do_rotary=1, rotary_interleaved=0,
         )[0]  # fmt: skip
         o = matmul(attn, [f"{a}.o_proj.weight"], f"{a}.o_proj.weight", f"{p}/o_proj")
-        o = maybe_bias(o, f"{a}.o_proj", [f"{a}.o_proj.bias"])
+        o = scaled(maybe_bias(o, f"{a}.o_proj", [f"{a}.o_proj.bias"]), residual_multiplier, f"{p}/attention_residual_multiplier")
         # Post-attention norm fused with the residual add.
         ln2 = g.const(f"{p}.post_attention_layernorm.weight", tensors.float(f"{p}.post_attention_layernorm.weight"))
         normed2, _, _, residual = g.node(
@@ -394,7 +406,7 @@ def build_gqa_graph(
         act = g.node("Mul", [gate, sig], [f"{p}/silu"], f"{p}/silu")[0]
         h = g.node("Mul", [act, up], [f"{p}/swiglu"], f"{p}/swiglu")[0]
         pending = matmul(h, [f"{m}.down_proj.weight"], f"{m}.down_proj.weight", f"{p}/down_proj")
-        pending = maybe_bias(pending, f"{m}.down_proj", [f"{m}.down_proj.bias"])
+        pending = scaled(maybe_bias(pending, f"{m}.down_proj", [f"{m}.down_proj.bias"]), residual_multiplier, f"{p}/mlp_residual_multiplier")
         on_layer(i)
 
     # Final norm, keep only the positions whose logits are wanted, project onto the vocabulary.
@@ -406,7 +418,7 @@ def build_gqa_graph(
         "Slice", [final, start, g.const("keep_end", np.array([np.iinfo(np.int64).max])), g.const("keep_axis", np.array([1]))],
         ["kept_hidden"], "keep_last",
     )[0]  # fmt: skip
-    logits_name = "logits" if dtype == "float32" else "lm_head/out"
+    logits_name = "logits" if dtype == "float32" and logits_scaling == 1.0 else "lm_head/out"
     if head_quant is None and tied:
         # Tied weights: one copy on disk; ONNX Runtime folds the transpose once at load.
         weight_bytes += vocab * config.hidden_size * item
@@ -428,8 +440,11 @@ def build_gqa_graph(
         # A quantized head is its own copy, beside the embedding's rows.
         head_name = "model.embed_tokens.weight" if tied else "lm_head.weight"
         logits = matmul(kept, [head_name], "lm_head.weight_t", "lm_head", head_quant)
-        if dtype == "float32":
+        if logits_name == "logits":
             g.node("Identity", [logits], ["logits"], "logits")
+    if logits_scaling != 1.0:
+        divisor = g.const("logits_scaling", np.array(logits_scaling, dtype=np.float32))
+        g.node("Div", [g.nodes[-1].output[0], divisor], ["logits" if dtype == "float32" else "lm_head/scaled"], "logits_scaling")
     if dtype != "float32":
         # The sampler reads float32 logits from every engine: cast once, at the very end.
         g.node("Cast", [g.nodes[-1].output[0]], ["logits"], "logits", to=f32)

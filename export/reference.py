@@ -73,8 +73,11 @@ class StreamedReference:
         embedded = self._embed(sequences)
         with torch.inference_mode():
             states, extras = [], []
+            multiplier = float(getattr(self.config, "embedding_multiplier", 1.0))  # Granite's
             for rows in embedded:
                 hidden = torch.from_numpy(rows)[None]
+                if multiplier != 1.0:
+                    hidden = hidden * multiplier
                 positions = torch.arange(hidden.shape[1])
                 mask = create_causal_mask(
                     config=self.config, input_embeds=hidden, attention_mask=None, cache_position=positions,
@@ -116,6 +119,9 @@ class StreamedReference:
         out = np.empty((hidden.shape[0], vocab), dtype=np.float32)
         for start, rows in iter_row_chunks(self.tensors, name, vocab, VOCAB_CHUNK):
             out[:, start : start + len(rows)] = hidden @ rows.T
+        scaling = float(getattr(self.config, "logits_scaling", 1.0))  # Granite divides its logits
+        if scaling != 1.0:
+            out /= np.float32(scaling)
         return out
 
 

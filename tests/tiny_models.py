@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from export.prompts import DECODER_PROMPTS, EMBEDDING_SENTENCES
 
@@ -71,14 +72,15 @@ def _init_weights(model, std: float) -> None:
                 param.copy_(std * torch.randn(param.shape, generator=generator))
 
 
-def make_tiny_llama(folder: Path, *, model_type: str = "llama", tie: bool = True, fim: bool = False) -> Path:
-    """A 2-layer llama (or qwen2, with q/k/v biases; qwen3, with q/k norms) with 4 query and 2 KV heads of 16 dims;
-    with `fim`, its vocabulary has the fill-in-the-middle tokens too (FIM_TOKENS)."""
+def make_tiny_llama(folder: Path, *, model_type: str = "llama", tie: bool = True, fim: bool = False, **config: Any) -> Path:
+    """A 2-layer llama (or qwen2, with q/k/v biases; qwen3, with q/k norms; granite) with 4 query
+    and 2 KV heads of 16 dims; with `fim`, its vocabulary has the fill-in-the-middle tokens too
+    (FIM_TOKENS). `config` adds or overrides the family's config fields."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = _save_decoder_tokenizer(folder, 600, FIM_TOKENS if fim else None)
-    config = AutoConfig.for_model(
+    family = AutoConfig.for_model(
         model_type,
         vocab_size=vocab,
         hidden_size=64,
@@ -94,8 +96,9 @@ def make_tiny_llama(folder: Path, *, model_type: str = "llama", tie: bool = True
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,
+        **config,
     )
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(family)
     _init_weights(model, 0.25)
     model.save_pretrained(folder)
     return folder

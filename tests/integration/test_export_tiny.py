@@ -167,6 +167,27 @@ def test_qwen3_query_and_key_norms_on_the_shared_kv_graph(tmp_path):
             tokens[slot] = int(logits[slot].argmax())
 
 
+def test_granite_multipliers_match_the_whole_pytorch_model(tmp_path):
+    """Granite scales the embedding, each residual branch, the attention scores and the logits
+    (Granite 3.0's figures, the attention scale at this head size's): the engine's greedy tokens
+    and prompt logits equal the whole PyTorch model's, not only the layer-streamed reference's."""
+    from transformers import AutoModelForCausalLM
+
+    from export.parity import engine_greedy, torch_greedy
+    from tests.tiny_models import make_tiny_llama
+
+    multipliers = {"embedding_multiplier": 12.0, "residual_multiplier": 0.22, "attention_multiplier": 0.0625, "logits_scaling": 8.0}
+    folder = make_tiny_llama(tmp_path / "granite", model_type="granite", tie=True, **multipliers)
+    result = export_model(str(folder), tmp_path / "engine", ExportOptions())
+    assert result.manifest.style == "gqa-shared-kv" and result.parity["greedy_identical"]
+    engine = load_engine(result.directory)
+    ids = engine.tokenizer.encode("Granite models scale what llama leaves alone.").ids
+    expected, prompt_logits, _ = torch_greedy(AutoModelForCausalLM.from_pretrained(str(folder)).eval(), ids, 16)
+    tokens, engine_prompt_logits, _ = engine_greedy(open_decoder(engine, slots=1), ids, 16)
+    assert tokens == expected
+    np.testing.assert_allclose(engine_prompt_logits[-1], prompt_logits[-1], atol=1e-3)
+
+
 def test_max_context_beyond_the_model_is_refused(tiny_llama_dir, tmp_path):
     with pytest.raises(ExportError, match="exceeds the 4096 positions"):
         export_model(str(tiny_llama_dir), tmp_path / "out" / "e", ExportOptions(max_context=8192))
