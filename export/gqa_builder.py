@@ -49,7 +49,7 @@ from export.quantize import QuantizedWeight, WeightQuantization, dequantize, qua
 from export.tensors import TensorSource
 from runtime.manifest import KVLayout, TensorSpec
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "granite")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3")
 STATIC_ROPE_TYPES = (None, "default", "linear", "llama3")  # inv_freq does not depend on length
 OPSET = 21
 # Compute dtypes the builder writes: float32 (CPU engines) and float16 (CUDA / TensorRT engines).
@@ -349,6 +349,8 @@ def build_gqa_graph(
     attention_scale = float(getattr(config, "attention_multiplier", head_dim**-0.5))
     logits_scaling = float(getattr(config, "logits_scaling", 1.0))
 
+    no_rope_layers = getattr(config, "no_rope_layers", None)
+
     def scaled(x: str, factor: float, name: str) -> str:
         if factor == 1.0:
             return x
@@ -380,12 +382,15 @@ def build_gqa_graph(
             sizes = g.const(f"{a}.qkv_sizes", np.array([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dtype=np.int64))
             q, k, v = g.node("Split", [qkv, sizes], [f"{p}/q", f"{p}/k", f"{p}/v"], f"{p}/qkv_split", axis=-1)
             qkv_inputs = [head_norm(q, f"{a}.q_norm.weight", heads, f"{p}/q_norm"), head_norm(k, f"{a}.k_norm.weight", kv_heads, f"{p}/k_norm"), v]
+        # SmolLM3: no_rope_layers[i] == 1 means layer i uses the rotary embedding; the others have none.
+        rotary_layer = bool(no_rope_layers[i]) if no_rope_layers is not None else True
+        caches = [cos_cache, sin_cache] if rotary_layer else []
         attn = g.node(
             "GroupQueryAttention",
-            [*qkv_inputs, f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k", "total_sequence_length", cos_cache, sin_cache],
+            [*qkv_inputs, f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k", "total_sequence_length", *caches],
             [f"{p}/attn", f"present.{i}.key", f"present.{i}.value"],
             f"{p}/attention", MS_DOMAIN,
-            num_heads=heads, kv_num_heads=kv_heads, scale=attention_scale, do_rotary=1, rotary_interleaved=0,
+            num_heads=heads, kv_num_heads=kv_heads, scale=attention_scale, do_rotary=int(rotary_layer), rotary_interleaved=0,
         )[0]  # fmt: skip
         o = matmul(attn, [f"{a}.o_proj.weight"], f"{a}.o_proj.weight", f"{p}/o_proj")
         o = scaled(maybe_bias(o, f"{a}.o_proj", [f"{a}.o_proj.bias"]), residual_multiplier, f"{p}/attention_residual_multiplier")

@@ -80,24 +80,23 @@ def make_tiny_llama(folder: Path, *, model_type: str = "llama", tie: bool = True
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = _save_decoder_tokenizer(folder, 600, FIM_TOKENS if fim else None)
-    family = AutoConfig.for_model(
-        model_type,
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=4096,
-        rope_theta=10000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=tie,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        **config,
-    )
+    fields: dict[str, Any] = {
+        "vocab_size": vocab,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "max_position_embeddings": 4096,
+        "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": tie,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+    }
+    family = AutoConfig.for_model(model_type, **{**fields, **config})
     model = AutoModelForCausalLM.from_config(family)
     _init_weights(model, 0.25)
     model.save_pretrained(folder)

@@ -188,6 +188,27 @@ def test_granite_multipliers_match_the_whole_pytorch_model(tmp_path):
     np.testing.assert_allclose(engine_prompt_logits[-1], prompt_logits[-1], atol=1e-3)
 
 
+def test_smollm3_layers_without_rotary_embedding(tmp_path):
+    """SmolLM3 leaves the rotary embedding out of every fourth layer: those attention nodes get
+    none, and the tokens are PyTorch's."""
+    from transformers import AutoModelForCausalLM
+
+    from export.parity import engine_greedy, torch_greedy
+    from tests.tiny_models import make_tiny_llama
+
+    folder = make_tiny_llama(tmp_path / "smollm3", model_type="smollm3", tie=True, num_hidden_layers=4, no_rope_layer_interval=2)
+    result = export_model(str(folder), tmp_path / "engine", ExportOptions())
+    assert result.manifest.style == "gqa-shared-kv" and result.parity["greedy_identical"]
+    rotary = [next(a.i for a in n.attribute if a.name == "do_rotary") for n in load_graph(result.directory).node if n.op_type == "GroupQueryAttention"]
+    assert rotary == [1, 0, 1, 0]
+    engine = load_engine(result.directory)
+    ids = engine.tokenizer.encode("Every other layer here has no rotary embedding at all.").ids
+    expected, prompt_logits, _ = torch_greedy(AutoModelForCausalLM.from_pretrained(str(folder)).eval(), ids, 16)
+    tokens, engine_prompt_logits, _ = engine_greedy(open_decoder(engine, slots=1), ids, 16)
+    assert tokens == expected
+    np.testing.assert_allclose(engine_prompt_logits[-1], prompt_logits[-1], atol=1e-3)
+
+
 def test_max_context_beyond_the_model_is_refused(tiny_llama_dir, tmp_path):
     with pytest.raises(ExportError, match="exceeds the 4096 positions"):
         export_model(str(tiny_llama_dir), tmp_path / "out" / "e", ExportOptions(max_context=8192))
