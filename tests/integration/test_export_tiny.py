@@ -167,33 +167,37 @@ def test_qwen3_query_and_key_norms_on_the_shared_kv_graph(tmp_path):
             tokens[slot] = int(logits[slot].argmax())
 
 
-def test_granite_multipliers_match_the_whole_pytorch_model(tmp_path):
-    """Granite scales the embedding, each residual branch, the attention scores and the logits
-    (Granite 3.0's figures, the attention scale at this head size's): the engine's greedy tokens
-    and prompt logits equal the whole PyTorch model's, not only the layer-streamed reference's."""
+def assert_matches_whole_model(folder: Path, engine_dir: Path, text: str) -> None:
+    """16 greedy tokens and the prompt's last logits: the engine's equal the whole PyTorch model's
+    (not only the layer-streamed reference's, which the export's own parity check uses)."""
     from transformers import AutoModelForCausalLM
 
     from export.parity import engine_greedy, torch_greedy
-    from tests.tiny_models import make_tiny_llama
 
-    multipliers = {"embedding_multiplier": 12.0, "residual_multiplier": 0.22, "attention_multiplier": 0.0625, "logits_scaling": 8.0}
-    folder = make_tiny_llama(tmp_path / "granite", model_type="granite", tie=True, **multipliers)
-    result = export_model(str(folder), tmp_path / "engine", ExportOptions())
-    assert result.manifest.style == "gqa-shared-kv" and result.parity["greedy_identical"]
-    engine = load_engine(result.directory)
-    ids = engine.tokenizer.encode("Granite models scale what llama leaves alone.").ids
+    engine = load_engine(engine_dir)
+    ids = engine.tokenizer.encode(text).ids
     expected, prompt_logits, _ = torch_greedy(AutoModelForCausalLM.from_pretrained(str(folder)).eval(), ids, 16)
     tokens, engine_prompt_logits, _ = engine_greedy(open_decoder(engine, slots=1), ids, 16)
     assert tokens == expected
     np.testing.assert_allclose(engine_prompt_logits[-1], prompt_logits[-1], atol=1e-3)
 
 
+def test_granite_multipliers_match_the_whole_pytorch_model(tmp_path):
+    """Granite scales the embedding, each residual branch, the attention scores and the logits
+    (Granite 3.0's figures, the attention scale at this head size's): the engine's greedy tokens
+    and prompt logits equal the whole PyTorch model's, not only the layer-streamed reference's."""
+    from tests.tiny_models import make_tiny_llama
+
+    multipliers = {"embedding_multiplier": 12.0, "residual_multiplier": 0.22, "attention_multiplier": 0.0625, "logits_scaling": 8.0}
+    folder = make_tiny_llama(tmp_path / "granite", model_type="granite", tie=True, **multipliers)
+    result = export_model(str(folder), tmp_path / "engine", ExportOptions())
+    assert result.manifest.style == "gqa-shared-kv" and result.parity["greedy_identical"]
+    assert_matches_whole_model(folder, result.directory, "Granite models scale what llama leaves alone.")
+
+
 def test_smollm3_layers_without_rotary_embedding(tmp_path):
     """SmolLM3 leaves the rotary embedding out of every fourth layer: those attention nodes get
     none, and the tokens are PyTorch's."""
-    from transformers import AutoModelForCausalLM
-
-    from export.parity import engine_greedy, torch_greedy
     from tests.tiny_models import make_tiny_llama
 
     folder = make_tiny_llama(tmp_path / "smollm3", model_type="smollm3", tie=True, num_hidden_layers=4, no_rope_layer_interval=2)
@@ -201,12 +205,7 @@ def test_smollm3_layers_without_rotary_embedding(tmp_path):
     assert result.manifest.style == "gqa-shared-kv" and result.parity["greedy_identical"]
     rotary = [next(a.i for a in n.attribute if a.name == "do_rotary") for n in load_graph(result.directory).node if n.op_type == "GroupQueryAttention"]
     assert rotary == [1, 0, 1, 0]
-    engine = load_engine(result.directory)
-    ids = engine.tokenizer.encode("Every other layer here has no rotary embedding at all.").ids
-    expected, prompt_logits, _ = torch_greedy(AutoModelForCausalLM.from_pretrained(str(folder)).eval(), ids, 16)
-    tokens, engine_prompt_logits, _ = engine_greedy(open_decoder(engine, slots=1), ids, 16)
-    assert tokens == expected
-    np.testing.assert_allclose(engine_prompt_logits[-1], prompt_logits[-1], atol=1e-3)
+    assert_matches_whole_model(folder, result.directory, "Every other layer here has no rotary embedding at all.")
 
 
 def test_max_context_beyond_the_model_is_refused(tiny_llama_dir, tmp_path):
