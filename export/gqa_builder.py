@@ -248,6 +248,12 @@ def build_gqa_graph(
         weight_bytes += offsets.size * item
         return add_offsets(x, y, g.const(f"{weight_name}.offsets", offsets), weight_name, node_name, q.block_size)
 
+    def project(x: str, parts: list[str], weight_name: str, node_name: str) -> list[str]:
+        """x @ W for matrices `parts` that share their input (q|k|v, gate|up): one fused output for
+        them all (their outputs side by side), or one output per part where they cannot be fused
+        (callers split a fused output themselves when they need the parts apart)."""
+        return [matmul(x, parts, weight_name, node_name)]
+
     def carried_bytes(blocks: CarriedBlocks) -> int:
         """What a decode step reads of carried blocks: the scales (and offsets) in the compute dtype."""
         return blocks.packed.nbytes + blocks.scales.size * item + (0 if blocks.minimums is None else blocks.minimums.size * item)
