@@ -60,7 +60,7 @@ def build(opened, reference_manifest, quant: WeightQuantization | None, out: Pat
     from runtime.manifest import TOKENIZER_FILE, read_manifest, write_manifest
 
     out.mkdir(parents=True)
-    built = gqa_builder.build_gqa_graph(opened.config, opened.tensors, gqa_builder.rotary_parameters(opened.config), max_context, out, quant)
+    built = gqa_builder.build_gqa_graph(opened.config, opened.tensors, max_context, out, quant)
     shutil.copyfile(reference_manifest.parent / TOKENIZER_FILE, out / TOKENIZER_FILE)
     manifest = dataclasses.replace(
         read_manifest(reference_manifest.parent), inputs=built.inputs, outputs=built.outputs, precision="fp32" if quant is None else f"int{quant.bits}"

@@ -49,8 +49,17 @@ from export.quantize import QuantizedWeight, WeightQuantization, dequantize, qua
 from export.tensors import TensorSource
 from runtime.manifest import KVLayout, TensorSpec
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3")
-STATIC_ROPE_TYPES = (None, "default", "linear", "llama3")  # inv_freq does not depend on length
+# Families whose decoder layers this builder writes (../shared/FAMILIES.md has what each needs).
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3", "gemma2", "gemma3_text", "phi3", "olmo2")
+GEMMA_TYPES = ("gemma2", "gemma3_text")  # (1 + w) norms, √hidden embedding, norms before and after each sublayer
+POST_NORM_TYPES = ("olmo2",)  # norms after each sublayer only
+# Mixture-of-experts families: refused with the reason (see unsupported_reason).
+MOE_TYPES = ("qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe", "phimoe", "deepseek_v2", "deepseek_v3")
+# Rotary embeddings whose inverse frequencies do not depend on the sequence's length, and LongRoPE,
+# whose two sets switch at a length (handled per row through position_ids).
+STATIC_ROPE_TYPES = (None, "default", "linear", "llama3", "yarn")
+LONG_ROPE_TYPES = ("longrope",)
+ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
 OPSET = 21
 # Compute dtypes the builder writes: float32 (CPU engines) and float16 (CUDA / TensorRT engines).
 DTYPES = ("float32", "float16")
@@ -82,23 +91,116 @@ class BuiltGraph:
 def unsupported_reason(config: Any, max_context: int) -> str | None:
     """Why this builder cannot build `config`'s model, or None if it can."""
     model_type = getattr(config, "model_type", None)
+    if model_type in MOE_TYPES:
+        return (
+            f"{model_type} is a mixture-of-experts model; ONNX Runtime's CPU MoE kernel runs every token through "
+            "a dense loop over its experts without block-quantized weights, so our builder does not write MoE layers"
+        )
+    if model_type == "gemma3":
+        return "this is Gemma 3's multimodal checkpoint; export a text-only Gemma 3 (model_type gemma3_text, e.g. gemma-3-1b)"
     if model_type not in SUPPORTED_MODEL_TYPES:
         return f"model_type {model_type!r} is not one of {', '.join(SUPPORTED_MODEL_TYPES)}"
     head_dim = _head_dim(config)
     if head_dim % 16:
         return f"head_dim {head_dim} is not a multiple of 16 (GroupQueryAttention's rotary kernel needs that)"
-    if getattr(config, "hidden_act", "silu") != "silu":
-        return f"activation {config.hidden_act!r} is not silu"
-    rope = getattr(config, "rope_scaling", None) or {}
-    rope_type = rope.get("rope_type", rope.get("type"))
-    if rope_type not in STATIC_ROPE_TYPES:
-        return f"rope scaling {rope_type!r} depends on the sequence length"
-    if getattr(config, "partial_rotary_factor", 1.0) != 1.0:
-        return "partial rotary embeddings are not supported"
-    window = getattr(config, "sliding_window", None)
-    if window is not None and getattr(config, "use_sliding_window", model_type == "mistral") and window < max_context:
-        return f"sliding-window attention ({window}) shorter than the context ({max_context})"
+    activation = _activation_name(config)
+    if activation not in ACTIVATIONS:
+        return f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}"
+    rope_type = _rope_type(config)
+    if rope_type not in STATIC_ROPE_TYPES + LONG_ROPE_TYPES:
+        return f"rope scaling {rope_type!r} recomputes its frequencies from the sequence's length at every step"
+    rotary_half = int(head_dim * float(getattr(config, "partial_rotary_factor", 1.0) or 1.0)) // 2
+    if rotary_half % 8 or rotary_half > head_dim // 2:
+        return f"a partial rotary embedding over {2 * rotary_half} of {head_dim} dimensions (GroupQueryAttention needs a multiple of 16)"
     return None
+
+
+def _activation_name(config: Any) -> str:
+    return str(getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", "silu"))
+
+
+def _rope_type(config: Any) -> str | None:
+    rope = getattr(config, "rope_scaling", None) or {}
+    return rope.get("rope_type", rope.get("type"))
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What one decoder layer of the family needs beyond llama's."""
+
+    # Norm weights before attention, after attention, before the MLP, after the MLP (None: none there).
+    norms: tuple[str | None, str | None, str | None, str | None]
+    rotary: str | None  # which cos/sin caches ("global", "local"); None: no rotary embedding
+    window: int  # GroupQueryAttention's local_window_size (keys including the current one), 0: all
+
+
+@dataclass(frozen=True)
+class FamilyPlan:
+    """A family's features, read from its config: the one layer loop builds every family from it."""
+
+    layers: tuple[LayerPlan, ...]
+    norm_offset: float = 0.0  # Gemma: the norm scales by 1 + w
+    embedding_scale: float = 1.0  # Gemma: √hidden; Granite: embedding_multiplier
+    residual_multiplier: float = 1.0  # Granite: each sublayer's output
+    attention_scale: float = 1.0
+    attention_softcap: float = 0.0  # Gemma 2: cap · tanh(scores / cap)
+    logits_scaling: float = 1.0  # Granite divides its logits
+    final_softcap: float = 0.0  # Gemma 2
+    activation: str = "silu"  # the MLP gate's: silu or gelu_tanh
+    long_rope_from: int = 0  # LongRoPE: a sequence longer than this uses the long factors; 0: no switch
+
+
+def family_plan(config: Any) -> FamilyPlan:
+    """The family's features as the builder and the reference read them."""
+    model_type = config.model_type
+    layers = int(config.num_hidden_layers)
+    head_dim = _head_dim(config)
+    layer_types = getattr(config, "layer_types", None)
+    window = int(getattr(config, "sliding_window", None) or 0)
+    max_context = int(getattr(config, "max_position_embeddings", 0) or 0)
+    no_rope = getattr(config, "no_rope_layers", None)  # SmolLM3: 1 = the layer uses the rotary embedding
+    plans = []
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        if model_type in GEMMA_TYPES:
+            norms = (f"{p}.input_layernorm.weight", f"{p}.post_attention_layernorm.weight", f"{p}.pre_feedforward_layernorm.weight", f"{p}.post_feedforward_layernorm.weight")
+        elif model_type in POST_NORM_TYPES:
+            norms = (None, f"{p}.post_attention_layernorm.weight", None, f"{p}.post_feedforward_layernorm.weight")
+        else:
+            norms = (f"{p}.input_layernorm.weight", None, f"{p}.post_attention_layernorm.weight", None)
+        # Which layers slide: layer_types where the config has them (Qwen2 slides only from
+        # max_window_layers on, Gemma alternates); Mistral and Phi-3 slide everywhere when set.
+        if layer_types is not None:
+            sliding = layer_types[i] == "sliding_attention"
+        else:
+            sliding = model_type in ("mistral", "phi3") and window > 0
+        rotary: str | None = "global"
+        if no_rope is not None and not no_rope[i]:
+            rotary = None
+        elif model_type == "gemma3_text" and sliding:
+            rotary = "local"
+        plans.append(LayerPlan(norms, rotary, window if sliding and window else 0))  # type: ignore[arg-type]
+    query_scalar = getattr(config, "query_pre_attn_scalar", None)
+    if query_scalar is not None and model_type in GEMMA_TYPES:
+        attention_scale = float(query_scalar) ** -0.5
+    else:
+        attention_scale = float(getattr(config, "attention_multiplier", head_dim**-0.5))
+    embedding_scale = float(np.float32(config.hidden_size**0.5)) if model_type in GEMMA_TYPES else float(getattr(config, "embedding_multiplier", 1.0))
+    long_from = 0
+    if _rope_type(config) in LONG_ROPE_TYPES:
+        long_from = int(getattr(config, "original_max_position_embeddings", None) or max_context)
+    return FamilyPlan(
+        layers=tuple(plans),
+        norm_offset=1.0 if model_type in GEMMA_TYPES else 0.0,
+        embedding_scale=embedding_scale,
+        residual_multiplier=float(getattr(config, "residual_multiplier", 1.0)),
+        attention_scale=attention_scale,
+        attention_softcap=float(getattr(config, "attn_logit_softcapping", None) or 0.0),
+        logits_scaling=float(getattr(config, "logits_scaling", 1.0)),
+        final_softcap=float(getattr(config, "final_logit_softcapping", None) or 0.0),
+        activation=ACTIVATIONS.get(_activation_name(config), "silu"),
+        long_rope_from=long_from,
+    )
 
 
 def _head_dim(config: Any) -> int:
@@ -165,7 +267,6 @@ class _Graph:
 def build_gqa_graph(
     config: Any,
     tensors: TensorSource,
-    rotary: tuple[np.ndarray, float],
     max_context: int,
     out_dir: Path,
     quant: WeightQuantization | None = None,
@@ -175,7 +276,8 @@ def build_gqa_graph(
     """Write model.onnx (+ model.onnx.data) for the llama-family model whose weights `tensors`
     holds into `out_dir`, a layer at a time (`on_layer` is told each one done).
 
-    `rotary` is (inv_freq, attention scaling) of the model's rotary embedding. With `quant`,
+    The family's features come from its config (family_plan; its rotary embeddings from
+    rotary_tables, as transformers computes them). With `quant`,
     every projection becomes a MatMulNBits over block-quantized weights (export/quantize.py),
     GGUF blocks carried as stored where `quant.method` is source-blocks (export/blocks.py);
     the vocabulary projection follows `quant.lm_head`. `dtype` is the compute dtype of
@@ -306,15 +408,18 @@ def build_gqa_graph(
         heads_shape = g.const(f"{name}/heads_shape", np.array([0, 0, count, head_dim], dtype=np.int64))
         flat_shape = g.const(f"{name}/flat_shape", np.array([0, 0, count * head_dim], dtype=np.int64))
         split = g.node("Reshape", [x, heads_shape], [f"{name}/heads"], f"{name}/to_heads")[0]
-        weight = g.const(weight_name, tensors.float(weight_name))
+        weight = norm_weight(weight_name)
         normed = g.node("SimplifiedLayerNormalization", [split, weight], [f"{name}/normed"], name, axis=-1, epsilon=eps)[0]
         return g.node("Reshape", [normed, flat_shape], [f"{name}/out"], f"{name}/to_flat")[0]
 
-    # Rotary caches: cos/sin of position × inverse frequency, from the model's rotary embedding.
-    inv_freq, scaling = rotary
-    angles = np.outer(np.arange(max_context, dtype=np.float64), inv_freq.astype(np.float64))
-    cos_cache = g.const("rotary.cos_cache", (np.cos(angles) * scaling).astype(np.float32))
-    sin_cache = g.const("rotary.sin_cache", (np.sin(angles) * scaling).astype(np.float32))
+    # Rotary caches: cos/sin of position × inverse frequency, from the model's rotary embedding(s).
+    plan = family_plan(config)
+    long_from = plan.long_rope_from if 0 < plan.long_rope_from < max_context else 0
+    caches: dict[str, list[str]] = {}
+    for key, (cos, sin) in rotary_tables(config, max_context).items():
+        suffix = "" if key == "global" else f".{key}"
+        caches[key] = [g.const(f"rotary{suffix}.cos_cache", cos), g.const(f"rotary{suffix}.sin_cache", sin)]
+    position_ids = long_rope_positions(g, max_context, long_from) if long_from else None
 
     head_quant = quant.head() if quant is not None else None
     tied = _lm_head_is_tied(config, names)
@@ -349,87 +454,124 @@ def build_gqa_graph(
             ["embeddings"], "embed_tokens", MS_DOMAIN, gather_axis=0, quantize_axis=1, block_size=32, bits=8,
         )[0]  # fmt: skip
         del rows
-    # Granite scales the embedding, each residual branch, the attention scores and the logits.
-    embedding_multiplier = float(getattr(config, "embedding_multiplier", 1.0))
-    residual_multiplier = float(getattr(config, "residual_multiplier", 1.0))
-    attention_scale = float(getattr(config, "attention_multiplier", head_dim**-0.5))
-    logits_scaling = float(getattr(config, "logits_scaling", 1.0))
-
-    no_rope_layers = getattr(config, "no_rope_layers", None)
+    def norm_weight(name: str) -> str:
+        """A norm's weight, Gemma's `1 + w` folded in (in fp32, as transformers computes it)."""
+        weight = tensors.float(name)
+        return g.const(name, weight + np.float32(plan.norm_offset) if plan.norm_offset else weight)
 
     def scaled(x: str, factor: float, name: str) -> str:
         if factor == 1.0:
             return x
         return g.node("Mul", [x, g.const(f"{name}/factor", np.array(factor, dtype=np.float32))], [f"{name}/out"], name)[0]
 
-    x = scaled(x, embedding_multiplier, "embedding_multiplier")
-    residual = x
-    pending: str | None = None  # output of the previous block still to be added to the residual
-    for i in range(layers):
-        p = f"model.layers.{i}"
-        # Pre-attention norm (fused with the previous MLP's residual add after layer 0).
-        ln = g.const(f"{p}.input_layernorm.weight", tensors.float(f"{p}.input_layernorm.weight"))
+    def enter(pending: str | None, residual: str, weight: str | None, name: str, out: str, summed: str) -> tuple[str, str]:
+        """Add the previous sublayer's output to the residual stream and normalize for the next
+        (one fused node); without a norm before the sublayer (OLMo 2) the sum itself goes in.
+        Returns (the sublayer's input `out`, the residual stream `summed`)."""
         if pending is None:
-            normed = g.node("SimplifiedLayerNormalization", [x, ln], [f"{p}/ln1"], f"{p}/input_layernorm", axis=-1, epsilon=eps)[0]
-        else:
-            normed, _, _, residual = g.node(
-                "SkipSimplifiedLayerNormalization", [pending, residual, ln],
-                [f"{p}/ln1", "", "", f"{p}/residual1"], f"{p}/input_layernorm", MS_DOMAIN, epsilon=eps,
-            )  # fmt: skip
-        # Fused q|k|v projection, then attention with the rotary embedding and the KV cache.
-        a = f"{p}.self_attn"
-        qkv = matmul(normed, [f"{a}.q_proj.weight", f"{a}.k_proj.weight", f"{a}.v_proj.weight"], f"{a}.qkv_proj.weight", f"{p}/qkv_proj")
-        qkv = maybe_bias(qkv, f"{a}.qkv_proj", [f"{a}.q_proj.bias", f"{a}.k_proj.bias", f"{a}.v_proj.bias"])
-        qkv_inputs = [qkv, "", ""]  # packed q|k|v: the node splits it
+            if weight is None:
+                return residual, residual
+            normed = g.node("SimplifiedLayerNormalization", [residual, norm_weight(weight)], [out], name, axis=-1, epsilon=eps)[0]
+            return normed, residual
+        if weight is None:
+            total = g.node("Add", [pending, residual], [summed], f"{name}/residual_add")[0]
+            return total, total
+        outputs = [out, "", "", summed] if summed else [out]  # the final norm's sum is not needed
+        normed, *rest = g.node("SkipSimplifiedLayerNormalization", [pending, residual, norm_weight(weight)], outputs, name, MS_DOMAIN, epsilon=eps)
+        return normed, rest[-1] if rest else normed
+
+    def leave(y: str, weight: str | None, name: str) -> str:
+        """A sublayer's output, scaled (Granite) and normalized after the sublayer (Gemma, OLMo 2)."""
+        y = scaled(y, plan.residual_multiplier, f"{name}_residual_multiplier")
+        if weight is None:
+            return y
+        return g.node("SimplifiedLayerNormalization", [y, norm_weight(weight)], [f"{name}_norm/out"], f"{name}_norm", axis=-1, epsilon=eps)[0]
+
+    def projected(x: str, parts: list[str], fused: str, node_name: str, sizes: list[int]) -> list[str]:
+        """x projected onto `parts` ([out, in] each, or one checkpoint matrix already fused, as
+        Phi-3 stores q|k|v and gate|up) with their biases: one output of all `sizes` side by side,
+        or one output per size."""
+        outputs = project(x, parts, fused, node_name)
+        biases = [f"{p.removesuffix('.weight')}.bias" for p in parts]
+        if len(outputs) == 1:
+            return [maybe_bias(outputs[0], fused.removesuffix(".weight"), biases)]
+        return [maybe_bias(y, part.removesuffix(".weight"), [bias]) for y, part, bias in zip(outputs, parts, biases)]
+
+    def apart(outputs: list[str], sizes: list[int], names_out: list[str], node_name: str) -> list[str]:
+        """The parts of a fused projection as separate tensors (Split), or as they came."""
+        if len(outputs) == len(sizes):
+            return outputs
+        split = g.const(f"{node_name}/sizes", np.array(sizes, dtype=np.int64))
+        return g.node("Split", [outputs[0], split], names_out, f"{node_name}/split", axis=-1)
+
+    def qk_norm(x: str, weight_name: str, count: int, name: str) -> str:
+        """Qwen3 and Gemma 3 normalize each head (weight [head_dim]); OLMo 2 the whole projection."""
+        if tensors_shape(weight_name) == head_dim:
+            return head_norm(x, weight_name, count, name)
+        return g.node("SimplifiedLayerNormalization", [x, norm_weight(weight_name)], [f"{name}/out"], name, axis=-1, epsilon=eps)[0]
+
+    def tensors_shape(name: str) -> int:
+        return int(tensors.float(name).shape[-1])
+
+    x = scaled(x, plan.embedding_scale, "embedding_scale")
+    residual = x
+    pending: str | None = None  # output of the previous sublayer still to be added to the residual
+    q_size, kv_size, inter = heads * head_dim, kv_heads * head_dim, int(config.intermediate_size)
+    for i in range(layers):
+        p, layer = f"model.layers.{i}", plan.layers[i]
+        a, m = f"{p}.self_attn", f"{p}.mlp"
+        h, residual = enter(pending, residual, layer.norms[0], f"{p}/input_layernorm", f"{p}/ln1", f"{p}/residual1")
+        # q|k|v projected together (one MatMul where the weights allow), then attention with the
+        # rotary embedding and the KV cache.
+        qkv_parts = [f"{a}.qkv_proj.weight"] if f"{a}.qkv_proj.weight" in names else [f"{a}.{n}_proj.weight" for n in "qkv"]
+        qkv = projected(h, qkv_parts, f"{a}.qkv_proj.weight", f"{p}/qkv_proj", [q_size, kv_size, kv_size])
         if f"{a}.q_norm.weight" in names:
-            # Qwen3: an RMSNorm over each head's query and key before the rotary embedding. The
-            # CPU kernel takes no q/k norm weights (../shared/FAMILIES.md), so they are ordinary
-            # norms over [.., heads, head_dim] before the node, which then gets q, k, v apart.
-            sizes = g.const(f"{a}.qkv_sizes", np.array([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dtype=np.int64))
-            q, k, v = g.node("Split", [qkv, sizes], [f"{p}/q", f"{p}/k", f"{p}/v"], f"{p}/qkv_split", axis=-1)
-            qkv_inputs = [head_norm(q, f"{a}.q_norm.weight", heads, f"{p}/q_norm"), head_norm(k, f"{a}.k_norm.weight", kv_heads, f"{p}/k_norm"), v]
-        # SmolLM3: no_rope_layers[i] == 1 means layer i uses the rotary embedding; the others have none.
-        rotary_layer = bool(no_rope_layers[i]) if no_rope_layers is not None else True
-        caches = [cos_cache, sin_cache] if rotary_layer else []
+            # q/k norms: the CPU kernel takes no norm weights (../shared/FAMILIES.md), so they are
+            # ordinary norms before the node, which then gets q, k, v apart.
+            q, k, v = apart(qkv, [q_size, kv_size, kv_size], [f"{p}/q", f"{p}/k", f"{p}/v"], f"{p}/qkv")
+            qkv = [qk_norm(q, f"{a}.q_norm.weight", heads, f"{p}/q_norm"), qk_norm(k, f"{a}.k_norm.weight", kv_heads, f"{p}/k_norm"), v]
+        qkv_inputs = qkv if len(qkv) == 3 else [qkv[0], "", ""]  # packed q|k|v: the node splits it
+        rotary_inputs = [*caches[layer.rotary], *([position_ids] if position_ids else [])] if layer.rotary else []
         attn = g.node(
             "GroupQueryAttention",
-            [*qkv_inputs, f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k", "total_sequence_length", *caches],
+            [*qkv_inputs, f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k", "total_sequence_length", *rotary_inputs],
             [f"{p}/attn", f"present.{i}.key", f"present.{i}.value"],
             f"{p}/attention", MS_DOMAIN,
-            num_heads=heads, kv_num_heads=kv_heads, scale=attention_scale, do_rotary=int(rotary_layer), rotary_interleaved=0,
+            num_heads=heads, kv_num_heads=kv_heads, scale=plan.attention_scale, do_rotary=int(layer.rotary is not None), rotary_interleaved=0,
+            **({"local_window_size": layer.window} if 0 < layer.window < max_context else {}),
+            **({"softcap": plan.attention_softcap} if plan.attention_softcap else {}),
         )[0]  # fmt: skip
-        o = matmul(attn, [f"{a}.o_proj.weight"], f"{a}.o_proj.weight", f"{p}/o_proj")
-        o = scaled(maybe_bias(o, f"{a}.o_proj", [f"{a}.o_proj.bias"]), residual_multiplier, f"{p}/attention_residual_multiplier")
-        # Post-attention norm fused with the residual add.
-        ln2 = g.const(f"{p}.post_attention_layernorm.weight", tensors.float(f"{p}.post_attention_layernorm.weight"))
-        normed2, _, _, residual = g.node(
-            "SkipSimplifiedLayerNormalization", [o, residual, ln2],
-            [f"{p}/ln2", "", "", f"{p}/residual2"], f"{p}/post_attention_layernorm", MS_DOMAIN, epsilon=eps,
-        )  # fmt: skip
-        # SwiGLU MLP with gate and up fused into one MatMul.
-        m = f"{p}.mlp"
-        inter = int(config.intermediate_size)
-        gu = matmul(normed2, [f"{m}.gate_proj.weight", f"{m}.up_proj.weight"], f"{m}.gate_up_proj.weight", f"{p}/gate_up_proj")
-        gu = maybe_bias(gu, f"{m}.gate_up_proj", [f"{m}.gate_proj.bias", f"{m}.up_proj.bias"])
-        split = g.const(f"{m}.split", np.array([inter, inter], dtype=np.int64))
-        gate, up = g.node("Split", [gu, split], [f"{p}/gate", f"{p}/up"], f"{p}/split", axis=-1)
-        sig = g.node("Sigmoid", [gate], [f"{p}/gate_sigmoid"], f"{p}/sigmoid")[0]
-        act = g.node("Mul", [gate, sig], [f"{p}/silu"], f"{p}/silu")[0]
-        h = g.node("Mul", [act, up], [f"{p}/swiglu"], f"{p}/swiglu")[0]
-        pending = matmul(h, [f"{m}.down_proj.weight"], f"{m}.down_proj.weight", f"{p}/down_proj")
-        pending = scaled(maybe_bias(pending, f"{m}.down_proj", [f"{m}.down_proj.bias"]), residual_multiplier, f"{p}/mlp_residual_multiplier")
+        o = projected(attn, [f"{a}.o_proj.weight"], f"{a}.o_proj.weight", f"{p}/o_proj", [config.hidden_size])[0]
+        pending = leave(o, layer.norms[1], f"{p}/attention_out")
+        # Gated MLP (SwiGLU, or Gemma's GELU-tanh gate), gate and up in one MatMul where the weights allow.
+        h, residual = enter(pending, residual, layer.norms[2], f"{p}/post_attention_layernorm", f"{p}/ln2", f"{p}/residual2")
+        gu_parts = [f"{m}.gate_up_proj.weight"] if f"{m}.gate_up_proj.weight" in names else [f"{m}.gate_proj.weight", f"{m}.up_proj.weight"]
+        gate, up = apart(projected(h, gu_parts, f"{m}.gate_up_proj.weight", f"{p}/gate_up_proj", [inter, inter]), [inter, inter], [f"{p}/gate", f"{p}/up"], f"{p}/gate_up")
+        if plan.activation == "gelu_tanh":
+            act = g.node("Gelu", [gate], [f"{p}/gelu"], f"{p}/gelu", approximate="tanh")[0]
+        else:
+            sig = g.node("Sigmoid", [gate], [f"{p}/gate_sigmoid"], f"{p}/sigmoid")[0]
+            act = g.node("Mul", [gate, sig], [f"{p}/silu"], f"{p}/silu")[0]
+        gated = g.node("Mul", [act, up], [f"{p}/gated"], f"{p}/gated")[0]
+        down = projected(gated, [f"{m}.down_proj.weight"], f"{m}.down_proj.weight", f"{p}/down_proj", [config.hidden_size])[0]
+        pending = leave(down, layer.norms[3], f"{p}/mlp_out")
         on_layer(i)
 
     # Final norm, keep only the positions whose logits are wanted, project onto the vocabulary.
     assert pending is not None, f"{config.model_type} with {layers} decoder layers"  # every layer leaves its MLP output pending
-    norm = g.const("model.norm.weight", tensors.float("model.norm.weight"))
-    final = g.node("SkipSimplifiedLayerNormalization", [pending, residual, norm], ["final_norm"], "final_norm", MS_DOMAIN, epsilon=eps)[0]
+    final = enter(pending, residual, "model.norm.weight", "final_norm", "final_norm", "")[0]
     start = g.node("Neg", ["logits_to_keep"], ["keep_start"], "keep_start")[0]
     kept = g.node(
         "Slice", [final, start, g.const("keep_end", np.array([np.iinfo(np.int64).max])), g.const("keep_axis", np.array([1]))],
         ["kept_hidden"], "keep_last",
     )[0]  # fmt: skip
-    logits_name = "logits" if dtype == "float32" and logits_scaling == 1.0 else "lm_head/out"
+    # Granite divides its logits, Gemma 2 soft-caps them: cap · tanh(logits / cap).
+    after_head: list[tuple[str, float | None]] = []
+    if plan.logits_scaling != 1.0:
+        after_head.append(("Div", plan.logits_scaling))
+    if plan.final_softcap:
+        after_head += [("Div", plan.final_softcap), ("Tanh", None), ("Mul", plan.final_softcap)]
+    logits_name = "logits" if dtype == "float32" and not after_head else "lm_head/out"
     if head_quant is None and tied:
         # Tied weights: one copy on disk; ONNX Runtime folds the transpose once at load.
         weight_bytes += vocab * config.hidden_size * item
@@ -453,9 +595,11 @@ def build_gqa_graph(
         logits = matmul(kept, [head_name], "lm_head.weight_t", "lm_head", head_quant)
         if logits_name == "logits":
             g.node("Identity", [logits], ["logits"], "logits")
-    if logits_scaling != 1.0:
-        divisor = g.const("logits_scaling", np.array(logits_scaling, dtype=np.float32))
-        g.node("Div", [g.nodes[-1].output[0], divisor], ["logits" if dtype == "float32" else "lm_head/scaled"], "logits_scaling")
+    for step, (op, value) in enumerate(after_head):
+        last = step == len(after_head) - 1
+        out = "logits" if last and dtype == "float32" else f"lm_head/{op.lower()}{step}"
+        operands = [g.nodes[-1].output[0], *([g.const(f"lm_head/{op.lower()}{step}_by", np.array(value, dtype=np.float32))] if value else [])]
+        g.node(op, operands, [out], f"lm_head/{op.lower()}{step}")
     if dtype != "float32":
         # The sampler reads float32 logits from every engine: cast once, at the very end.
         g.node("Cast", [g.nodes[-1].output[0]], ["logits"], "logits", to=f32)
@@ -535,16 +679,57 @@ def _lossless_int8_rows(table: np.ndarray, block_size: int = 32) -> tuple[np.nda
     return np.ascontiguousarray(qw.packed.reshape(vocab, k)), np.ascontiguousarray(qw.scales.reshape(vocab, k // block_size))
 
 
-def rotary_parameters(config: Any) -> tuple[np.ndarray, float]:
-    """inv_freq and the attention scaling of the model's rotary embedding, as transformers computes
-    them for `config` (its rope-init function for the config's rope type)."""
+def rotary_tables(config: Any, max_context: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """cos and sin caches [rows, rotary_dim / 2] (fp32, attention scaling applied) of each rotary
+    embedding the model has, as transformers computes them for `config`: "global", and
+    Gemma 3's "local" one (its own base, none of the global scaling).
+
+    LongRoPE (Phi-3): rows 0..max_context-1 hold the short factors and rows max_context.. the
+    long ones, when a sequence can outgrow `original_max_position_embeddings` within
+    `max_context`; position_ids pick the half (long_rope_positions)."""
+    import copy
+
+    plan = family_plan(config)
+    tables = {"global": _cos_sin(config, max_context)}
+    if 0 < plan.long_rope_from < max_context:
+        long = _cos_sin(config, max_context, seq_len=plan.long_rope_from + 1)
+        tables["global"] = (np.concatenate([tables["global"][0], long[0]]), np.concatenate([tables["global"][1], long[1]]))
+    if any(layer.rotary == "local" for layer in plan.layers):
+        local = copy.deepcopy(config)
+        local.rope_theta = config.rope_local_base_freq
+        local.rope_scaling = {"rope_type": "default"}
+        tables["local"] = _cos_sin(local, max_context)
+    return tables
+
+
+def _cos_sin(config: Any, rows: int, seq_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     import torch
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    rope = getattr(config, "rope_scaling", None) or {}
-    rope_type = rope.get("rope_type", rope.get("type")) or "default"
-    inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
-    return inv_freq.detach().float().cpu().numpy(), float(scaling)
+    rope_type = _rope_type(config) or "default"
+    kwargs = {"seq_len": seq_len} if seq_len is not None else {}
+    inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"), **kwargs)
+    angles = np.outer(np.arange(rows, dtype=np.float64), inv_freq.detach().double().cpu().numpy())
+    return (np.cos(angles) * scaling).astype(np.float32), (np.sin(angles) * scaling).astype(np.float32)
+
+
+def long_rope_positions(g: _Graph, max_context: int, long_from: int) -> str:
+    """position_ids [batch, new] for GroupQueryAttention's rotary embedding: each row's positions
+    (cached + j, as the node computes them itself), plus max_context where the row's total length
+    passes `long_from`, which selects the long-factor half of the caches for that row alone.
+    transformers switches the same way at each forward: a cached prefix keeps the factors it was
+    computed with."""
+    ids_shape = g.node("Shape", ["input_ids"], ["rope/ids_shape"], "rope/ids_shape")[0]
+    new = g.node("Gather", [ids_shape, g.const("rope/one", np.array(1, dtype=np.int64))], ["rope/new"], "rope/new", axis=0)[0]
+    steps = g.node("Range", [g.const("rope/zero", np.array(0, dtype=np.int64)), new, g.const("rope/step", np.array(1, dtype=np.int64))], ["rope/steps"], "rope/steps")[0]
+    lengths = g.node("Cast", ["seqlens_k"], ["rope/seqlens"], "rope/seqlens", to=7)[0]  # int64
+    totals = g.node("Add", [lengths, g.const("rope/plus_one", np.array(1, dtype=np.int64))], ["rope/totals"], "rope/totals")[0]
+    past = g.node("Sub", [totals, new], ["rope/past"], "rope/past")[0]
+    long = g.node("Greater", [totals, g.const("rope/long_from", np.array(long_from, dtype=np.int64))], ["rope/long"], "rope/long")[0]
+    offset = g.node("Mul", [g.node("Cast", [long], ["rope/long_i64"], "rope/long_i64", to=7)[0], g.const("rope/half", np.array(max_context, dtype=np.int64))], ["rope/offset"], "rope/offset")[0]
+    first = g.node("Add", [past, offset], ["rope/first"], "rope/first")[0]
+    column = g.node("Unsqueeze", [first, g.const("rope/axis1", np.array([1], dtype=np.int64))], ["rope/first_col"], "rope/first_col")[0]
+    return g.node("Add", [column, steps], ["position_ids"], "rope/position_ids")[0]
 
 
 def _lm_head_is_tied(config: Any, names: set[str]) -> bool:

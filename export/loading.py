@@ -109,7 +109,9 @@ def open_decoder_source(source: ModelSource, config: Any) -> DecoderSource:
     with _reading(source):
         tokenizer = AutoTokenizer.from_pretrained(where, **extra)
         with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config)
+            # transformers' SDPA path ignores Gemma 2's attention soft-capping: its eager path is the model.
+            eager = {"attn_implementation": "eager"} if getattr(config, "attn_logit_softcapping", None) else {}
+            skeleton = AutoModelForCausalLM.from_config(config, **eager)
     if not getattr(tokenizer, "is_fast", False):
         raise UnsupportedModelError(f"{source.path}: no fast (tokenizer.json) tokenizer, which the runtime needs")
     tensors: TensorSource = GGUFTensors(source.path, skeleton) if source.kind == "gguf" else CheckpointTensors(source.path)

@@ -354,7 +354,7 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
                 step.advance(detail=f"layers, {_file_mb(staging / gqa_builder.DATA_FILE)} written")
 
             built = gqa_builder.build_gqa_graph(
-                config, opened.tensors, gqa_builder.rotary_parameters(config), options.max_context, staging, quant, options.compute_dtype,
+                config, opened.tensors, options.max_context, staging, quant, options.compute_dtype,
                 on_layer=layer_done,
             )  # fmt: skip
         opened.tensors.release()

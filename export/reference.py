@@ -64,33 +64,50 @@ class StreamedReference:
         return module
 
     def run(self, sequences: Sequence[Sequence[int]], on_layer: Callable[[int, int], None] = lambda done, total: None) -> None:
+        import copy
+
         import torch
-        from transformers.masking_utils import create_causal_mask
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+        from export.gqa_builder import family_plan
 
         base = self.skeleton.model
         layers = int(self.config.num_hidden_layers)
-        rotary = type(base.rotary_emb)(config=self.config)  # built on the CPU: its inv_freq is computed, not loaded
+        plan = family_plan(self.config)
+        # Rotary embeddings built on the CPU: their inv_freq is computed, not loaded. Gemma 3's
+        # local layers have their own (its base, no scaling), built as transformers builds it.
+        rotary = type(base.rotary_emb)(config=self.config)
+        local_rotary = None
+        if hasattr(base, "rotary_emb_local"):
+            local = copy.deepcopy(self.config)
+            local.rope_theta, local.rope_scaling = self.config.rope_local_base_freq, {"rope_type": "default"}
+            local_rotary = type(base.rotary_emb_local)(config=local)
         embedded = self._embed(sequences)
         with torch.inference_mode():
             states, extras = [], []
-            multiplier = float(getattr(self.config, "embedding_multiplier", 1.0))  # Granite's
             for rows in embedded:
                 hidden = torch.from_numpy(rows)[None]
-                if multiplier != 1.0:
-                    hidden = hidden * multiplier
+                if plan.embedding_scale != 1.0:  # Granite's multiplier, Gemma's √hidden (in fp32, as transformers)
+                    hidden = hidden * torch.tensor(plan.embedding_scale, dtype=torch.float32)
                 positions = torch.arange(hidden.shape[1])
-                mask = create_causal_mask(
-                    config=self.config, input_embeds=hidden, attention_mask=None, cache_position=positions,
-                    past_key_values=None, position_ids=positions[None],
-                )  # fmt: skip
-                extras.append({"attention_mask": mask, "position_ids": positions[None], "cache_position": positions,
-                               "position_embeddings": rotary(hidden, positions[None])})  # fmt: skip
+                mask_args = {"config": self.config, "input_embeds": hidden, "attention_mask": None, "cache_position": positions,
+                             "past_key_values": None, "position_ids": positions[None]}  # fmt: skip
+                masks = {"full": create_causal_mask(**mask_args)}
+                if any(layer.window for layer in plan.layers):
+                    masks["sliding"] = create_sliding_window_causal_mask(**mask_args)
+                if local_rotary is not None:
+                    embeddings = {"position_embeddings_global": rotary(hidden, positions[None]), "position_embeddings_local": local_rotary(hidden, positions[None])}
+                else:
+                    embeddings = {"position_embeddings": rotary(hidden, positions[None])}
+                extras.append({"masks": masks, "position_ids": positions[None], "cache_position": positions, **embeddings})
                 states.append(hidden)
             del embedded
             for i in range(layers):
                 layer = self._load(base.layers[i], f"model.layers.{i}")
+                mask_kind = "sliding" if plan.layers[i].window else "full"
                 for j, hidden in enumerate(states):
-                    out = layer(hidden, past_key_values=None, use_cache=False, **extras[j])
+                    kwargs = {k: v for k, v in extras[j].items() if k != "masks"}
+                    out = layer(hidden, attention_mask=extras[j]["masks"][mask_kind], past_key_values=None, use_cache=False, **kwargs)
                     states[j] = out[0] if isinstance(out, tuple) else out
                 base.layers[i] = layer.to("meta")  # the layer's fp32 weights are dropped here
                 self.tensors.release()
@@ -122,6 +139,9 @@ class StreamedReference:
         scaling = float(getattr(self.config, "logits_scaling", 1.0))  # Granite divides its logits
         if scaling != 1.0:
             out /= np.float32(scaling)
+        cap = getattr(self.config, "final_logit_softcapping", None)  # Gemma 2 soft-caps them
+        if cap:
+            out = np.tanh(out / np.float32(cap)) * np.float32(cap)
         return out
 
 
