@@ -7,8 +7,9 @@ it reads the weights a tensor at a time from a tensor source (export/tensors.py:
 through a memory map, or a folder's safetensors, so GGUF and HF folders take one path and the
 export's memory is bounded by a layer, not the model), writing each initializer straight into
 model.onnx.data, and it keeps onnxruntime-genai (which pins the CPU onnxruntime package) out
-of every environment. A GGUF's Q4_0/Q4_1/Q8_0 blocks are carried over as stored
-(export/blocks.py), their fp16 scales too.
+of every environment. A GGUF's Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K blocks are carried
+over exactly, the same integers and scales (export/blocks.py: 4-bit or 8-bit MatMulNBits, a
+minimum as per-block offsets); q|k|v or gate|up of different types are projected apart.
 
 The graph, per layer (names as in the manifest):
 
@@ -29,8 +30,9 @@ present.{i}.key/value (same shape and, bound by the runtime, same memory as the 
 
 GPU engines (`dtype="float16"`): ONNX Runtime's CUDA GroupQueryAttention runs fp16/bf16 only,
 so the whole graph computes in fp16: weights, norms, rotary caches, the residual stream and
-the KV cache are float16, quantized blocks keep fp16 scales (a GGUF's Q4_1 scales are fp16 to
-begin with, so they carry over exactly), and the logits are cast to float32 at the end so the
+the KV cache are float16, quantized blocks keep fp16 scales (a GGUF's d of Q4_*/Q5_*/Q8_0 is
+fp16 to begin with, so it carries over exactly; the K-quants' d·sc and the offsets of the types
+with a minimum are rounded to fp16), and the logits are cast to float32 at the end so the
 sampler sees the same dtype on every engine.
 """
 
@@ -44,8 +46,9 @@ from typing import Any
 
 import numpy as np
 
-from export.blocks import BLOCK, CarriedBlocks, carry, stack
-from export.quantize import QuantizedWeight, WeightQuantization, dequantize, quantize_blocks, recover_q4_1
+from export.blocks import CarriedBlocks, carry, stack
+from export.blocks import offsets as block_offsets
+from export.quantize import QuantizedWeight, WeightQuantization, dequantize, quantize_blocks, quantize_matrix, recover_q4_1
 from export.tensors import TensorSource
 from runtime.manifest import KVLayout, TensorSpec
 
@@ -302,31 +305,40 @@ def build_gqa_graph(
 
     carried: list[str] = []
     rounded: list[str] = []
-    block_sums: dict[str, str] = {}
+    block_sums: dict[tuple[str, int], str] = {}
     item = np.dtype(float_type).itemsize
 
     def sums_of_blocks(x: str, block_size: int) -> str:
-        """Per-block sums of x, shared by every matrix reading x (the Q4_1 offsets' input)."""
-        if x not in block_sums:
-            shape = g.const(f"{x}/block_shape", np.array([0, 0, -1, block_size], dtype=np.int64))
-            blocked = g.node("Reshape", [x, shape], [f"{x}/blocked"], f"{x}/block_reshape")[0]
-            axes = g.const(f"{x}/block_axes", np.array([-1], dtype=np.int64))
-            block_sums[x] = g.node("ReduceSum", [blocked, axes], [f"{x}/block_sums"], f"{x}/block_sums", keepdims=0)[0]
-        return block_sums[x]
+        """Per-block sums of x, shared by every matrix reading x in blocks of `block_size` (the offsets' input)."""
+        if (x, block_size) not in block_sums:
+            at = x if block_size == 32 else f"{x}/{block_size}"
+            shape = g.const(f"{at}/block_shape", np.array([0, 0, -1, block_size], dtype=np.int64))
+            blocked = g.node("Reshape", [x, shape], [f"{at}/blocked"], f"{at}/block_reshape")[0]
+            axes = g.const(f"{at}/block_axes", np.array([-1], dtype=np.int64))
+            block_sums[(x, block_size)] = g.node("ReduceSum", [blocked, axes], [f"{at}/block_sums"], f"{at}/block_sums", keepdims=0)[0]
+        return block_sums[(x, block_size)]
 
     def add_offsets(x: str, y: str, offsets: str, weight_name: str, node_name: str, block_size: int) -> str:
         shift = g.node("MatMul", [sums_of_blocks(x, block_size), offsets], [f"{node_name}/shift"], f"{node_name}/offsets")[0]
         return g.node("Add", [y, shift], [f"{node_name}/out"], f"{node_name}/add_offsets")[0]
 
-    def matmul(x: str, parts: list[str], weight_name: str, node_name: str, q: WeightQuantization | None = quant) -> str:
+    def source_blocks(parts: list[str]) -> list[CarriedBlocks | None]:
+        """Each part's blocks as export/blocks.py carries them, None for a part stored as floats or in a type not carried."""
+        raws = [tensors.blocks(p) for p in parts]
+        return [carry(r) if r is not None else None for r in raws]
+
+    def matmul(
+        x: str, parts: list[str], weight_name: str, node_name: str, q: WeightQuantization | None = quant,
+        found: list[CarriedBlocks | None] | None = None,
+    ) -> str:  # fmt: skip
         """x @ W, W the HF weights `parts` ([out, in] each) stacked along out, stored in the compute
-        dtype, as the source's own blocks, or block-quantized for MatMulNBits."""
+        dtype, as the source's own blocks (`found`: already read), or block-quantized for MatMulNBits."""
         nonlocal weight_bytes
         out = f"{node_name}/out"
         if q is not None and q.method == "source-blocks":
-            raws = [tensors.blocks(p) for p in parts]
-            found = [carry(r) for r in raws if r is not None]
-            whole = [c for c in found if c is not None and c.bits == q.bits]  # a Q8_0 matrix is not carried into int4
+            # Every carried type is carried whatever the engine's bits: Q5_*/Q6_K/Q8_0 as 8-bit blocks.
+            found = source_blocks(parts) if found is None else found
+            whole = [c for c in found if c is not None]
             stacked = stack(whole) if len(whole) == len(parts) else None
             if stacked is not None:
                 carried.append(weight_name)
@@ -336,56 +348,85 @@ def build_gqa_graph(
             weight_bytes += w.size * item
             return g.node("MatMul", [x, g.const(weight_name, w)], [out], node_name)[0]
         exact = recover_q4_1(w, q.block_size) if q.method == "source-blocks" and q.bits == 4 else None
-        qw = exact[0] if exact is not None else quantize_blocks(w, q.bits, q.block_size, q.symmetric)
+        qw, offsets = exact if exact is not None else quantize_matrix(w, q)  # offsets: per-block float zero points
         if q.method == "source-blocks":
             # Q8_0 blocks (GGUF's usual embedding type) come back exactly from symmetric int8 blocks of 32.
             lossless = exact is not None or _lossless(qw, w)
             (carried if lossless else rounded).append(weight_name)
         del w
         weight_bytes += qw.nbytes - (qw.scales.nbytes - qw.scales.size * item)
-        y = nbits(x, qw, weight_name, f"{node_name}/nbits" if exact is not None else node_name, q.accuracy_level)
-        if exact is None:
+        y = nbits(x, qw, weight_name, f"{node_name}/nbits" if offsets is not None else node_name, q.accuracy_level)
+        if offsets is None:
             return y
-        offsets = exact[1]
         weight_bytes += offsets.size * item
         return add_offsets(x, y, g.const(f"{weight_name}.offsets", offsets), weight_name, node_name, q.block_size)
 
     def project(x: str, parts: list[str], weight_name: str, node_name: str) -> list[str]:
         """x @ W for matrices `parts` that share their input (q|k|v, gate|up): one fused output for
         them all (their outputs side by side), or one output per part where they cannot be fused
-        (callers split a fused output themselves when they need the parts apart)."""
+        (callers split a fused output themselves when they need the parts apart): a GGUF whose
+        parts are of different block types (Q4_K_M: v in Q6_K beside q and k in Q4_K) carries each
+        as its own MatMulNBits (each type has its own bits and block size)."""
+        if len(parts) > 1 and quant is not None and quant.method == "source-blocks":
+            found = source_blocks(parts)
+            if len({c.kind if c is not None else None for c in found}) > 1:
+                return [matmul(x, [p], p, f"{node_name}/{p.split('.')[-2]}", found=[c]) for p, c in zip(parts, found)]
+            return [matmul(x, parts, weight_name, node_name, found=found)]
         return [matmul(x, parts, weight_name, node_name)]
 
     def carried_bytes(blocks: CarriedBlocks) -> int:
         """What a decode step reads of carried blocks: the scales (and offsets) in the compute dtype."""
-        return blocks.packed.nbytes + blocks.scales.size * item + (0 if blocks.minimums is None else blocks.minimums.size * item)
+        zero_points = blocks.zero_points
+        extra = (0 if blocks.minimums is None else blocks.minimums.size * item) + (0 if zero_points is None else zero_points.nbytes)
+        return blocks.packed.nbytes + blocks.scales.size * item + extra
+
+    def carried_scales(name: str, blocks: CarriedBlocks, scales: np.ndarray) -> str:
+        """The scales in the compute dtype: the file's fp16 d as stored (a Cast folded at load), the
+        K-quants' d·sc as fp32 values (exact; fp16 engines round them to fp16)."""
+        return g.as_compute(name, scales) if blocks.scales.dtype == np.float16 else g.const(name, scales)
+
+    def carried_offsets(name: str, blocks: CarriedBlocks, transpose: bool) -> str:
+        """The blocks' offsets t = minimum + centre·scale (export/blocks.py), exact fp32 values, in the
+        compute dtype (fp16 engines round them), as [blocks, N] (`transpose`, the offsets MatMul's B)
+        or [N, blocks]. fp16 d and m stay as stored and the graph adds them in fp32 (folded at load):
+        d is read from `{name}.scales_f16`, which carried_scales stored."""
+        assert blocks.minimums is not None
+        if blocks.minimums.dtype != np.float16:
+            values = block_offsets(blocks)
+            assert values is not None
+            return g.const(f"{name}.offsets", values.T if transpose else values)
+        minimums = g.const(f"{name}.minimums_f16", blocks.minimums, keep_dtype=True)
+        t = g.node("Cast", [minimums], [f"{name}.minimums_f32"], f"{name}.minimums_f32", to=f32)[0]
+        if blocks.centre:
+            d32 = g.node("Cast", [f"{name}.scales_f16"], [f"{name}.scales_f32"], f"{name}.scales_f32", to=f32)[0]
+            grid = g.const(f"{name}.block_grid", np.array(blocks.scales.shape, dtype=np.int64))
+            d32 = g.node("Reshape", [d32, grid], [f"{name}.scales_grid"], f"{name}.scales_grid")[0]
+            centre = g.const(f"{name}.centre", np.array(float(blocks.centre), dtype=np.float32), keep_dtype=True)
+            shifted = g.node("Mul", [d32, centre], [f"{name}.centred_scales"], f"{name}.centred_scales")[0]
+            t = g.node("Add", [t, shifted], [f"{name}.offsets_nb"], f"{name}.offsets_nb")[0]
+        if transpose:
+            t = g.node("Transpose", [t], [f"{name}.offsets_f32"], f"{name}.offsets_t", perm=[1, 0])[0]
+        if float_type == np.float16:
+            t = g.node("Cast", [t], [f"{name}.offsets"], f"{name}.offsets_cast", to=onnx.TensorProto.FLOAT16)[0]
+        return t
 
     def carried_matmul(x: str, blocks: CarriedBlocks, weight_name: str, node_name: str, accuracy_level: int) -> str:
-        """MatMulNBits over a GGUF's own blocks (export/blocks.py), plus Q4_1's offsets."""
+        """MatMulNBits over a GGUF's own blocks (export/blocks.py), plus the offsets of the types with a minimum."""
         nonlocal weight_bytes
         weight_bytes += carried_bytes(blocks)
-        scales = g.as_compute(f"{weight_name}.scales", blocks.scales.reshape(-1))  # [N × blocks], MatMulNBits' usual layout
-        quant_name = g.const(f"{weight_name}.quant", blocks.packed)
+        # [N × blocks], MatMulNBits' usual layout.
+        inputs = [x, g.const(f"{weight_name}.quant", blocks.packed), carried_scales(f"{weight_name}.scales", blocks, blocks.scales.reshape(-1))]
+        zero_points = blocks.zero_points
+        if zero_points is not None:
+            inputs.append(g.const(f"{weight_name}.zero_points", zero_points))
         y = g.node(
-            "MatMulNBits", [x, quant_name, scales], [f"{node_name}/nbits/out" if blocks.minimums is not None else f"{node_name}/out"],
+            "MatMulNBits", inputs, [f"{node_name}/nbits/out" if blocks.minimums is not None else f"{node_name}/out"],
             f"{node_name}/nbits" if blocks.minimums is not None else node_name, MS_DOMAIN,
-            K=blocks.k, N=blocks.n, bits=blocks.bits, block_size=BLOCK, accuracy_level=accuracy_level,
+            K=blocks.k, N=blocks.n, bits=blocks.bits, block_size=blocks.block_size, accuracy_level=accuracy_level,
         )[0]  # fmt: skip
         if blocks.minimums is None:
             return y
-        # offsets [blocks, N] = m + 8d, computed in fp32 from the stored fp16 values (folded at load).
-        d32 = g.node("Cast", [f"{weight_name}.scales_f16"], [f"{weight_name}.scales_f32"], f"{weight_name}.scales_f32", to=f32)[0]
-        grid = g.const(f"{weight_name}.block_grid", np.array(blocks.scales.shape, dtype=np.int64))
-        d32 = g.node("Reshape", [d32, grid], [f"{weight_name}.scales_grid"], f"{weight_name}.scales_grid")[0]
-        minimums = g.const(f"{weight_name}.minimums_f16", blocks.minimums, keep_dtype=True)
-        m32 = g.node("Cast", [minimums], [f"{weight_name}.minimums_f32"], f"{weight_name}.minimums_f32", to=f32)[0]
-        eight = g.const(f"{weight_name}.eight", np.array(8.0, dtype=np.float32), keep_dtype=True)
-        shifted = g.node("Mul", [d32, eight], [f"{weight_name}.eight_scales"], f"{weight_name}.eight_scales")[0]
-        offsets = g.node("Add", [m32, shifted], [f"{weight_name}.offsets_nb"], f"{weight_name}.offsets_nb")[0]
-        offsets = g.node("Transpose", [offsets], [f"{weight_name}.offsets_f32"], f"{weight_name}.offsets_t", perm=[1, 0])[0]
-        if float_type == np.float16:
-            offsets = g.node("Cast", [offsets], [f"{weight_name}.offsets"], f"{weight_name}.offsets_cast", to=onnx.TensorProto.FLOAT16)[0]
-        return add_offsets(x, y, offsets, weight_name, node_name, BLOCK)
+        return add_offsets(x, y, carried_offsets(weight_name, blocks, transpose=True), weight_name, node_name, blocks.block_size)
 
     def nbits(x: str, qw: QuantizedWeight, weight_name: str, node_name: str, accuracy_level: int) -> str:
         inputs = [x, g.const(f"{weight_name}.quant", qw.packed), g.const(f"{weight_name}.scales", qw.scales)]
@@ -426,21 +467,38 @@ def build_gqa_graph(
     # An fp32 head reads the fp32 table (tied weights: one copy), so only a quantized head lets it go.
     carry_rows = head_quant is not None and head_quant.method == "source-blocks"
     embed_raw = tensors.blocks("model.embed_tokens.weight") if carry_rows else None
-    embed_blocks = carry(embed_raw) if embed_raw is not None and embed_raw.kind == "Q8_0" else None
+    embed_blocks = carry(embed_raw) if embed_raw is not None else None
     rows: tuple[np.ndarray, np.ndarray] | None = None
     if carry_rows and embed_blocks is None:
         rows = _lossless_int8_rows(tensors.float("model.embed_tokens.weight"))
     embed = embed_scales = ""
+    embed_zero_points = embed_offsets = ""
     if embed_blocks is not None:
-        # The GGUF's Q8_0 embedding, its own bytes: the lookup gathers int8 rows and de-quantizes
-        # only the rows looked up; a tied head reads the same table (one copy in the file).
+        # The GGUF's embedding, its own bytes (any carried type, export/blocks.py): the lookup
+        # gathers quantized rows and de-quantizes only the rows looked up, s·(b − z); the types
+        # with a minimum add their offsets t gathered beside them (GatherBlockQuantized has no
+        # float zero point), fl(s·(b − z) + t) as the file's. A tied head reads the same table.
         carried.append("model.embed_tokens.weight")
         table = g.const("model.embed_tokens.quant", embed_blocks.packed.reshape(vocab, -1))
-        embed_scales = g.as_compute("model.embed_tokens.scales", embed_blocks.scales)
+        embed_scales = carried_scales("model.embed_tokens.scales", embed_blocks, embed_blocks.scales)
+        gather_inputs = [table, "input_ids", embed_scales]
+        zero_points = embed_blocks.zero_points
+        if zero_points is not None:
+            embed_zero_points = g.const("model.embed_tokens.zero_points", zero_points.reshape(vocab, -1))
+            gather_inputs.append(embed_zero_points)
         x = g.node(
-            "GatherBlockQuantized", [table, "input_ids", embed_scales],
-            ["embeddings"], "embed_tokens", MS_DOMAIN, gather_axis=0, quantize_axis=1, block_size=BLOCK, bits=8,
+            "GatherBlockQuantized", gather_inputs, ["embed_tokens/values" if embed_blocks.minimums is not None else "embeddings"],
+            "embed_tokens", MS_DOMAIN, gather_axis=0, quantize_axis=1, block_size=embed_blocks.block_size, bits=embed_blocks.bits,
         )[0]  # fmt: skip
+        if embed_blocks.minimums is not None:
+            embed_offsets = carried_offsets("model.embed_tokens", embed_blocks, transpose=False)  # [V, blocks]
+            t = g.node("Gather", [embed_offsets, "input_ids"], ["embed_tokens/offsets/out"], "embed_tokens/offsets", axis=0)[0]
+            t = g.node("Unsqueeze", [t, g.const("embed_tokens/last_axis", np.array([-1], dtype=np.int64))], ["embed_tokens/t"], "embed_tokens/t")[0]
+            blocked_shape = g.const("embed_tokens/blocked_shape", np.array([0, 0, -1, embed_blocks.block_size], dtype=np.int64))
+            blocked = g.node("Reshape", [x, blocked_shape], ["embed_tokens/blocked"], "embed_tokens/blocked")[0]
+            x = g.node("Add", [blocked, t], ["embed_tokens/sum"], "embed_tokens/add_offsets")[0]
+            flat_shape = g.const("embed_tokens/flat_shape", np.array([0, 0, -1], dtype=np.int64))
+            x = g.node("Reshape", [x, flat_shape], ["embeddings"], "embed_tokens/flat")[0]
     elif rows is None:
         embed = g.const("model.embed_tokens.weight", tensors.float("model.embed_tokens.weight"))
         x = g.node("Gather", [embed, "input_ids"], ["embeddings"], "embed_tokens")[0]
@@ -497,12 +555,12 @@ def build_gqa_graph(
             return [maybe_bias(outputs[0], fused.removesuffix(".weight"), biases)]
         return [maybe_bias(y, part.removesuffix(".weight"), [bias]) for y, part, bias in zip(outputs, parts, biases)]
 
-    def apart(outputs: list[str], sizes: list[int], names_out: list[str], node_name: str) -> list[str]:
+    def apart(outputs: list[str], sizes: list[int], names_out: list[str], sizes_name: str, node_name: str) -> list[str]:
         """The parts of a fused projection as separate tensors (Split), or as they came."""
         if len(outputs) == len(sizes):
             return outputs
-        split = g.const(f"{node_name}/sizes", np.array(sizes, dtype=np.int64))
-        return g.node("Split", [outputs[0], split], names_out, f"{node_name}/split", axis=-1)
+        split = g.const(sizes_name, np.array(sizes, dtype=np.int64))
+        return g.node("Split", [outputs[0], split], names_out, node_name, axis=-1)
 
     def qk_norm(x: str, weight_name: str, count: int, name: str) -> str:
         """Qwen3 and Gemma 3 normalize each head (weight [head_dim]); OLMo 2 the whole projection."""
@@ -528,7 +586,7 @@ def build_gqa_graph(
         if f"{a}.q_norm.weight" in names:
             # q/k norms: the CPU kernel takes no norm weights (../shared/FAMILIES.md), so they are
             # ordinary norms before the node, which then gets q, k, v apart.
-            q, k, v = apart(qkv, [q_size, kv_size, kv_size], [f"{p}/q", f"{p}/k", f"{p}/v"], f"{p}/qkv")
+            q, k, v = apart(qkv, [q_size, kv_size, kv_size], [f"{p}/q", f"{p}/k", f"{p}/v"], f"{a}.qkv_sizes", f"{p}/qkv_split")
             qkv = [qk_norm(q, f"{a}.q_norm.weight", heads, f"{p}/q_norm"), qk_norm(k, f"{a}.k_norm.weight", kv_heads, f"{p}/k_norm"), v]
         qkv_inputs = qkv if len(qkv) == 3 else [qkv[0], "", ""]  # packed q|k|v: the node splits it
         rotary_inputs = [*caches[layer.rotary], *([position_ids] if position_ids else [])] if layer.rotary else []
@@ -546,13 +604,14 @@ def build_gqa_graph(
         # Gated MLP (SwiGLU, or Gemma's GELU-tanh gate), gate and up in one MatMul where the weights allow.
         h, residual = enter(pending, residual, layer.norms[2], f"{p}/post_attention_layernorm", f"{p}/ln2", f"{p}/residual2")
         gu_parts = [f"{m}.gate_up_proj.weight"] if f"{m}.gate_up_proj.weight" in names else [f"{m}.gate_proj.weight", f"{m}.up_proj.weight"]
-        gate, up = apart(projected(h, gu_parts, f"{m}.gate_up_proj.weight", f"{p}/gate_up_proj", [inter, inter]), [inter, inter], [f"{p}/gate", f"{p}/up"], f"{p}/gate_up")
+        gu = projected(h, gu_parts, f"{m}.gate_up_proj.weight", f"{p}/gate_up_proj", [inter, inter])
+        gate, up = apart(gu, [inter, inter], [f"{p}/gate", f"{p}/up"], f"{m}.split", f"{p}/split")
         if plan.activation == "gelu_tanh":
             act = g.node("Gelu", [gate], [f"{p}/gelu"], f"{p}/gelu", approximate="tanh")[0]
         else:
             sig = g.node("Sigmoid", [gate], [f"{p}/gate_sigmoid"], f"{p}/sigmoid")[0]
             act = g.node("Mul", [gate, sig], [f"{p}/silu"], f"{p}/silu")[0]
-        gated = g.node("Mul", [act, up], [f"{p}/gated"], f"{p}/gated")[0]
+        gated = g.node("Mul", [act, up], [f"{p}/swiglu"], f"{p}/swiglu")[0]
         down = projected(gated, [f"{m}.down_proj.weight"], f"{m}.down_proj.weight", f"{p}/down_proj", [config.hidden_size])[0]
         pending = leave(down, layer.norms[3], f"{p}/mlp_out")
         on_layer(i)
@@ -577,18 +636,26 @@ def build_gqa_graph(
         weight_bytes += vocab * config.hidden_size * item
         head = g.node("Transpose", [embed], ["lm_head.weight_t"], "lm_head_transpose", perm=[1, 0])[0]
         g.node("MatMul", [kept, head], [logits_name], "lm_head")
-    elif tied and embed_blocks is not None and head_quant is not None and head_quant.bits == 8:
-        # The tied head reads the embedding's Q8_0 table: MatMulNBits wants it as [N, blocks, 32].
+    elif tied and embed_blocks is not None and head_quant is not None:
+        # The tied head reads the embedding's carried table: MatMulNBits wants it as [N, blocks, bytes].
         weight_bytes += carried_bytes(embed_blocks)
         carried.append("lm_head.weight_t")
-        shape = g.const("lm_head.quant_shape", np.array([vocab, -1, BLOCK], dtype=np.int64))
+        shape = g.const("lm_head.quant_shape", np.array([vocab, -1, embed_blocks.packed.shape[2]], dtype=np.int64))
         blocks3 = g.node("Reshape", ["model.embed_tokens.quant", shape], ["lm_head.quant"], "lm_head_blocks")[0]
         flat = g.const("lm_head.scales_shape", np.array([-1], dtype=np.int64))
-        head_scales = g.node("Reshape", [embed_scales, flat], ["lm_head.scales"], "lm_head_scales")[0]
-        g.node(
-            "MatMulNBits", [kept, blocks3, head_scales], [logits_name], "lm_head", MS_DOMAIN,
-            K=config.hidden_size, N=vocab, bits=8, block_size=BLOCK, accuracy_level=head_quant.accuracy_level,
-        )  # fmt: skip
+        head_inputs = [kept, blocks3, g.node("Reshape", [embed_scales, flat], ["lm_head.scales"], "lm_head_scales")[0]]
+        if embed_zero_points:
+            head_inputs.append(g.node("Reshape", [embed_zero_points, flat], ["lm_head.zero_points"], "lm_head_zero_points")[0])
+        minimum = embed_blocks.minimums is not None
+        y = g.node(
+            "MatMulNBits", head_inputs, ["lm_head/nbits/out" if minimum else logits_name], "lm_head/nbits" if minimum else "lm_head", MS_DOMAIN,
+            K=config.hidden_size, N=vocab, bits=embed_blocks.bits, block_size=embed_blocks.block_size, accuracy_level=head_quant.accuracy_level,
+        )[0]  # fmt: skip
+        if minimum:
+            head_offsets = g.node("Transpose", [embed_offsets], ["lm_head.offsets"], "lm_head_offsets_t", perm=[1, 0])[0]
+            logits = add_offsets(kept, y, head_offsets, "lm_head.weight_t", "lm_head", embed_blocks.block_size)
+            if logits_name == "logits":
+                g.node("Identity", [logits], ["logits"], "logits")
     else:
         # A quantized head is its own copy, beside the embedding's rows.
         head_name = "model.embed_tokens.weight" if tied else "lm_head.weight"
