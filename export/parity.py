@@ -143,6 +143,15 @@ class EngineRun:
         last), then each reference passage."""
         return [p["ids"] + p["tokens"][:-1] for p in self.prompts] + [ids for _, ids in self.passages]
 
+    def forward_ends(self) -> list[list[int]]:
+        """For each of sequences(): where each of the engine's forwards over it ended (the prompt's
+        chunks, then one per decode step). LongRoPE picks its factors by that length."""
+        ends = []
+        for index, p in enumerate(self.prompts):
+            chunk_ends = np.cumsum([len(rows) for rows in self.prompt_chunks(index)]).tolist()
+            ends.append(chunk_ends + list(range(len(p["ids"]) + 1, len(p["ids"]) + len(p["tokens"]))))
+        return ends + [[len(ids)] for _, ids in self.passages]
+
     def logits(self, kind: str, index: int) -> np.ndarray:
         """The engine's logits: kind "steps" (a prompt's decode steps) or "passage"."""
         return np.load(self.scratch / f"{kind}-{index}.npy", mmap_mode="r")

@@ -431,8 +431,8 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
         )
     if quant is not None and isinstance(built, gqa_builder.BuiltGraph) and built.rounded:
         progress.note(
-            f"{len(built.rounded)} of {len(built.rounded) + len(built.carried)} matrices were not on a 4-bit block grid and were "
-            f"rounded to nearest instead of carried over (parity.json lists them)"
+            f"{len(built.rounded)} of {len(built.rounded) + len(built.carried)} matrices were not in a block type carried exactly "
+            f"(Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K) and were rounded to nearest instead (parity.json lists them)"
         )
     if options.precision == "fp16":
         _check_fp16_parity(parity)
@@ -488,7 +488,7 @@ def _validate_decoder(staging: Path, manifest: Manifest, tokenizer: Any, referen
         positions = sum(len(s) for s in run.sequences())
         layers = int(manifest.kv_cache.layers) if manifest.kv_cache else None
         with progress.step(f"the fp32 reference over {positions:,} positions, a layer at a time", total=layers) as step:
-            reference.run(run.sequences(), on_layer=lambda done, total: step.advance(detail="layers"))
+            reference.run(run.sequences(), on_layer=lambda done, total: step.advance(detail="layers"), forward_ends=run.forward_ends())
         with progress.step("comparing the engine with the reference"):
             parity = compare_decoder(run, reference, tokenizer)
             if passages:

@@ -32,8 +32,11 @@ VOCAB_CHUNK = 4096
 class Reference(Protocol):
     description: str
 
-    def run(self, sequences: Sequence[Sequence[int]], on_layer: Callable[[int, int], None] = ...) -> None:
-        """Compute whatever `logits(i)` needs for each sequence."""
+    def run(
+        self, sequences: Sequence[Sequence[int]], on_layer: Callable[[int, int], None] = ..., forward_ends: Sequence[Sequence[int]] | None = None
+    ) -> None:
+        """Compute whatever `logits(i)` needs for each sequence. `forward_ends`: where the engine's
+        forwards over each sequence ended (LongRoPE's factors follow them), None for one forward."""
         ...
 
     def logits(self, index: int) -> np.ndarray:
@@ -63,7 +66,12 @@ class StreamedReference:
         module.load_state_dict(state, assign=True)
         return module
 
-    def run(self, sequences: Sequence[Sequence[int]], on_layer: Callable[[int, int], None] = lambda done, total: None) -> None:
+    def run(
+        self,
+        sequences: Sequence[Sequence[int]],
+        on_layer: Callable[[int, int], None] = lambda done, total: None,
+        forward_ends: Sequence[Sequence[int]] | None = None,
+    ) -> None:
         import copy
 
         import torch
@@ -97,6 +105,9 @@ class StreamedReference:
                     masks["sliding"] = create_sliding_window_causal_mask(**mask_args)
                 if local_rotary is not None:
                     embeddings = {"position_embeddings_global": rotary(hidden, positions[None]), "position_embeddings_local": local_rotary(hidden, positions[None])}
+                elif plan.long_rope_from:
+                    ends = forward_ends[len(extras)] if forward_ends is not None else [hidden.shape[1]]
+                    embeddings = {"position_embeddings": self._long_rope(rotary, hidden, ends, plan.long_rope_from)}
                 else:
                     embeddings = {"position_embeddings": rotary(hidden, positions[None])}
                 extras.append({"masks": masks, "position_ids": positions[None], "cache_position": positions, **embeddings})
@@ -115,6 +126,20 @@ class StreamedReference:
             norm = self._load(base.norm, "model.norm")
             self.hidden = [norm(hidden)[0].numpy() for hidden in states]
             base.norm = norm.to("meta")
+
+    @staticmethod
+    def _long_rope(rotary: Any, hidden: Any, ends: Sequence[int], long_from: int) -> tuple[Any, Any]:
+        """cos, sin for every position as transformers computes them when the sequence comes in
+        forwards ending at `ends` over a cache: a position gets the long factors when the forward
+        that computed it reached past `long_from` positions (its keys keep them afterwards)."""
+        import torch
+
+        positions = torch.arange(hidden.shape[1])[None]
+        short = _fixed(rotary, hidden, positions, rotary.original_inv_freq)
+        long = _fixed(rotary, hidden, positions, rotary.rope_init_fn(rotary.config, hidden.device, seq_len=long_from + 1)[0])
+        reach = torch.tensor(np.repeat(ends, np.diff([0, *ends])), dtype=torch.int64)  # each position's forward's end
+        use_long = (reach > long_from)[None, :, None]
+        return torch.where(use_long, long[0], short[0]), torch.where(use_long, long[1], short[1])
 
     def _embed(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """The embedding rows of every sequence's tokens, the table read a slice at a time."""
@@ -145,6 +170,16 @@ class StreamedReference:
         return out
 
 
+def _fixed(rotary: Any, hidden: Any, positions: Any, inv_freq: Any) -> tuple[Any, Any]:
+    """A rotary embedding's cos, sin at `positions` with the inverse frequencies given, whatever
+    the length (LongRoPE's module would pick them from the length itself)."""
+    import torch
+
+    freqs = (inv_freq.float()[None, :, None] @ positions.float()[:, None, :]).transpose(1, 2)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return (emb.cos() * rotary.attention_scaling).to(hidden.dtype), (emb.sin() * rotary.attention_scaling).to(hidden.dtype)
+
+
 class WholeModelReference:
     """A PyTorch model loaded whole (fp32): each sequence's logits from one forward pass."""
 
@@ -154,7 +189,13 @@ class WholeModelReference:
         self.model = model
         self.sequences: list[list[int]] = []
 
-    def run(self, sequences: Sequence[Sequence[int]], on_layer: Callable[[int, int], None] = lambda done, total: None) -> None:
+    def run(
+        self,
+        sequences: Sequence[Sequence[int]],
+        on_layer: Callable[[int, int], None] = lambda done, total: None,
+        forward_ends: Sequence[Sequence[int]] | None = None,
+    ) -> None:
+        # One forward per sequence: the families this serves (optimum's fallback) have no LongRoPE switch.
         self.sequences = [list(s) for s in sequences]
 
     def logits(self, index: int) -> np.ndarray:

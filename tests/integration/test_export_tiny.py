@@ -167,9 +167,10 @@ def test_qwen3_query_and_key_norms_on_the_shared_kv_graph(tmp_path):
             tokens[slot] = int(logits[slot].argmax())
 
 
-def assert_matches_whole_model(folder: Path, engine_dir: Path, text: str) -> None:
-    """16 greedy tokens and the prompt's last logits: the engine's equal the whole PyTorch model's
-    (not only the layer-streamed reference's, which the export's own parity check uses)."""
+def assert_matches_whole_model(folder: Path, engine_dir: Path, text: str, new_tokens: int = 16) -> None:
+    """Greedy tokens and the prompt's last logits: the engine's equal the whole PyTorch model's
+    (not only the layer-streamed reference's, which the export's own parity check uses), which
+    decodes over its cache as generate() does."""
     from transformers import AutoModelForCausalLM
 
     from export.parity import engine_greedy, torch_greedy
@@ -177,8 +178,8 @@ def assert_matches_whole_model(folder: Path, engine_dir: Path, text: str) -> Non
     engine = load_engine(engine_dir)
     ids = engine.tokenizer.encode(text).ids
     # eager attention: transformers' SDPA path leaves out Gemma 2's attention soft-capping
-    expected, prompt_logits, _ = torch_greedy(AutoModelForCausalLM.from_pretrained(str(folder), attn_implementation="eager").eval(), ids, 16)
-    tokens, engine_prompt_logits, _ = engine_greedy(open_decoder(engine, slots=1), ids, 16)
+    expected, prompt_logits, _ = torch_greedy(AutoModelForCausalLM.from_pretrained(str(folder), attn_implementation="eager").eval(), ids, new_tokens)
+    tokens, engine_prompt_logits, _ = engine_greedy(open_decoder(engine, slots=1), ids, new_tokens)
     assert tokens == expected
     np.testing.assert_allclose(engine_prompt_logits[-1], prompt_logits[-1], atol=1e-3)
 
