@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from api.errors import BadRequest, ModelNotFound, Unavailable
 from api.residency import FOREVER, Reaper, RequestLeases, Residency
-from runtime.manifest import MANIFEST_FILE, TASK_EMBEDDING, TASK_TEXT_GENERATION
+from runtime.manifest import MANIFEST_FILE, STYLE_CONCAT_KV, TASK_EMBEDDING, TASK_TEXT_GENERATION
 
 if TYPE_CHECKING:  # the runtime's types, without importing ONNX Runtime before the engines load
     from runtime.embeddings import EmbeddingResult
@@ -572,6 +572,9 @@ class RuntimeLoader:
             if self.warm:
                 embedder.encode(["warming up the engine"])
         else:
+            if engine.manifest.style == STYLE_CONCAT_KV:
+                why = engine.manifest.export_options.get("fallback_reason", "exported with optimum's graph")
+                log.warning("%s serves one sequence at a time: its concat-kv graph (%s) has no batched decode; re-export it once our builder covers it", info.name, why)
             generator = TextGenerator(
                 engine, prefill_chunk=self.prefill_chunk, slots=self.slots, queue_limit=self.queue_limit,
                 max_tokens_limit=self.max_tokens_limit, request_timeout_s=self.request_timeout_s,

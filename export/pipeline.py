@@ -321,6 +321,7 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
     if options.builder == "gqa" and reason:
         raise UnsupportedModelError(f"--builder gqa cannot build {source.architecture}: {reason}")
     use_gqa = options.builder == "gqa" or (options.builder == "auto" and reason is None)
+    fallback = ""  # why the optimum graph, when it is the one
     quant = options.quantization
     if options.target_device == "cuda" and not use_gqa:
         raise UnsupportedModelError(
@@ -367,6 +368,8 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
         from export.loading import load_decoder
 
         why = reason if options.builder == "auto" else "--builder optimum"
+        fallback = f"our GroupQueryAttention builder cannot build {source.architecture}: {reason}" if options.builder == "auto" else "--builder optimum was chosen"
+        progress.note(f"{fallback}; falling back to optimum's concat-kv graph, which serves ONE sequence at a time (no continuous batching, prefix reuse or batch invariance)")
         with progress.step(f"loading the whole model ({size}) with transformers for optimum's exporter ({why})"):
             loaded = load_decoder(source)
         with progress.step("exporting with optimum, concatenated KV"):
@@ -395,7 +398,7 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
         add_bos_token=_adds_bos(opened.tokenizer, opened.bos_token_id),
         chat_template=opened.chat_template,
         source=source.describe(),
-        export_options=dataclasses.asdict(options) | {"builder_used": "gqa" if use_gqa else "optimum"},
+        export_options=dataclasses.asdict(options) | {"builder_used": "gqa" if use_gqa else "optimum"} | ({} if use_gqa else {"fallback_reason": fallback}),
         exporter=_exporter_versions(*extra),
         created=_now(),
     )
@@ -408,6 +411,7 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
             manifest = _build_tensorrt_plans(staging, manifest)
     parity = _validate_decoder(staging, manifest, opened.tokenizer, reference, options, progress)
     parity["precision"] = options.precision
+    parity["graph"] = {"style": style, "builder": "gqa" if use_gqa else "optimum"} | ({} if use_gqa else {"fallback_reason": fallback, "batched_decode": False})
     parity["compute_dtype"] = options.compute_dtype
     parity["export_resources"] = {"estimated_peak_memory_bytes": needs.memory, "estimated_engine_bytes": needs.engine}
     if isinstance(built, gqa_builder.BuiltGraph):

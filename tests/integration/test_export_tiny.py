@@ -184,32 +184,6 @@ def assert_matches_whole_model(folder: Path, engine_dir: Path, text: str, new_to
     np.testing.assert_allclose(engine_prompt_logits[-1], prompt_logits[-1], atol=1e-3)
 
 
-def test_granite_multipliers_match_the_whole_pytorch_model(tmp_path):
-    """Granite scales the embedding, each residual branch, the attention scores and the logits
-    (Granite 3.0's figures, the attention scale at this head size's): the engine's greedy tokens
-    and prompt logits equal the whole PyTorch model's, not only the layer-streamed reference's."""
-    from tests.tiny_models import make_tiny_llama
-
-    multipliers = {"embedding_multiplier": 12.0, "residual_multiplier": 0.22, "attention_multiplier": 0.0625, "logits_scaling": 8.0}
-    folder = make_tiny_llama(tmp_path / "granite", model_type="granite", tie=True, **multipliers)
-    result = export_model(str(folder), tmp_path / "engine", ExportOptions())
-    assert result.manifest.style == "gqa-shared-kv" and result.parity["greedy_identical"]
-    assert_matches_whole_model(folder, result.directory, "Granite models scale what llama leaves alone.")
-
-
-def test_smollm3_layers_without_rotary_embedding(tmp_path):
-    """SmolLM3 leaves the rotary embedding out of every fourth layer: those attention nodes get
-    none, and the tokens are PyTorch's."""
-    from tests.tiny_models import make_tiny_llama
-
-    folder = make_tiny_llama(tmp_path / "smollm3", model_type="smollm3", tie=True, num_hidden_layers=4, no_rope_layer_interval=2)
-    result = export_model(str(folder), tmp_path / "engine", ExportOptions())
-    assert result.manifest.style == "gqa-shared-kv" and result.parity["greedy_identical"]
-    rotary = [next(a.i for a in n.attribute if a.name == "do_rotary") for n in load_graph(result.directory).node if n.op_type == "GroupQueryAttention"]
-    assert rotary == [1, 0, 1, 0]
-    assert_matches_whole_model(folder, result.directory, "Every other layer here has no rotary embedding at all.")
-
-
 def test_max_context_beyond_the_model_is_refused(tiny_llama_dir, tmp_path):
     with pytest.raises(ExportError, match="exceeds the 4096 positions"):
         export_model(str(tiny_llama_dir), tmp_path / "out" / "e", ExportOptions(max_context=8192))
@@ -229,6 +203,27 @@ def test_uncovered_architecture_falls_back_to_optimum(gpt2_engine):
     assert manifest.style == "concat-kv" and not manifest.kv_cache.shared_buffer
     assert manifest.export_options["builder_used"] == "optimum"
     assert gpt2_engine.parity["greedy_identical"] and gpt2_engine.parity["tokenizer_identical"]
+
+
+def test_the_fallback_says_why_in_the_export_its_record_and_the_server_log(tiny_gpt2_dir, tmp_path, caplog):
+    """A model on optimum's graph says so, with the builder's reason: in the export's output, in
+    parity.json and manifest.json, and in the server's log when it loads (one sequence at a time)."""
+    import io
+    import logging
+
+    from api.registry import RuntimeLoader
+    from export.progress import Progress
+    from runtime.settings import RuntimeSettings
+
+    output = io.StringIO()
+    result = export_model(str(tiny_gpt2_dir), tmp_path / "gpt2", ExportOptions(max_context=256, parity_tokens=4), progress=Progress(output, live=False))
+    reason = "our GroupQueryAttention builder cannot build GPT2LMHeadModel: model_type 'gpt2' is not one of"
+    assert reason in output.getvalue() and "serves ONE sequence at a time" in output.getvalue()
+    assert result.parity["graph"]["fallback_reason"].startswith(reason) and result.parity["graph"]["batched_decode"] is False
+    assert result.manifest.export_options["fallback_reason"].startswith(reason)
+    with caplog.at_level(logging.WARNING, logger="appliance.api"):
+        RuntimeLoader(RuntimeSettings(), warm=False).load(result.directory).generator.close()
+    assert any("serves one sequence at a time" in r.getMessage() and reason in r.getMessage() for r in caplog.records)
 
 
 def test_concat_decoder_chunks_and_slots(gpt2_engine):

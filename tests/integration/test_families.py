@@ -111,6 +111,7 @@ def test_windows_and_soft_caps_reach_the_attention_nodes(family_engines):
     assert [a.get("local_window_size") for a in attributes("qwen2-window")] == [None, WINDOW]  # from max_window_layers on
     assert [a.get("local_window_size") for a in attributes("mistral-window")] == [WINDOW, WINDOW]
     assert [a.get("local_window_size") for a in attributes("qwen3")] == [None, None]
+    assert [a["do_rotary"] for a in attributes("smollm3")] == [1, 0, 1, 0]  # no_rope_layers: 1 = uses rotary
 
 
 @pytest.fixture(scope="module")
