@@ -29,6 +29,7 @@ LONG_ROPE = {
 # name → (model_type, tied embedding, config fields): each family's own features switched on.
 FAMILIES: dict[str, tuple[str, bool, dict[str, Any]]] = {
     "qwen3": ("qwen3", False, {}),
+    "qwen3-yarn": ("qwen3", False, {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024}}),
     "gemma2": ("gemma2", True, {"query_pre_attn_scalar": 16, "sliding_window": WINDOW, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}),
     "gemma3": (
         "gemma3_text", True,
