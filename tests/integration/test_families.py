@@ -152,12 +152,15 @@ def test_eight_concurrent_requests_get_the_tokens_each_gets_alone(family_engines
     assert together == alone and all(alone)
 
 
-@pytest.mark.parametrize("name", ["gemma2", "phi3", "olmo2"])
-def test_quantized_variants_come_from_the_same_builder(family_engines, name, tmp_path):
+@pytest.mark.parametrize("name", ["gemma2", "gemma3", "phi3", "olmo2"])
+def test_quantized_and_gpu_variants_come_from_the_same_builder(family_engines, name, tmp_path):
     """int8 blocks of 32 are near-lossless even on random weights, so a wrongly wired family graph
-    shows as low agreement; int4 on random weights is a coin toss and is checked to build only."""
+    shows as low agreement; int4 on random weights is a coin toss and is checked to build only.
+    The fp16 (GPU) engine is checked here on the CPU against its own bars (the export fails below them)."""
     folder = family_engines[name][0]
     int8 = export_model(str(folder), tmp_path / "int8", ExportOptions(precision="int8", max_context=512, parity_tokens=4))
     assert int8.manifest.style == "gqa-shared-kv" and int8.parity["versus_fp32"]["top1_agreement"] > 0.8  # tiny llama: 0.91
     int4 = export_model(str(folder), tmp_path / "int4", ExportOptions(precision="int4", max_context=512, parity_tokens=4))
     assert int4.manifest.style == "gqa-shared-kv" and int4.parity["weight_quantization"]["bits"] == 4
+    fp16 = export_model(str(folder), tmp_path / "fp16", ExportOptions(precision="fp16", max_context=256, parity_tokens=8))
+    assert fp16.manifest.kv_cache.dtype == "float16" and fp16.parity["versus_fp32"]["top1_agreement"] > 0.98
