@@ -38,9 +38,23 @@ SESSION_FACTOR = 2.0
 # the runtime's copy, the saved array), with room for the allocator's noise: the same 300M
 # export peaked at 1.31 GB here and 1.46 GB in a CI run.
 LOGITS_COPIES = 8
-# GGUF general.file_type values whose projections are blocks the int4 engine carries as they are
-# (MOSTLY_Q4_0, MOSTLY_Q4_1).
-CARRIED_FILE_TYPES = (2, 3)
+# GGUF general.file_type values whose blocks the int4 engine carries as they are
+# (export/blocks.py), and the engine's size over the file's: the same bytes for Q4_0/Q4_1/Q8_0;
+# more where a type is carried in wider blocks (Q5_* and Q6_K as 8-bit, the K-quants' fp32
+# scales and offsets: bytes per 32 weights in the engine over the file's, Q4_K_M/Q5_K_M as
+# mixes with about a third of their weights in Q6_K).
+CARRIED_FILE_TYPES = {
+    2: 1.0,  # MOSTLY_Q4_0
+    3: 1.0,  # MOSTLY_Q4_1
+    7: 1.0,  # MOSTLY_Q8_0
+    8: 34 / 22,  # MOSTLY_Q5_0
+    9: 36 / 24,  # MOSTLY_Q5_1
+    14: 24 / 18,  # MOSTLY_Q4_K_S
+    15: 1.4,  # MOSTLY_Q4_K_M
+    16: 40 / 22,  # MOSTLY_Q5_K_S
+    17: 1.7,  # MOSTLY_Q5_K_M
+    18: 40 / 26.25,  # MOSTLY_Q6_K
+}
 # Positions the parity check runs at once (a passage, a prompt chunk: export/parity.py PROMPT_CHUNK).
 SEQUENCE_POSITIONS = 256
 # KV positions the parity check touches at most (the longest prompt and its greedy tokens).
@@ -83,17 +97,17 @@ def parameters(config: Any) -> int:
     return matrices + embedding
 
 
-def estimate(config: Any, source_bytes: int, precision: str, carried: bool, tied: bool, max_context: int) -> Needs:
+def estimate(config: Any, source_bytes: int, precision: str, carried: bool, tied: bool, max_context: int, growth: float = 1.0) -> Needs:
     """The memory and disk an export of this model is expected to need.
 
     `carried`: the matrices come as GGUF blocks the engine takes as they are (int4 from a
-    Q4_0/Q4_1 file), so the engine is about the source's size.
+    file of a CARRIED_FILE_TYPES type), so the engine is the source's size times `growth`.
     """
     matrices, layer, fused, embedding = _shapes(config)
     vocab = int(config.vocab_size)
     heads = embedding * (1 if tied else 2)
     if carried:
-        engine = source_bytes
+        engine = int(source_bytes * growth)
     elif precision == "fp32":
         engine = 4 * (matrices + heads)
     elif precision == "fp16":

@@ -90,9 +90,9 @@ class ExportOptions:
     symmetric: bool = False
     accuracy_level: int = 4
     lm_head_precision: str = "int8"
-    # "rtn" (round to nearest), "source-blocks" (carry a GGUF's Q4_1 blocks over exactly,
-    # rounding only matrices that are not on such a grid), or "auto": source-blocks for int4,
-    # rtn for int8.
+    # "rtn" (round to nearest), "source-blocks" (carry a GGUF's blocks over exactly, as
+    # export/blocks.py lists them, quantizing only matrices that are not carried), the other
+    # methods of export/quantize.py, or "auto": source-blocks for int4, rtn for int8.
     quant_method: str = "auto"
     # "cpu", "cuda", or "auto": cuda for fp16 and for --backend tensorrt, cpu otherwise.
     device: str = "auto"
@@ -457,15 +457,16 @@ def _resource_needs(source: ModelSource, config: Any, options: ExportOptions, us
     """The export's expected peak memory and disk (export/budget.py), from the config and the
     source's size alone: known before any weight or the tokenizer is read."""
     quant = options.quantization
-    # int4 from a Q4_0/Q4_1 GGUF carries its blocks: the engine is about the file's size.
+    # int4 from a GGUF of a carried type takes its blocks: the engine is about the file's size.
     carried = source.kind == "gguf" and use_gqa and quant is not None and quant.method == "source-blocks"
-    carried = carried and source.gguf.get("general.file_type") in budget.CARRIED_FILE_TYPES
+    growth = budget.CARRIED_FILE_TYPES.get(source.gguf.get("general.file_type"), 0.0) if carried else 0.0
+    carried = carried and growth > 0
     if source.kind == "gguf":
         size = source.path.stat().st_size
     else:
         size = sum(p.stat().st_size for pattern in ("*.safetensors", "*.bin") for p in source.path.glob(pattern))
     names_head = bool(getattr(config, "tie_word_embeddings", False))
-    needs = budget.estimate(config, size, options.precision, carried, names_head, options.max_context)
+    needs = budget.estimate(config, size, options.precision, carried, names_head, options.max_context, growth or 1.0)
     if not use_gqa:  # optimum's exporter traces the model loaded whole in fp32
         needs = budget.Needs(memory=needs.memory + 3 * 4 * budget.parameters(config), disk=needs.disk, engine=needs.engine)
     return needs

@@ -175,6 +175,15 @@ def test_the_estimate_scales_with_the_source_not_the_fp32_model():
     assert fp32.engine > 4e9 and fp32.memory > 2 * carried.memory and fp32.disk > fp32.engine
 
 
+def test_wider_carried_types_grow_the_estimated_engine():
+    """A Q6_K file's blocks are carried as 8-bit blocks of 16 with fp32 scales: 40 bytes per 32
+    weights in the engine against the file's 26.25 (CARRIED_FILE_TYPES)."""
+    from export.budget import CARRIED_FILE_TYPES
+
+    q6_k = estimate(Config(), 1_000_000_000, "int4", carried=True, tied=True, max_context=2048, growth=CARRIED_FILE_TYPES[18])
+    assert q6_k.engine == int(1e9 * 40 / 26.25) and CARRIED_FILE_TYPES[3] == 1.0
+
+
 @pytest.mark.parametrize(("text", "size"), [("2G", 2 * GIB), ("1536M", 1536 << 20), ("3.5GiB", int(3.5 * GIB)), ("800000000", 800_000_000), ("64mb", 64 << 20)])
 def test_sizes(text, size):
     assert parse_size(text) == size
