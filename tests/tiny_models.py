@@ -166,72 +166,8 @@ def write_gguf(path: Path, architecture: str = "llama") -> Path:
 
 def write_tiny_llama_gguf(path: Path, hf_folder: Path, matrix_type: str = "Q4_1") -> Path:
     """The tiny llama of `hf_folder` (make_tiny_llama, tied) converted to GGUF the way llama.cpp's
-    converter does it: q/k rows permuted for its rotary layout, projections quantized to
-    `matrix_type` ("Q4_0", "Q4_1", "Q8_0" or "F32"), the embedding to Q8_0, norms F32, and the
-    byte-level BPE tokenizer as tokens, types and merges."""
-    import numpy as np
-    from gguf import GGMLQuantizationType, GGUFWriter
-    from gguf.quants import quantize
-    from safetensors.numpy import load_file
+    converter does it (tests/gguf_blocks.write_gguf): projections quantized to `matrix_type`
+    (any type tests/gguf_blocks.quantize writes, or "F32"), the embedding to Q8_0, norms F32."""
+    from tests.gguf_blocks import write_gguf
 
-    config = json.loads((hf_folder / "config.json").read_text())
-    tokenizer = json.loads((hf_folder / "tokenizer.json").read_text())
-    weights = load_file(str(hf_folder / "model.safetensors"))
-    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
-
-    def permute(w: np.ndarray, n_head: int) -> np.ndarray:  # llama.cpp's convert_hf_to_gguf permute
-        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-    writer = GGUFWriter(str(path), "llama")
-    writer.add_name("tiny llama")
-    writer.add_block_count(config["num_hidden_layers"])
-    writer.add_context_length(config["max_position_embeddings"])
-    writer.add_embedding_length(config["hidden_size"])
-    writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_rope_dimension_count(config["head_dim"])
-    writer.add_rope_freq_base(config["rope_theta"])
-    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    vocab = tokenizer["model"]["vocab"]
-    added = {t["content"]: t["id"] for t in tokenizer["added_tokens"]}
-    tokens = sorted({**vocab, **added}.items(), key=lambda item: item[1])
-    writer.add_vocab_size(len(tokens))
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list([t for t, _ in tokens])
-    writer.add_token_types([3 if t in added else 1 for t, _ in tokens])  # 3: control, 1: normal
-    merges = tokenizer["model"]["merges"]
-    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in merges])
-    writer.add_bos_token_id(config["bos_token_id"])
-    writer.add_eos_token_id(config["eos_token_id"])
-    writer.add_pad_token_id(config["pad_token_id"])
-    writer.add_add_bos_token(False)
-    writer.add_chat_template(CHATML)
-
-    def add(name: str, array: np.ndarray, kind: str) -> None:
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        if kind == "F32":
-            writer.add_tensor(name, array)
-        else:
-            qtype = GGMLQuantizationType[kind]
-            writer.add_tensor(name, quantize(array, qtype), raw_dtype=qtype)  # the byte shape: the writer derives the element shape
-
-    add("token_embd.weight", weights["model.embed_tokens.weight"], "Q8_0")
-    for i in range(config["num_hidden_layers"]):
-        p = f"model.layers.{i}"
-        add(f"blk.{i}.attn_norm.weight", weights[f"{p}.input_layernorm.weight"], "F32")
-        add(f"blk.{i}.attn_q.weight", permute(weights[f"{p}.self_attn.q_proj.weight"], heads), matrix_type)
-        add(f"blk.{i}.attn_k.weight", permute(weights[f"{p}.self_attn.k_proj.weight"], kv_heads), matrix_type)
-        add(f"blk.{i}.attn_v.weight", weights[f"{p}.self_attn.v_proj.weight"], matrix_type)
-        add(f"blk.{i}.attn_output.weight", weights[f"{p}.self_attn.o_proj.weight"], matrix_type)
-        add(f"blk.{i}.ffn_norm.weight", weights[f"{p}.post_attention_layernorm.weight"], "F32")
-        add(f"blk.{i}.ffn_gate.weight", weights[f"{p}.mlp.gate_proj.weight"], matrix_type)
-        add(f"blk.{i}.ffn_up.weight", weights[f"{p}.mlp.up_proj.weight"], matrix_type)
-        add(f"blk.{i}.ffn_down.weight", weights[f"{p}.mlp.down_proj.weight"], matrix_type)
-    add("output_norm.weight", weights["model.norm.weight"], "F32")
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return write_gguf(path, hf_folder, lambda name: "Q8_0" if name == "token_embd.weight" else matrix_type)
