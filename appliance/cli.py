@@ -211,7 +211,7 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     export.add_argument("--block-size", type=int, default=quant.block_size, help=f"int8/int4: weights per quantization block (default: {quant.block_size})")
     export.add_argument("--symmetric", action="store_true", help="int8/int4: symmetric blocks, no zero points (default: a zero point per block)")
     export.add_argument("--accuracy-level", type=int, default=quant.accuracy_level, help=f"int8/int4: MatMulNBits accuracy level, 4 = int8 activations, 1 = fp32 (default: {quant.accuracy_level})")
-    export.add_argument("--quant-method", choices=("auto", "rtn", "source-blocks"), default=quant.quant_method, help="round to nearest, or carry a GGUF source's Q4_1 blocks over exactly; auto: source-blocks for int4, rtn for int8 (default: %(default)s)")
+    export.add_argument("--quant-method", choices=("auto", "rtn", "source-blocks", "hqq", "mse"), default=quant.quant_method, help="rtn: round to nearest; hqq: half-quadratic float zero points (per-block offsets); mse: least-squares integer zero points; source-blocks: carry a GGUF's (or a de-quantized Q4_1's) blocks over exactly, hqq for int4 matrices it cannot carry; auto: source-blocks for int4, rtn for int8 (default: %(default)s)")
     export.add_argument("--lm-head-precision", choices=("fp32", "int8", "int4"), default=quant.lm_head_precision, help=f"int8/int4: precision of the vocabulary projection (default: {quant.lm_head_precision})")
     cache_and_pip(export)
     export.set_defaults(handler=_export)

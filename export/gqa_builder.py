@@ -166,6 +166,7 @@ def family_plan(config: Any) -> FamilyPlan:
     plans = []
     for i in range(layers):
         p = f"model.layers.{i}"
+        norms: tuple[str | None, str | None, str | None, str | None]
         if model_type in GEMMA_TYPES:
             norms = (f"{p}.input_layernorm.weight", f"{p}.post_attention_layernorm.weight", f"{p}.pre_feedforward_layernorm.weight", f"{p}.post_feedforward_layernorm.weight")
         elif model_type in POST_NORM_TYPES:
@@ -183,7 +184,7 @@ def family_plan(config: Any) -> FamilyPlan:
             rotary = None
         elif model_type == "gemma3_text" and sliding:
             rotary = "local"
-        plans.append(LayerPlan(norms, rotary, window if sliding and window else 0))  # type: ignore[arg-type]
+        plans.append(LayerPlan(norms, rotary, window if sliding and window else 0))
     query_scalar = getattr(config, "query_pre_attn_scalar", None)
     if query_scalar is not None and model_type in GEMMA_TYPES:
         attention_scale = float(query_scalar) ** -0.5
@@ -513,6 +514,7 @@ def build_gqa_graph(
             ["embeddings"], "embed_tokens", MS_DOMAIN, gather_axis=0, quantize_axis=1, block_size=32, bits=8,
         )[0]  # fmt: skip
         del rows
+
     def norm_weight(name: str) -> str:
         """A norm's weight, Gemma's `1 + w` folded in (in fp32, as transformers computes it)."""
         weight = tensors.float(name)
@@ -546,10 +548,10 @@ def build_gqa_graph(
             return y
         return g.node("SimplifiedLayerNormalization", [y, norm_weight(weight)], [f"{name}_norm/out"], f"{name}_norm", axis=-1, epsilon=eps)[0]
 
-    def projected(x: str, parts: list[str], fused: str, node_name: str, sizes: list[int]) -> list[str]:
+    def projected(x: str, parts: list[str], fused: str, node_name: str) -> list[str]:
         """x projected onto `parts` ([out, in] each, or one checkpoint matrix already fused, as
-        Phi-3 stores q|k|v and gate|up) with their biases: one output of all `sizes` side by side,
-        or one output per size."""
+        Phi-3 stores q|k|v and gate|up) with their biases: one output of all parts side by side
+        (`fused` names its weight), or one output per part (project())."""
         outputs = project(x, parts, fused, node_name)
         biases = [f"{p.removesuffix('.weight')}.bias" for p in parts]
         if len(outputs) == 1:
@@ -565,12 +567,9 @@ def build_gqa_graph(
 
     def qk_norm(x: str, weight_name: str, count: int, name: str) -> str:
         """Qwen3 and Gemma 3 normalize each head (weight [head_dim]); OLMo 2 the whole projection."""
-        if tensors_shape(weight_name) == head_dim:
+        if tensors.float(weight_name).shape[-1] == head_dim:
             return head_norm(x, weight_name, count, name)
         return g.node("SimplifiedLayerNormalization", [x, norm_weight(weight_name)], [f"{name}/out"], name, axis=-1, epsilon=eps)[0]
-
-    def tensors_shape(name: str) -> int:
-        return int(tensors.float(name).shape[-1])
 
     x = scaled(x, plan.embedding_scale, "embedding_scale")
     residual = x
@@ -583,7 +582,7 @@ def build_gqa_graph(
         # q|k|v projected together (one MatMul where the weights allow), then attention with the
         # rotary embedding and the KV cache.
         qkv_parts = [f"{a}.qkv_proj.weight"] if f"{a}.qkv_proj.weight" in names else [f"{a}.{n}_proj.weight" for n in "qkv"]
-        qkv = projected(h, qkv_parts, f"{a}.qkv_proj.weight", f"{p}/qkv_proj", [q_size, kv_size, kv_size])
+        qkv = projected(h, qkv_parts, f"{a}.qkv_proj.weight", f"{p}/qkv_proj")
         if f"{a}.q_norm.weight" in names:
             # q/k norms: the CPU kernel takes no norm weights (../shared/FAMILIES.md), so they are
             # ordinary norms before the node, which then gets q, k, v apart.
@@ -600,12 +599,12 @@ def build_gqa_graph(
             **({"local_window_size": layer.window} if 0 < layer.window < max_context else {}),
             **({"softcap": plan.attention_softcap} if plan.attention_softcap else {}),
         )[0]  # fmt: skip
-        o = projected(attn, [f"{a}.o_proj.weight"], f"{a}.o_proj.weight", f"{p}/o_proj", [config.hidden_size])[0]
+        o = projected(attn, [f"{a}.o_proj.weight"], f"{a}.o_proj.weight", f"{p}/o_proj")[0]
         pending = leave(o, layer.norms[1], f"{p}/attention_out")
         # Gated MLP (SwiGLU, or Gemma's GELU-tanh gate), gate and up in one MatMul where the weights allow.
         h, residual = enter(pending, residual, layer.norms[2], f"{p}/post_attention_layernorm", f"{p}/ln2", f"{p}/residual2")
         gu_parts = [f"{m}.gate_up_proj.weight"] if f"{m}.gate_up_proj.weight" in names else [f"{m}.gate_proj.weight", f"{m}.up_proj.weight"]
-        gu = projected(h, gu_parts, f"{m}.gate_up_proj.weight", f"{p}/gate_up_proj", [inter, inter])
+        gu = projected(h, gu_parts, f"{m}.gate_up_proj.weight", f"{p}/gate_up_proj")
         gate, up = apart(gu, [inter, inter], [f"{p}/gate", f"{p}/up"], f"{m}.split", f"{p}/split")
         if plan.activation == "gelu_tanh":
             act = g.node("Gelu", [gate], [f"{p}/gelu"], f"{p}/gelu", approximate="tanh")[0]
@@ -613,7 +612,7 @@ def build_gqa_graph(
             sig = g.node("Sigmoid", [gate], [f"{p}/gate_sigmoid"], f"{p}/sigmoid")[0]
             act = g.node("Mul", [gate, sig], [f"{p}/silu"], f"{p}/silu")[0]
         gated = g.node("Mul", [act, up], [f"{p}/swiglu"], f"{p}/swiglu")[0]
-        down = projected(gated, [f"{m}.down_proj.weight"], f"{m}.down_proj.weight", f"{p}/down_proj", [config.hidden_size])[0]
+        down = projected(gated, [f"{m}.down_proj.weight"], f"{m}.down_proj.weight", f"{p}/down_proj")[0]
         pending = leave(down, layer.norms[3], f"{p}/mlp_out")
         on_layer(i)
 

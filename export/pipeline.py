@@ -420,7 +420,7 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
         assert isinstance(built, gqa_builder.BuiltGraph)  # quantization needs our builder (refused above otherwise)
         parity["weight_quantization"] = dataclasses.asdict(quant)
         if quant.method == "source-blocks":
-            parity["source_blocks"] = {"carried_exactly": list(built.carried), "rounded": list(built.rounded)}
+            parity["source_blocks"] = {"carried_exactly": list(built.carried), "rounded": list(built.rounded), "rounded_with": _rounded_with()}
     if options.precision == "fp16":
         parity["fp16_bars"] = {"max_rel_logit_error": FP16_MAX_REL_LOGIT_ERROR, "min_top1_agreement": FP16_MIN_TOP1_AGREEMENT}
     _write_parity(staging, manifest, parity)
@@ -436,7 +436,7 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
     if quant is not None and isinstance(built, gqa_builder.BuiltGraph) and built.rounded:
         progress.note(
             f"{len(built.rounded)} of {len(built.rounded) + len(built.carried)} matrices were not in a block type carried exactly "
-            f"(Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K) and were rounded to nearest instead (parity.json lists them)"
+            f"(Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K) and were quantized instead, {_rounded_with()} (parity.json lists them)"
         )
     if options.precision == "fp16":
         _check_fp16_parity(parity)
@@ -704,6 +704,13 @@ def _export_encoder(source: ModelSource, staging: Path, name: str, options: Expo
             + {"fp32": "", "int8": "; export it with --precision fp32"}.get(options.precision, "; export it with --precision int8 or fp32")
         )
     return manifest, parity
+
+
+def _rounded_with() -> str:
+    """How a source-blocks export quantizes the matrices it cannot carry (parity.json, the export's note)."""
+    from export.quantize import SOURCE_BLOCKS_FALLBACK
+
+    return f"int4 with {SOURCE_BLOCKS_FALLBACK}, int8 (the head) to nearest"
 
 
 def _write_parity(staging: Path, manifest: Manifest, parity: dict[str, Any]) -> None:

@@ -40,10 +40,13 @@ class WeightQuantization:
     accuracy_level: int = 4
     # The vocabulary projection (tied to the embedding in SmolLM2): "fp32", "int8" or "int4".
     lm_head: str = "int8"
-    # "rtn": round every block to the nearest levels. "source-blocks": the weights came from
-    # a GGUF whose 4-bit blocks (Q4_1: w = d*q + m) survive de-quantization exactly; recover
-    # d, q and m from the floats and carry them over (see recover_q4_1), RTN where a matrix
-    # is not on such a grid.
+    # "rtn": round every block to the nearest levels. "source-blocks": carry a GGUF's blocks
+    # over exactly as stored (export/blocks.py: Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K/Q6_K, the
+    # 5- to 8-bit types as 8-bit blocks), recover Q4_1 blocks from floats where the source
+    # hands over no blocks (see recover_q4_1), and quantize the rest (IQ*, Q2_K, Q3_K, a
+    # folder's genuine floats) with SOURCE_BLOCKS_FALLBACK at int4, round to nearest at int8.
+    # "mse": integer zero points searched for the least squared error per block (quantize_mse).
+    # "hqq": half-quadratic float zero points, carried as per-block offsets (quantize_hqq).
     method: str = "rtn"
 
     def check(self) -> None:
@@ -58,21 +61,22 @@ class WeightQuantization:
         if self.method not in METHODS:
             raise ValueError(f"quantization method must be one of {', '.join(METHODS)} (got {self.method!r})")
         if self.method == "source-blocks" and (self.bits, self.block_size) != (4, 32):
-            raise ValueError("source-blocks carries GGUF Q4_1 blocks: it needs int4 with blocks of 32")
+            raise ValueError("source-blocks carries a GGUF's blocks as stored and rounds the others to int4 blocks of 32: it needs int4 with blocks of 32")
 
     def head(self) -> WeightQuantization | None:
         """The quantization of the vocabulary projection, None to keep it fp32."""
         if self.lm_head == "fp32":
             return None
         if self.method == "source-blocks":
-            # GGUF stores the embedding as Q8_0 (symmetric 8-bit, blocks of 32) or Q4_1:
-            # symmetric int8 blocks of 32 reproduce Q8_0 exactly.
+            # A GGUF's head (or the embedding it is tied to) is carried in its own block type
+            # (export/blocks.py: Q8_0, Q6_K, ...); these settings only round a head of another
+            # type, or one de-quantized from Q8_0 (symmetric int8 blocks of 32 give it back).
             return WeightQuantization(int(self.lm_head[3:]), 32, self.lm_head == "int8", self.accuracy_level, self.lm_head, "source-blocks")
         return WeightQuantization(int(self.lm_head[3:]), self.block_size, self.symmetric, self.accuracy_level, self.lm_head)
 
 
 LM_HEAD_CHOICES = ("fp32", "int8", "int4")
-METHODS = ("rtn", "source-blocks")
+METHODS = ("rtn", "source-blocks", "hqq", "mse")
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,171 @@ def quantize_blocks(weight: np.ndarray, bits: int, block_size: int, symmetric: b
             zp = zp[:, 0::2] | (zp[:, 1::2] << 4)
         zero_points = np.ascontiguousarray(zp).reshape(-1)
     return QuantizedWeight(np.ascontiguousarray(packed), scale.reshape(-1), zero_points, k, n, bits, block_size)
+
+
+def quantize_matrix(weight: np.ndarray, quant: WeightQuantization) -> tuple[QuantizedWeight, np.ndarray | None]:
+    """W [K, N] quantized by `quant.method`: (MatMulNBits weight, per-block offsets [blocks, N] or None).
+
+    Offsets (hqq's float zero points) are added by the builder as the block sums of the input
+    times the offsets, as it does for recovered Q4_1 blocks (MatMulNBits' fast path takes
+    integer zero points only). A matrix whose K is not a whole number of blocks cannot take
+    offsets: hqq gives it mse's integer zero points instead. "source-blocks" comes here for the
+    matrices the builder could not carry: int4 ones get SOURCE_BLOCKS_FALLBACK, int8 ones (a
+    Q8_0 head, carried exactly by symmetric blocks of 32) round to nearest.
+    """
+    method = quant.method
+    if method == "source-blocks" and quant.bits == 4:
+        method = SOURCE_BLOCKS_FALLBACK
+    if method == "hqq" and weight.shape[0] % quant.block_size == 0:
+        return quantize_hqq(weight, quant.bits, quant.block_size)
+    if method in ("mse", "hqq"):
+        return quantize_mse(weight, quant.bits, quant.block_size, quant.symmetric), None
+    return quantize_blocks(weight, quant.bits, quant.block_size, quant.symmetric), None
+
+
+# How "source-blocks" (what --quant-method auto picks for int4) quantizes an int4 matrix it
+# cannot carry: every matrix of a folder source whose weights are genuine floats (not a
+# de-quantized Q4_1), and a GGUF's types that are not carried. hqq agrees most with the fp32
+# reference (docs/exporting.md, "Int4 quantizers for folder sources").
+SOURCE_BLOCKS_FALLBACK = "hqq"
+
+# Elements per slice of columns the iterative quantizers work on: their temporaries stay a few
+# hundred MB whatever the matrix (the builder holds one matrix at a time).
+_SLICE = 1 << 22
+
+
+def _column_slices(k: int, n: int, block_size: int):
+    width = max(1, _SLICE // (-(-k // block_size) * block_size))
+    return [slice(i, min(i + width, n)) for i in range(0, n, width)]
+
+
+def _blocked(weight: np.ndarray, block_size: int) -> np.ndarray:
+    """W [K, n] -> [n, blocks, block_size] float32, K padded with zeros."""
+    k, n = weight.shape
+    blocks = -(-k // block_size)
+    w = np.zeros((n, blocks * block_size), dtype=np.float32)
+    w[:, :k] = weight.T
+    return w.reshape(n, blocks, block_size)
+
+
+def _packed(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, k: int, bits: int, block_size: int) -> QuantizedWeight:
+    """QuantizedWeight from levels q [N, blocks, block_size], scales and integer zero points
+    [N, blocks] (None: symmetric), in quantize_blocks' layout."""
+    n, blocks = scale.shape
+    q = q.astype(np.uint8)
+    packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8) if bits == 4 else q
+    zero_points = None
+    if zero is not None:
+        zp: np.ndarray = zero.astype(np.uint8)
+        if bits == 4:
+            if blocks % 2:
+                zp = np.concatenate([zp, np.zeros((n, 1), np.uint8)], axis=1)
+            zp = zp[:, 0::2] | (zp[:, 1::2] << 4)
+        zero_points = np.ascontiguousarray(zp).reshape(-1)
+    return QuantizedWeight(np.ascontiguousarray(packed), scale.astype(np.float32).reshape(-1), zero_points, k, n, bits, block_size)
+
+
+def quantize_mse(weight: np.ndarray, bits: int, block_size: int, symmetric: bool, steps: int = 8) -> QuantizedWeight:
+    """Integer zero points (MatMulNBits' fast path) chosen for the least squared error per block.
+
+    For every block, candidate scales around round-to-nearest's (the range over levels -3% to
+    +7%, or for symmetric blocks 75% to 100% of the largest magnitude's), both integer zero
+    points either side of the candidate's, each refitted once by least squares (the scale that
+    best maps the block's levels onto its values); the candidate with the least error wins.
+    Round to nearest is one of the candidates, so no block comes out worse than rtn's
+    (llama.cpp's k-quant search, constrained to integer zero points).
+    """
+    k, n = weight.shape
+    levels = (1 << bits) - 1
+    middle = 1 << (bits - 1)
+    b_all = _blocked(weight, block_size)
+    q_out = np.empty(b_all.shape, dtype=np.uint8)
+    scale_out = np.empty(b_all.shape[:2], dtype=np.float32)
+    zero_out = np.empty(b_all.shape[:2], dtype=np.float32)
+    for cols in _column_slices(k, n, block_size):
+        b = b_all[cols]
+        if symmetric:
+            base = np.abs(b).max(axis=2) / (middle - 1)
+            factors = np.linspace(1.0, 0.75, steps)
+            zeros = [np.full(base.shape, middle, dtype=np.float32)]
+        else:
+            low = np.minimum(b.min(axis=2), 0.0)
+            base = (np.maximum(b.max(axis=2), 0.0) - low) / levels
+            factors = np.concatenate([[1.0], levels / (levels + np.linspace(-0.5, 1.0, steps))])
+            zeros = []
+        best_err = np.full(base.shape, np.inf, dtype=np.float32)
+        best_q = np.zeros(b.shape, dtype=np.float32)
+        best_s = np.ones(base.shape, dtype=np.float32)
+        best_z = np.full(base.shape, middle, dtype=np.float32)
+        for factor in factors:
+            s0 = np.where(base == 0, 1.0, base * factor).astype(np.float32)
+            candidates = zeros or [np.clip(np.floor(-low / s0), 0, levels), np.clip(np.ceil(-low / s0), 0, levels)]
+            for z in candidates:
+                s = s0
+                q = np.clip(np.round(b / s[..., None] + z[..., None]), 0, levels)
+                for refit in (False, True):
+                    if refit:  # least-squares scale for these levels, then the levels again
+                        d = q - z[..., None]
+                        den = (d * d).sum(axis=2)
+                        fitted = (b * d).sum(axis=2) / np.where(den > 0, den, 1)
+                        s = np.where((den > 0) & (fitted > 0), fitted, s).astype(np.float32)
+                        q = np.clip(np.round(b / s[..., None] + z[..., None]), 0, levels)
+                    err = (((q - z[..., None]) * s[..., None] - b) ** 2).sum(axis=2)
+                    better = err < best_err
+                    best_err = np.where(better, err, best_err)
+                    best_q = np.where(better[..., None], q, best_q)
+                    best_s = np.where(better, s, best_s)
+                    best_z = np.where(better, z, best_z)
+        q_out[cols], scale_out[cols], zero_out[cols] = best_q, best_s, best_z
+    return _packed(q_out, scale_out, None if symmetric else zero_out, k, bits, block_size)
+
+
+def quantize_hqq(
+    weight: np.ndarray, bits: int, block_size: int, iters: int = 20, lp_norm: float = 0.7, beta: float = 10.0, kappa: float = 1.01
+) -> tuple[QuantizedWeight, np.ndarray]:
+    """Half-Quadratic Quantization (Badri & Shaji 2023), as ONNX Runtime's HQQWeightOnlyQuantizer
+    does it: per block, the scale from the block's range and a float zero point refined by a
+    proximal solver of ||w - dequantize(quantize(w))||_p, p = 0.7 (sparse errors: an outlier
+    costs less than in least squares, so it does not drag the whole block's grid).
+
+    Returns (symmetric weight, offsets): w ≈ s·(q - z) = s·(q - 2^(bits-1)) + s·(2^(bits-1) - z),
+    the first term a MatMulNBits without zero points (its fast path), the second the per-block
+    offsets [blocks, N] the builder adds from the block sums of the input. K must be a whole
+    number of blocks. On weights already on a 4-bit affine grid (a de-quantized Q4_1) the
+    solver lands on the grid: exact, as recover_q4_1.
+    """
+    k, n = weight.shape
+    if k % block_size:
+        raise ValueError(f"hqq needs K ({k}) to be a whole number of blocks of {block_size}")
+    levels = (1 << bits) - 1
+    middle = 1 << (bits - 1)
+    b_all = _blocked(weight, block_size)
+    q_out = np.empty(b_all.shape, dtype=np.uint8)
+    scale_out = np.empty(b_all.shape[:2], dtype=np.float32)
+    offsets = np.empty(b_all.shape[:2], dtype=np.float32)
+    for cols in _column_slices(k, n, block_size):
+        b = b_all[cols]
+        low, high = b.min(axis=2), b.max(axis=2)
+        spread = high - low
+        inverse = np.minimum(levels / np.where(spread == 0, levels, spread), 2e4).astype(np.float32)[..., None]
+        zero = np.round(-low[..., None] * inverse)
+        step, best = beta, np.inf
+        for _ in range(iters):
+            q = np.clip(np.round(b * inverse + zero), 0, levels)
+            error = b - (q - zero) / inverse
+            magnitude = np.abs(error)
+            shrunk = np.sign(error) * np.maximum(magnitude - np.power(magnitude + 1e-8, lp_norm - 1) / step, 0)
+            zero = np.mean(q - (b - shrunk) * inverse, axis=2, keepdims=True)
+            step *= kappa
+            current = float(magnitude.mean())
+            if current >= best:
+                break
+            best = current
+        q_out[cols] = np.clip(np.round(b * inverse + zero), 0, levels)
+        scale = (1 / inverse)[..., 0]
+        scale_out[cols] = scale
+        offsets[cols] = scale * (middle - zero[..., 0])
+    return _packed(q_out, scale_out, None, k, bits, block_size), np.ascontiguousarray(offsets.T)
 
 
 def dequantize(qw: QuantizedWeight) -> np.ndarray:

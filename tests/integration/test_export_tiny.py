@@ -314,7 +314,7 @@ def test_a_short_context_export_still_validates_every_prompt(tiny_llama_dir, tmp
 
 @pytest.mark.parametrize("precision", ["int8", "int4"])
 def test_quantized_exports_record_agreement_with_the_fp32_reference(tiny_llama_dir, tmp_path, precision):
-    # The tiny model's weights are random floats, not GGUF blocks: int4 falls back to rounding.
+    # The tiny model's weights are random floats, not GGUF blocks: int4 quantizes them with HQQ.
     result = export_model(str(tiny_llama_dir), tmp_path / precision, ExportOptions(precision=precision, max_context=256, parity_tokens=4))
     parity = json.loads((result.directory / "parity.json").read_text())
     versus = parity["versus_fp32"]
@@ -323,6 +323,8 @@ def test_quantized_exports_record_agreement_with_the_fp32_reference(tiny_llama_d
     assert parity["weight_quantization"]["bits"] == int(precision[3:])
     if precision == "int4":
         assert parity["source_blocks"]["carried_exactly"] == [] and parity["source_blocks"]["rounded"]
+        assert parity["source_blocks"]["rounded_with"] == "int4 with hqq, int8 (the head) to nearest"
+        assert parity["weight_quantization"]["method"] == "source-blocks"
     graph = (result.directory / "model.onnx").read_bytes()
     assert b"MatMulNBits" in graph
     assert versus["kind"] == "quantized-vs-fp32-reference" and "a layer at a time" in versus["reference"]
