@@ -12,8 +12,11 @@ and measures:
 
     python bench/quant_sweep.py [SOURCE] [--variants int4:32:asym:4:int8 ...] [--json out.json]
 
-A variant is bits:block:sym|asym:accuracy_level:lm_head[:source-blocks]. docs/performance.md
-holds a run.
+A variant is bits:block:sym|asym:accuracy_level:lm_head[:method], the method one of
+export/quantize.py's METHODS (rtn when left out; source-blocks, hqq, mse). Each row also
+records the seconds the variant's graph took to build (reading, quantizing and writing the
+weights). docs/performance.md and docs/exporting.md ("Int4 quantizers for folder sources")
+hold runs.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ DEFAULT_VARIANTS = (
     "int4:32:sym:4:int8:source-blocks",
     "int4:32:sym:1:int8:source-blocks",
     "int4:32:asym:4:int8",
+    "int4:32:asym:4:int8:mse",
+    "int4:32:asym:4:int8:hqq",
     "int4:32:asym:1:int8",
     "int4:32:asym:4:fp32",
     "int4:16:asym:4:int8",
@@ -92,6 +97,10 @@ def main() -> int:
     parser.add_argument("--max-context", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved speed rounds (0: agreement only)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--engine", action="append", default=[], metavar="NAME=DIR",
+        help="also measure an engine quantized elsewhere (e.g. by onnxruntime's MatMulNBitsQuantizer from the fp32 graph); it must read the same source",
+    )  # fmt: skip
     args = parser.parse_args()
 
     from export.loading import open_decoder_source, read_decoder_config
@@ -109,10 +118,8 @@ def main() -> int:
         fp32 = work / "fp32"
         export_model(args.source, fp32, ExportOptions(parity_tokens=4))
         rows = [{"variant": "fp32", "top1_agreement": 1.0, "mean_kl": 0.0, "dir": fp32}]
-        for text in args.variants:
-            quant = parse_variant(text)
-            directory = work / text.replace(":", "-")
-            built = build(opened, fp32 / "manifest.json", quant, directory, args.max_context)
+
+        def measure(label: str, directory: Path, **extra) -> None:
             scratch = work / f"{directory.name}.logits"
             scratch.mkdir()
             run = run_engine(directory, opened.tokenizer, scratch, prompts=(), passages=True)
@@ -122,31 +129,42 @@ def main() -> int:
             shutil.rmtree(scratch)
             rows.append(
                 {
-                    "variant": text,
+                    "variant": label,
                     "top1_agreement": parity["top1_agreement"],
                     "mean_kl": parity["mean_kl"],
                     "engine_perplexity": parity["engine_perplexity"],
                     "fp32_perplexity": parity["fp32_perplexity"],
-                    "matmul_weight_mb": built.matmul_weight_bytes / 1e6,
+                    **extra,
                     "dir": directory,
                 }
             )
-            print(f"{text:24s} top1 {parity['top1_agreement']:.4f}  KL {parity['mean_kl']:.4f}  "
-                  f"ppl {parity['engine_perplexity']:.2f} (fp32 {parity['fp32_perplexity']:.2f})  "
-                  f"{built.matmul_weight_bytes / 1e6:.0f} MB", flush=True)  # fmt: skip
+            mb, seconds = extra.get("matmul_weight_mb"), extra.get("build_seconds")
+            print(f"{label:24s} top1 {parity['top1_agreement']:.4f}  KL {parity['mean_kl']:.4f}  "
+                  f"ppl {parity['engine_perplexity']:.2f} (fp32 {parity['fp32_perplexity']:.2f})"
+                  + (f"  {mb:.0f} MB  built in {seconds:.1f} s" if mb is not None else ""), flush=True)  # fmt: skip
+
+        for text in args.variants:
+            quant = parse_variant(text)
+            directory = work / text.replace(":", "-")
+            started = time.perf_counter()
+            built = build(opened, fp32 / "manifest.json", quant, directory, args.max_context)
+            measure(text, directory, matmul_weight_mb=built.matmul_weight_bytes / 1e6, build_seconds=time.perf_counter() - started)
+        for spec in args.engine:
+            label, _, path = spec.partition("=")
+            measure(label, Path(path))
         rates: dict[str, dict[int, list[float]]] = {r["variant"]: {1: [], 8: []} for r in rows}
         for _ in range(args.rounds):
             for row in rows:
                 for batch in (1, 8):
                     rates[row["variant"]][batch].append(decode_rate(row["dir"], batch))
-        print(f"\n{'variant':24s} {'top1':>7s} {'KL':>7s} {'MB':>6s} {'tok/s b1':>9s} {'tok/s b8':>9s}")
+        print(f"\n{'variant':24s} {'top1':>7s} {'KL':>7s} {'MB':>6s} {'tok/s b1':>9s} {'tok/s b8':>9s} {'build s':>8s}")
         for row in rows:
             row.pop("dir")
             for batch in (1, 8):
                 row[f"decode_tok_s_batch{batch}"] = float(np.median(rates[row["variant"]][batch])) if args.rounds else None
             mb = row.get("matmul_weight_mb", 0)
             b1, b8 = row["decode_tok_s_batch1"] or 0, row["decode_tok_s_batch8"] or 0
-            print(f"{row['variant']:24s} {row['top1_agreement']:7.4f} {row['mean_kl']:7.4f} {mb:6.0f} {b1:9.1f} {b8:9.1f}")
+            print(f"{row['variant']:24s} {row['top1_agreement']:7.4f} {row['mean_kl']:7.4f} {mb:6.0f} {b1:9.1f} {b8:9.1f} {row.get('build_seconds', 0):8.1f}")
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2) + "\n")
     finally:
