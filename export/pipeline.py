@@ -459,7 +459,8 @@ def _resource_needs(source: ModelSource, config: Any, options: ExportOptions, us
     quant = options.quantization
     # int4 from a GGUF of a carried type takes its blocks: the engine is about the file's size.
     carried = source.kind == "gguf" and use_gqa and quant is not None and quant.method == "source-blocks"
-    growth = budget.CARRIED_FILE_TYPES.get(source.gguf.get("general.file_type"), 0.0) if carried else 0.0
+    file_type = source.gguf.get("general.file_type") if carried else None
+    growth = budget.CARRIED_FILE_TYPES.get(int(file_type), 0.0) if file_type is not None else 0.0
     carried = carried and growth > 0
     if source.kind == "gguf":
         size = source.path.stat().st_size

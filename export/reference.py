@@ -92,7 +92,8 @@ class StreamedReference:
             local_rotary = type(base.rotary_emb_local)(config=local)
         embedded = self._embed(sequences)
         with torch.inference_mode():
-            states, extras = [], []
+            states: list[Any] = []
+            extras: list[dict[str, Any]] = []
             for rows in embedded:
                 hidden = torch.from_numpy(rows)[None]
                 if plan.embedding_scale != 1.0:  # Granite's multiplier, Gemma's √hidden (in fp32, as transformers)
