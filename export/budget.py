@@ -113,7 +113,9 @@ def estimate(config: Any, source_bytes: int, precision: str, carried: bool, tied
     elif precision == "fp16":
         engine = 2 * (matrices + heads)
     else:
-        per_weight = {"int4": 0.5 + 5 / 32, "int8": 1 + 5 / 32}[precision]
+        # A block of 32: the levels, an fp32 scale, and an fp32 offset (HQQ's float zero point,
+        # int4's default for float weights) or a zero point.
+        per_weight = {"int4": 0.5 + 8 / 32, "int8": 1 + 5 / 32}[precision]
         engine = int(per_weight * matrices) + 4 * embedding + int(1.2 * embedding)
     head_dim = int(getattr(config, "head_dim", None) or int(config.hidden_size) // int(config.num_attention_heads))
     kv_heads = int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
