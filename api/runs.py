@@ -19,7 +19,7 @@ from api.metrics import Metrics
 from api.registry import Events, LoadedModel
 from runtime.errors import ContextLengthError
 from runtime.events import Delta, Event, Finish, KeepAlive, Usage
-from runtime.generation import GenerationRequest
+from runtime.request import GenerationRequest
 
 
 @dataclass(frozen=True)

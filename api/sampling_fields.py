@@ -32,8 +32,8 @@ from api.wire import (
     bounded,
     logit_bias_map,
 )
-from runtime.generation import CONTEXT_ERROR, GenerationRequest
 from runtime.grammar import Grammar
+from runtime.request import CONTEXT_ERROR, GenerationRequest
 from runtime.sampling import MAX_TOP_LOGPROBS, SamplingParams
 
 # Stand-in for a log-probability of minus infinity, which JSON cannot carry (OpenAI does the same).

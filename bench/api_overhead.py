@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from runtime.engine import load_engine  # noqa: E402
 from runtime.events import Delta, Finish  # noqa: E402
-from runtime.generation import GenerationRequest, TextGenerator  # noqa: E402
+from runtime.generation import TextGenerator  # noqa: E402
+from runtime.request import GenerationRequest  # noqa: E402
 from runtime.sampling import SamplingParams  # noqa: E402
 
 PROMPTS = (

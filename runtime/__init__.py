@@ -1,5 +1,9 @@
 """Runtime: loads engine directories and runs them with ONNX Runtime.
 
-Light by design: onnxruntime, numpy, tokenizers and jinja2 only. Never torch or
-transformers (tests/unit/test_layering.py checks this).
+Light by design: onnxruntime, numpy, tokenizers, jinja2 (chat templates) and llguidance
+(grammars) only; never torch, transformers, export/ or api/ (tests/unit/test_layering.py).
+
+The decode path is a straight line, each module importing only those before it:
+request (GenerationRequest, fit_context) ← sequence (SequenceState, one request's progress)
+← scheduler (batched steps on one thread) ← generation (TextGenerator, the public entry).
 """

@@ -1,20 +1,22 @@
 """Text generation on a decoder engine: prompt → tokens → streamed text events.
 
-`TextGenerator` owns one decoder (and its KV cache) of one engine. `generate(request)` is
-the decode loop, a plain generator:
+`TextGenerator` owns one decoder (and its KV cache) of one engine and its scheduler.
+`generate(request)` validates the request and fits its prompt into the context at once
+(`runtime/request.py`: refused, or truncated by the request's policy), queues it, and
+returns an `EventStream` of `Delta` events and one `Finish`. The decode loop itself runs on
+the engine's scheduler thread (`runtime/scheduler.py`), which steps every active request in
+one batched decode step:
 
-1. fit the prompt into the context (or refuse it, by the request's policy);
-2. evaluate the prompt in bounded chunks (prefill), keeping only the last position's logits
-   (every position's, for a request that wants its prompt's log-probabilities);
-3. repeat: sample a token from the logits, turn it into text (holding back incomplete
-   characters and possible stop-string beginnings), yield a `Delta`, stop on EOS, a stop
-   token, a stop string, max_tokens or a full context, else run one decode step;
-4. yield one `Finish` with the reason, the counts and the timings.
+1. evaluate the prompt in bounded chunks (prefill), reusing a cached prefix where it can,
+   keeping only the last position's logits (every position's, for a request that wants its
+   prompt's log-probabilities);
+2. repeat: sample a token from the logits, turn it into text (holding back incomplete
+   characters and possible stop-string beginnings), send a `Delta`, stop on EOS, a stop
+   token, a stop string, max_tokens or a full context, else take part in the next step;
+3. send one `Finish` with the reason, the counts and the timings.
 
-Closing the generator early (a client went away) frees the slot at once.
-
-The loop runs on the engine's scheduler thread (`runtime/scheduler.py`), which steps every
-active request in one batched decode step; `SequenceState` is the per-request part
+Closing the stream early (a client went away) cancels the request: its slot is free at the
+scheduler's next tick. `SequenceState` (`runtime/sequence.py`) is the per-request part
 (sampler, detokenizer, stop matching), so a request's tokens do not depend on its company.
 """
 
@@ -22,203 +24,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
-
-import numpy as np
 
 from runtime.decoder import open_decoder
 from runtime.engine import Engine
-from runtime.errors import ChatTemplateError, ContextLengthError, RequestError
-from runtime.events import FINISH_LENGTH, FINISH_STOP, Delta, Event, Finish, PromptLogprobs, TokenChoice, TokenLogprobs
-from runtime.grammar import Constraint, Grammar, GrammarVocabulary
-from runtime.sampling import MAX_TOP_LOGPROBS, Sample, SamplingParams, SequenceSampler, TokenLogprob, prompt_logprobs
+from runtime.errors import ChatTemplateError, RequestError
+from runtime.events import Delta, Event, Finish
+from runtime.grammar import GrammarVocabulary
+from runtime.request import FittedPrompt, GenerationRequest, fit_context
+from runtime.sampling import MAX_TOP_LOGPROBS
 from runtime.scheduler import DEFAULT_PREFIX_CACHE_TOKENS, Job, Scheduler, SchedulerStats
-from runtime.text import IncrementalDetokenizer, StopMatcher, TokenBytes
+from runtime.sequence import SequenceState
+from runtime.text import TokenBytes
 
-CONTEXT_ERROR = "error"  # a prompt (plus max_tokens) that does not fit is refused, as OpenAI does
-CONTEXT_TRUNCATE = "truncate"  # the oldest prompt tokens make way for max_tokens (see fit_context)
-CONTEXT_POLICIES = (CONTEXT_ERROR, CONTEXT_TRUNCATE)
 # Fill-in-the-middle tokens (prefix, suffix, middle) as vocabularies spell them: StarCoder's,
 # SantaCoder's and SmolLM's; Qwen2.5-Coder's.
 FIM_SPELLINGS = (("<fim_prefix>", "<fim_suffix>", "<fim_middle>"), ("<fim-prefix>", "<fim-suffix>", "<fim-middle>"), ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"))
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """One completion to generate from prompt token ids."""
-
-    prompt_ids: tuple[int, ...]
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    # Most tokens to generate; None: until a stop or the context is full.
-    max_tokens: int | None = None
-    # End-of-sequence ids and stop strings are ignored until this many tokens exist.
-    min_tokens: int = 0
-    # Stop strings: generation ends at the first, which is not part of the output.
-    stop: tuple[str, ...] = ()
-    # Token ids that end generation like EOS does (in addition to the engine's EOS ids).
-    stop_token_ids: tuple[int, ...] = ()
-    # Keep generating through EOS (benchmarks); stop strings and stop_token_ids still apply.
-    ignore_eos: bool = False
-    # What to do when prompt + max_tokens exceeds the context: CONTEXT_ERROR or CONTEXT_TRUNCATE.
-    context_policy: str = CONTEXT_ERROR
-    # Keep at most this many prompt tokens (the last ones), whatever the policy.
-    prompt_truncate_len: int | None = None
-    # A context smaller than the engine's (Ollama's num_ctx); None: the engine's.
-    context_length: int | None = None
-    # Leave special tokens (e.g. <|im_end|>) out of the text.
-    skip_special_tokens: bool = True
-    # What the output must match (runtime/grammar.py); None: anything.
-    grammar: Grammar | None = None
-    # Log-probabilities of the prompt's own tokens, with this many alternatives each (0..20),
-    # sent in one Delta before the first generated token; None: not computed. The whole
-    # prompt is then evaluated (no prefix reuse), keeping every position's logits.
-    prompt_logprobs: int | None = None
-
-
-@dataclass(frozen=True)
-class FittedPrompt:
-    """The prompt as it will run, the most tokens it may generate, and how many were cut."""
-
-    ids: tuple[int, ...]
-    max_new_tokens: int
-    dropped: int
-
-
-def fit_context(
-    prompt_ids: Sequence[int],
-    max_tokens: int | None,
-    context_length: int,
-    policy: str = CONTEXT_ERROR,
-    prompt_truncate_len: int | None = None,
-    bos_token_id: int | None = None,
-) -> FittedPrompt:
-    """Fit a prompt and its completion into `context_length` positions, or refuse.
-
-    CONTEXT_ERROR refuses a prompt that leaves no room, or max_tokens beyond the room left,
-    with a message naming the numbers. CONTEXT_TRUNCATE drops the oldest prompt tokens until
-    max_tokens fits (a quarter of the context is reserved when max_tokens is None), but the
-    prompt keeps at least half the context; max_tokens is then clipped to the room left.
-    Truncation keeps the end of the prompt (the latest turns matter most) and a leading BOS
-    token if the prompt had one. `prompt_truncate_len` cuts the prompt first, whatever the policy.
-    """
-    if policy not in CONTEXT_POLICIES:
-        raise RequestError(f"context policy must be one of {', '.join(CONTEXT_POLICIES)} (got {policy!r})", param="context_length_exceeded_behavior")
-    ids = tuple(int(i) for i in prompt_ids)
-    original = len(ids)
-    if prompt_truncate_len is not None:
-        if prompt_truncate_len < 1:
-            raise RequestError("prompt_truncate_len must be at least 1", param="prompt_truncate_len")
-        ids = _keep_end(ids, prompt_truncate_len, bos_token_id)
-    if policy == CONTEXT_ERROR:
-        if len(ids) >= context_length:
-            raise ContextLengthError(
-                f"the prompt has {len(ids)} tokens but the context holds {context_length}, leaving no room for "
-                f"a completion; shorten the prompt or ask for truncation (context_length_exceeded_behavior=truncate)"
-            )
-        if max_tokens is not None and len(ids) + max_tokens > context_length:
-            raise ContextLengthError(
-                f"the context holds {context_length} tokens but {len(ids) + max_tokens} were requested "
-                f"({len(ids)} in the prompt, {max_tokens} for the completion); lower max_tokens, shorten the "
-                f"prompt, or ask for truncation (context_length_exceeded_behavior=truncate)"
-            )
-    elif len(ids) >= context_length or (max_tokens is not None and len(ids) + max_tokens > context_length):
-        wanted = max_tokens if max_tokens is not None else context_length // 4
-        reserve = max(1, min(wanted, context_length // 2))
-        if len(ids) > context_length - reserve:
-            ids = _keep_end(ids, context_length - reserve, bos_token_id)
-    room = context_length - len(ids)
-    max_new = room if max_tokens is None else min(max_tokens, room)
-    return FittedPrompt(ids, max_new, original - len(ids))
-
-
-def _keep_end(ids: tuple[int, ...], keep: int, bos_token_id: int | None) -> tuple[int, ...]:
-    if len(ids) <= keep:
-        return ids
-    if bos_token_id is not None and ids and ids[0] == bos_token_id and keep > 1:
-        return (ids[0],) + ids[len(ids) - keep + 1 :]
-    return ids[len(ids) - keep :]
-
-
-class SequenceState:
-    """One request's progress: sampler, detokenizer, stop matching, counts."""
-
-    def __init__(self, request: GenerationRequest, fitted: FittedPrompt, eos_ids: Sequence[int], generator: TextGenerator) -> None:
-        self.request = request
-        self.fitted = fitted
-        self.stop_ids = frozenset(request.stop_token_ids) | (frozenset() if request.ignore_eos else frozenset(eos_ids))
-        self.sampler = SequenceSampler(request.sampling, fitted.ids, sorted(self.stop_ids), request.min_tokens)
-        self.detokenizer = IncrementalDetokenizer(generator.tokenizer, fitted.ids, request.skip_special_tokens)
-        self.stops = StopMatcher(request.stop)
-        self._token_bytes = generator.token_bytes
-        self.constraint = Constraint(generator.grammars.matcher(request.grammar)) if request.grammar is not None else None
-        self._prompt_records: list[TokenLogprob] = []
-
-    @property
-    def wants_prompt_logprobs(self) -> bool:
-        return self.request.prompt_logprobs is not None
-
-    def score_prompt(self, start: int, logits: np.ndarray) -> None:
-        """Record the prompt tokens that rows of `logits` predict: row j is position start + j,
-        whose logits give the distribution of prompt token start + j + 1 (if the prompt has one)."""
-        targets = self.fitted.ids[start + 1 : start + 1 + len(logits)]
-        if targets:
-            self._prompt_records.extend(prompt_logprobs(logits, targets, self.request.prompt_logprobs or 0))
-
-    def prompt_delta(self) -> Delta:
-        """The Delta carrying the prompt's log-probabilities, once the whole prompt is scored."""
-        first = self.fitted.ids[0]
-        rest = tuple(self._logprobs(record) for record in self._prompt_records)
-        return Delta("", (), prompt_logprobs=PromptLogprobs(first, self._choice(first, 0.0).token, rest))
-
-    @property
-    def generated(self) -> int:
-        """Tokens generated so far (the sampler counts them for its penalties)."""
-        return self.sampler.generated
-
-    def absorb(self, sample: Sample) -> tuple[Delta, str | None, dict[str, Any]]:
-        """Take the sampled token: the delta to send, and the finish reason if it ends here."""
-        token = sample.token_id
-        self.sampler.accept(token)
-        logprobs = (self._logprobs(sample.logprob),) if sample.logprob is not None else ()
-        past_minimum = self.generated > self.request.min_tokens
-        if token in self.stop_ids and past_minimum:
-            # The stop token itself is not text; what was held back is released.
-            text, stop = self._drain("", past_minimum)
-            if stop is not None:
-                return Delta(text, (token,), logprobs), FINISH_STOP, {"stop_sequence": stop}
-            return Delta(text, (token,), logprobs), FINISH_STOP, {"stop_token_id": token}
-        grammar_complete = False
-        if self.constraint is not None and not self.constraint.advance(token):
-            if self.constraint.error is not None:
-                # Only a token the grammar allowed can be sampled, unless nothing was allowed (the
-                # grammar wanted its end while min_tokens still banned it): end without that token.
-                text, stop = self._drain("", past_minimum)
-                return Delta(text, (token,), logprobs), FINISH_STOP, {"stop_sequence": stop} if stop is not None else {}
-            grammar_complete = True  # the grammar is satisfied and allows nothing more
-        text, stop = self.stops.feed(self.detokenizer.add(token), active=past_minimum)
-        if stop is not None:
-            return Delta(text, (token,), logprobs), FINISH_STOP, {"stop_sequence": stop}
-        if grammar_complete or self.generated >= self.fitted.max_new_tokens:
-            text, stop = self._drain(text, past_minimum)
-            if stop is not None:
-                return Delta(text, (token,), logprobs), FINISH_STOP, {"stop_sequence": stop}
-            return Delta(text, (token,), logprobs), FINISH_STOP if grammar_complete else FINISH_LENGTH, {}
-        return Delta(text, (token,), logprobs), None, {}
-
-    def _drain(self, text: str, past_minimum: bool) -> tuple[str, str | None]:
-        """At the end: the detokenizer's rest goes through the stop matcher, then all held text."""
-        tail, stop = self.stops.feed(self.detokenizer.flush(), active=past_minimum)
-        if stop is not None:
-            return text + tail, stop
-        return text + tail + self.stops.flush(), None
-
-    def _choice(self, token_id: int, logprob: float) -> TokenChoice:
-        raw = self._token_bytes(token_id)
-        return TokenChoice(token_id, raw.decode("utf-8", errors="replace"), raw, logprob)
-
-    def _logprobs(self, record: TokenLogprob) -> TokenLogprobs:
-        return TokenLogprobs(self._choice(record.token_id, record.logprob), tuple(self._choice(i, lp) for i, lp in record.top))
 
 
 class EventStream:

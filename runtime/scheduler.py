@@ -70,7 +70,7 @@ from runtime.grammar import MaskComputer, apply_masks
 from runtime.sampling import sample_batch
 
 if TYPE_CHECKING:  # runtime.generation imports this module
-    from runtime.generation import SequenceState
+    from runtime.sequence import SequenceState
 
 log = logging.getLogger("appliance.scheduler")
 

@@ -42,8 +42,8 @@ from api.settings import ServerSettings, keep_alive
 from api.structured import AUTO, GENERIC, NO_PARAMETERS, Call, Tool, ToolPlan, check_tools, history_message, schema_grammar, tool_format
 from api.wire import stop_tuple
 from runtime.events import Delta, Event, Finish, KeepAlive, TokenChoice, TokenLogprobs
-from runtime.generation import CONTEXT_ERROR, CONTEXT_TRUNCATE
 from runtime.grammar import Grammar
+from runtime.request import CONTEXT_ERROR, CONTEXT_TRUNCATE
 from runtime.sampling import SamplingParams
 
 # Ollama's default options (its api/types.go DefaultOptions).

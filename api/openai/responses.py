@@ -42,7 +42,7 @@ from api.settings import ServerSettings
 from api.structured import NO_PARAMETERS
 from api.wire import TEXT_ONLY, encode
 from runtime.events import Delta, Event, Finish, KeepAlive, TokenLogprobs
-from runtime.generation import CONTEXT_TRUNCATE
+from runtime.request import CONTEXT_TRUNCATE
 
 # Chat fields the request was checked as → the Responses field a client sent.
 _PARAMS = {

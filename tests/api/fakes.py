@@ -20,8 +20,8 @@ from runtime.chat import normalise_messages
 from runtime.embeddings import EmbeddingResult
 from runtime.errors import ContextLengthError, InferenceError
 from runtime.events import FINISH_LENGTH, FINISH_STOP, KEEP_ALIVE, Delta, Finish, KeepAlive, PromptLogprobs, TokenChoice, TokenLogprobs, Usage
-from runtime.generation import FittedPrompt, GenerationRequest, fit_context
 from runtime.manifest import TASK_EMBEDDING, TASK_TEXT_GENERATION
+from runtime.request import FittedPrompt, GenerationRequest, fit_context
 from runtime.scheduler import SchedulerStats
 
 REPLY = ("Hello", ",", " wor", "ld", " – ", "ça", " va", "?")

@@ -16,7 +16,7 @@ from api.extras import models as extras
 from api.ollama import models as ollama
 from api.openai import models as openai
 from api.wire import Body, Refused
-from runtime.generation import GenerationRequest
+from runtime.request import GenerationRequest
 from tests.api.fakes import FakeGenerator
 
 CHAT = [{"role": "user", "content": "Hi"}]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from runtime.events import Delta, Finish, KeepAlive, TokenChoice, TokenLogprobs
-from runtime.generation import GenerationRequest
+from runtime.request import GenerationRequest
 from tests.api.fakes import FakeGenerator
 
 SAY = {"model": "fake-chat", "prompt": "Say"}

@@ -13,7 +13,8 @@ from export.prompts import DECODER_PROMPTS
 from runtime.engine import load_engine
 from runtime.errors import ContextLengthError, RequestError
 from runtime.events import FINISH_LENGTH, FINISH_STOP, Delta, Finish
-from runtime.generation import CONTEXT_TRUNCATE, GenerationRequest, TextGenerator
+from runtime.generation import TextGenerator
+from runtime.request import CONTEXT_TRUNCATE, GenerationRequest
 from runtime.sampling import SamplingParams, log_softmax
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from api.context import ServerContext
 from api.registry import ModelRegistry, RuntimeLoader
 from api.residency import RequestLeases
 from runtime.events import Delta, Finish
-from runtime.generation import GenerationRequest
+from runtime.request import GenerationRequest
 from runtime.sampling import SamplingParams
 from runtime.settings import RuntimeSettings
 

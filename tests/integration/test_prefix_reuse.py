@@ -17,7 +17,8 @@ import pytest
 
 from runtime.engine import load_engine
 from runtime.events import Delta, Finish
-from runtime.generation import GenerationRequest, TextGenerator
+from runtime.generation import TextGenerator
+from runtime.request import GenerationRequest
 from runtime.sampling import SamplingParams
 
 from .test_scheduler import run_together, tokens_of

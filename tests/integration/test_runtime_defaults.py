@@ -10,7 +10,8 @@ from export.prompts import DECODER_PROMPTS, EMBEDDING_SENTENCES
 from runtime.embeddings import Embedder
 from runtime.engine import load_engine
 from runtime.events import Delta, Finish
-from runtime.generation import GenerationRequest, TextGenerator
+from runtime.generation import TextGenerator
+from runtime.request import GenerationRequest
 from runtime.sampling import SamplingParams
 from runtime.text import IncrementalDetokenizer
 

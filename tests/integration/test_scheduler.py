@@ -17,7 +17,8 @@ import pytest
 from runtime.engine import load_engine
 from runtime.errors import QueueFullError
 from runtime.events import Delta, Finish
-from runtime.generation import GenerationRequest, TextGenerator
+from runtime.generation import TextGenerator
+from runtime.request import GenerationRequest
 from runtime.sampling import SamplingParams
 
 pytestmark = pytest.mark.integration
@@ -209,8 +210,9 @@ def test_a_session_error_ends_only_its_request(tiny_llama_engine, monkeypatch):
         assert isinstance(outcomes[1], InferenceError) and "failed" in str(outcomes[1])
         assert [outcomes[0], outcomes[2], outcomes[3]] == alone
         # A prompt the session cannot evaluate ends alone too, and the engine goes on.
-        from runtime.generation import FittedPrompt, SequenceState
+        from runtime.request import FittedPrompt
         from runtime.scheduler import Job
+        from runtime.sequence import SequenceState
 
         bad_prompt = (1, 2, generator.manifest.vocab_size + 5)
         job = Job(SequenceState(healthy[0], FittedPrompt(bad_prompt, 5, 0), generator.eos_ids, generator), time.perf_counter_ns())
@@ -225,8 +227,8 @@ def test_a_session_error_ends_only_its_request(tiny_llama_engine, monkeypatch):
 
 def test_time_limit_ends_running_and_waiting_requests(tiny_llama_engine):
     from runtime.errors import QueueTimeoutError, RequestTimeoutError
-    from runtime.generation import SequenceState
     from runtime.scheduler import Job
+    from runtime.sequence import SequenceState
 
     generator = TextGenerator(load_engine(tiny_llama_engine.directory), slots=1, request_timeout_s=0.05)  # the endless request needs ~10× longer
     try:

@@ -15,7 +15,8 @@ from api.settings import ServerSettings
 from api.wire import decode
 from runtime.engine import load_engine
 from runtime.events import Delta, Finish
-from runtime.generation import GenerationRequest, TextGenerator
+from runtime.generation import TextGenerator
+from runtime.request import GenerationRequest
 from runtime.sampling import SamplingParams, log_softmax
 from tests.tiny_models import FIM_TOKENS
 

@@ -31,7 +31,8 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? Answer i
 def reference(default_engines: dict[str, Path]):
     """The runtime in this process, on the same engine: what greedy decoding must produce."""
     from runtime.engine import load_engine
-    from runtime.generation import GenerationRequest, TextGenerator
+    from runtime.generation import TextGenerator
+    from runtime.request import GenerationRequest
     from runtime.sampling import SamplingParams
 
     generator = TextGenerator(load_engine(default_engines["int4"]))

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from export.loading import normalise_decoder
 from runtime.engine import load_engine
 from runtime.events import FINISH_LENGTH, FINISH_STOP, Delta, Finish
-from runtime.generation import GenerationRequest, TextGenerator
+from runtime.generation import TextGenerator
 from runtime.grammar import Grammar, GrammarError, GrammarVocabulary
+from runtime.request import GenerationRequest
 from runtime.sampling import SamplingParams
 
 pytestmark = pytest.mark.integration

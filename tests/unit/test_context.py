@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runtime.errors import ContextLengthError, RequestError
-from runtime.generation import CONTEXT_TRUNCATE, fit_context
+from runtime.request import CONTEXT_TRUNCATE, fit_context
 
 
 def test_a_fitting_prompt_is_untouched_and_max_tokens_defaults_to_the_room_left():

@@ -53,3 +53,41 @@ def test_cli_parser_loads_without_heavy_imports():
     code = f"import sys, appliance.cli; appliance.cli.build_parser(); print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def project_import_graph() -> dict[str, set[str]]:
+    """Each module of the project's packages → the project modules it imports (anywhere in it,
+    TYPE_CHECKING blocks and function bodies included: a circle there is still a circle)."""
+    packages = ("runtime", "api", "export", "appliance")
+    paths = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p for package in packages for p in sorted((ROOT / package).rglob("*.py"))}
+    graph = {}
+    for module, path in paths.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.update(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in paths else node.module for a in node.names)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+        graph[module] = {m for m in found if m in paths and m != module}
+    return graph
+
+
+def test_no_import_circle_anywhere():
+    graph, state, stack, circles = project_import_graph(), {}, [], []
+
+    def visit(module: str) -> None:
+        state[module] = "open"
+        stack.append(module)
+        for other in sorted(graph[module]):
+            if state.get(other) == "open":
+                circles.append(" → ".join([*stack[stack.index(other) :], other]))
+            elif other not in state:
+                visit(other)
+        stack.pop()
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+    assert not circles, circles
+    assert "runtime.sequence" in graph["runtime.scheduler"] and "runtime.request" in graph["runtime.sequence"]
