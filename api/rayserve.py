@@ -55,11 +55,10 @@ from api.affinity import affinity_key, rank
 from api.assemble import assemble, configure_logging
 from api.errors import ApiError, BodyTooLarge, Overloaded, Unavailable, ollama_error_body, openai_error_body
 from api.framing import describe_error, ollama_error_line, openai_error_frames
-from api.registry import find_engine_dirs
 from api.response_store import ResponseStore, StoredResponse
 from api.settings import ServerSettings
 from api.wire import encode
-from runtime.manifest import TASK_TEXT_GENERATION, read_manifest
+from runtime.manifest import TASK_TEXT_GENERATION, find_engine_dirs, read_manifest
 
 log = logging.getLogger("appliance.ray")
 

@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from api.errors import BadRequest, ModelNotFound, Unavailable
 from api.residency import FOREVER, Reaper, RequestLeases, Residency
-from runtime.manifest import MANIFEST_FILE, STYLE_CONCAT_KV, TASK_EMBEDDING, TASK_TEXT_GENERATION
+from runtime.manifest import MANIFEST_FILE, STYLE_CONCAT_KV, TASK_EMBEDDING, TASK_TEXT_GENERATION, find_engine_dirs
 
 if TYPE_CHECKING:  # the runtime's types, without importing ONNX Runtime before the engines load
     from runtime.embeddings import EmbeddingResult
     from runtime.engine import Engine
     from runtime.events import Event
-    from runtime.generation import FittedPrompt, GenerationRequest
     from runtime.manifest import Manifest
+    from runtime.request import FittedPrompt, GenerationRequest
     from runtime.scheduler import SchedulerStats
     from runtime.settings import RuntimeSettings
 
@@ -205,13 +205,6 @@ def _parse_time(text: str | None) -> int | None:
         return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
     except ValueError:
         return None
-
-
-def find_engine_dirs(root: Path) -> list[Path]:
-    """Engine directories directly under `root` (those with a manifest), by name."""
-    if (root / MANIFEST_FILE).is_file():
-        return [root]
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST_FILE).is_file())
 
 
 class EngineLoader(Protocol):
@@ -560,7 +553,8 @@ class RuntimeLoader:
     def load(self, directory: Path) -> LoadedModel:
         from runtime.embeddings import Embedder
         from runtime.engine import load_engine
-        from runtime.generation import GenerationRequest, TextGenerator
+        from runtime.generation import TextGenerator
+        from runtime.request import GenerationRequest
         from runtime.sampling import SamplingParams
 
         started = time.perf_counter_ns()

@@ -87,8 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
     import os
 
     from api.auth import ApiKeyError, describe, exposure_problem, load_api_keys
-    from api.registry import find_engine_dirs
-    from runtime.manifest import read_manifest, verify_files
+    from runtime.manifest import find_engine_dirs, read_manifest, verify_files
 
     try:
         settings = settings_from(args, os.environ)

@@ -743,10 +743,9 @@ def main() -> int:
 def default_run(args) -> dict:
     """Every system on the default models (the engines under --engines)."""
 
-    from api.registry import find_engine_dirs
     from export.pull import resolve_default
     from export.sources import resolve_source
-    from runtime.manifest import TASK_EMBEDDING, read_manifest
+    from runtime.manifest import TASK_EMBEDDING, find_engine_dirs, read_manifest
 
     manifests = [read_manifest(d) for d in find_engine_dirs(args.engines)]
     decoders = [m for m in manifests if m.task != TASK_EMBEDDING]

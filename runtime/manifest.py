@@ -387,3 +387,10 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
                 f"engine {manifest.name!r}: {relative} was altered on disk "
                 f"(sha256 {actual[:12]}… but the manifest says {expected[:12]}…); re-export the engine"
             )
+
+
+def find_engine_dirs(root: Path) -> list[Path]:
+    """Engine directories directly under `root` (those with a manifest), by name; `root` itself if it is one."""
+    if (root / MANIFEST_FILE).is_file():
+        return [root]
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST_FILE).is_file())
