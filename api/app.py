@@ -1,10 +1,10 @@
 """The Falcon WSGI application: routes, the error boundary, draining and request metrics.
 
-`create_app(ctx)` is all a server (gunicorn, through `api.wsgi`) or a test needs; the
+`create_app(ctx)` is all a server (gunicorn, through `api.server.wsgi`) or a test needs; the
 context carries the models and everything else the routes use.
 
 Middleware, in order: CORS (answers browsers' preflights), then the boundary: API keys on
-every route but /health and the chat page (api/ui.py), refusal while draining, and request metrics.
+every route but /health and the chat page (api/ui/page.py), refusal while draining, and request metrics.
 
 Errors are translated here, once, into the dialect of the route: paths under `/api/` are
 Ollama's (`{"error": "..."}`), every other path answers OpenAI's error object.
@@ -17,16 +17,16 @@ from typing import Any
 
 import falcon
 
-from api import ui
 from api.context import ServerContext
 from api.cors import Cors
 from api.errors import ApiError, MethodNotAllowed, RouteNotFound, Unavailable, ollama_error_body, openai_error_body
 from api.extras import routes as extras
 from api.framing import describe_error
+from api.models.residency import RequestLeases
 from api.ollama import routes as ollama
 from api.openai import routes as openai
 from api.openapi import openapi_document
-from api.residency import RequestLeases
+from api.ui import page as ui
 from api.wire import encode
 from runtime.errors import ApplianceError
 
@@ -83,7 +83,7 @@ class _Boundary:
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
-        # The models this request looks up are held until its answer is sent (api/residency.py).
+        # The models this request looks up are held until its answer is sent (api/models/residency.py).
         req.context.leases = RequestLeases()
         if req.path not in UNAUTHENTICATED_PATHS and not req.context.get("preflight") and not ui.wants_page(req):
             self.ctx.auth.check(req.get_header("Authorization"))

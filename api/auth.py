@@ -1,6 +1,6 @@
 """API keys: who may use the server, and where it may listen without them.
 
-With keys configured, every request but `GET /health`, the chat page's files (api/ui.py) and
+With keys configured, every request but `GET /health`, the chat page's files (api/ui/page.py) and
 CORS preflights (which browsers send without credentials) must carry
 `Authorization: Bearer <key>`; both OpenAI and Ollama clients can send that header. A
 missing or wrong key is a 401 in the route's dialect.

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from api.auth import ApiKeys
 from api.metrics import Metrics
-from api.pulls import Pulls
-from api.registry import ModelRegistry
-from api.residency import FOREVER
+from api.models.pulls import Pulls
+from api.models.registry import ModelRegistry
+from api.models.residency import FOREVER
 from api.response_store import ResponseStore
 from api.settings import ServerSettings
 

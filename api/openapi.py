@@ -21,13 +21,14 @@ from typing import Any
 
 import msgspec
 
-from api import __version__, ui
+from api import __version__
 from api.errors import OllamaError, OpenAIError
-from api.extras import models as extras
-from api.ollama import models as ollama
-from api.openai import models as openai
-from api.openai import response_models as responses
+from api.extras import bodies as extras
+from api.ollama import bodies as ollama
+from api.openai import bodies as openai
+from api.openai import response_bodies as responses
 from api.settings import ServerSettings
+from api.ui import page as ui
 from api.wire import Body
 
 Schema = dict[str, Any]
@@ -567,7 +568,7 @@ def _extras_paths() -> dict[str, Any]:
 
 
 def _page_paths() -> dict[str, Any]:
-    """The chat page and its assets (api/ui.py): answered without a key, revalidated by ETag."""
+    """The chat page and its assets (api/ui/page.py): answered without a key, revalidated by ETag."""
     errors = _errors("OpenAIError", (500, 503))
     unchanged = {"description": "Not modified: the client's copy (If-None-Match) is current."}
 

@@ -15,6 +15,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from runtime.settings import GeneratorSettings, RuntimeSettings
+
+# The runtime's own defaults, where the server keeps them.
+_GENERATOR = GeneratorSettings()
+
 # Environment variables the WSGI entry point reads (the CLI sets them for gunicorn's workers).
 ENV_PREFIX = "APPLIANCE_"
 
@@ -151,14 +156,14 @@ class ServerSettings:
     # once a batched step has run over the slot (the warm-up runs every batch size).
     slots: int = field(default=16, metadata=option("--slots", "sequences each text engine generates at once, batched", parse=positive))
     # Requests that may wait for a free slot per engine; beyond it they are refused (429).
-    queue_limit: int = field(default=64, metadata=option("--queue-limit", "requests that may wait for a slot per engine before 429s", parse=whole_number))
+    queue_limit: int = field(default=_GENERATOR.queue_limit, metadata=option("--queue-limit", "requests that may wait for a slot per engine before 429s", parse=whole_number))
     # Prompt tokens evaluated per scheduler tick, between batched decode steps: smaller keeps
     # running streams smoother while a long prompt arrives, larger gives a faster first token.
-    prefill_chunk: int = field(default=512, metadata=option("--prefill-chunk", "prompt tokens evaluated per scheduler tick", parse=positive))
+    prefill_chunk: int = field(default=_GENERATOR.prefill_chunk, metadata=option("--prefill-chunk", "prompt tokens evaluated per scheduler tick", parse=positive))
     # Prefix reuse: a finished sequence's prompt KV stays in its free slot, and a prompt that
     # starts with the same tokens (a chat's next turn, a shared system prompt) evaluates only
     # the rest. This many positions at most are kept in free slots (per engine); 0 turns it off.
-    prefix_cache_tokens: int = field(default=4096, metadata=option(
+    prefix_cache_tokens: int = field(default=_GENERATOR.prefix_cache_tokens, metadata=option(
         "--prefix-cache-tokens", "prompt positions kept in free slots for prefix reuse, per engine; 0: off", parse=whole_number,
     ))
     # By default a request's greedy output is the same alone as in any batch, bit for bit: a
@@ -266,7 +271,7 @@ class ServerSettings:
 
     # Scale-out on Ray Serve (`pip install -e .[ray]`): one deployment per engine, replicas
     # autoscaled on their ongoing requests, an ingress routing a conversation to the replica
-    # that holds its prefix (api/rayserve.py, docs/scale-out.md).
+    # that holds its prefix (api/scaleout/serve.py, docs/scale-out.md).
     ray: bool = field(default=False, metadata=option(
         "--ray", "serve through Ray Serve instead of gunicorn: a deployment per engine, replicas across the cluster's nodes", parse=switch, group="ray",
     ))
@@ -314,6 +319,18 @@ class ServerSettings:
             except ValueError as exc:
                 raise ValueError(f"{name}={raw!r}: {exc}") from None
         return cls(**values)
+
+    def runtime_settings(self) -> RuntimeSettings:
+        """How this server's engines are loaded and run."""
+        return RuntimeSettings(intra_op_threads=self.intra_op_threads, providers=self.providers, device_id=self.device_id, cuda_graph=self.cuda_graph)
+
+    def generator_settings(self) -> GeneratorSettings:
+        """How each text engine of this server schedules its requests."""
+        return GeneratorSettings(
+            prefill_chunk=self.prefill_chunk, slots=self.slots, queue_limit=self.queue_limit, max_tokens_limit=self.max_tokens,
+            request_timeout_s=self.request_timeout_s, prefix_cache_tokens=self.prefix_cache_tokens,
+            reuse_decoded=self.prefix_cache_decoded, batch_invariant=not self.fast_single_stream,
+        )
 
     def to_env(self) -> dict[str, str]:
         """The APPLIANCE_* variables that reproduce these settings in a worker."""

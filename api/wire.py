@@ -1,7 +1,7 @@
 """The typed wire contract: msgspec models decoded from the body's bytes, and what they share.
 
-Every request body of every dialect is one `Body` subclass (`api/openai/models.py`,
-`api/ollama/models.py`, `api/extras/models.py`). Decoding validates types and ranges in one
+Every request body of every dialect is one `Body` subclass (`api/openai/bodies.py`,
+`api/ollama/bodies.py`, `api/extras/bodies.py`). Decoding validates types and ranges in one
 pass over the bytes; a failure is a 400 whose `param` is the field's path in the body
 (`messages[2].content`, `stream_options.include_usage`, `logit_bias.5`). The same classes
 generate the OpenAPI document (`api/openapi.py`) and, for answers, encode the bytes.

@@ -131,7 +131,7 @@ def _serve(args: argparse.Namespace) -> int:
     # arenas fragment and each holds its freed memory. Two arenas halved the soak's memory
     # growth; the operator's own setting wins.
     env.setdefault("MALLOC_ARENA_MAX", "2")
-    command = [sys.executable, "-m", "gunicorn", "--config", "python:api.gunicorn_conf"]
+    command = [sys.executable, "-m", "gunicorn", "--config", "python:api.server.gunicorn_conf"]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(command[0], command, env)  # gunicorn's master takes this process (and its signals)
@@ -155,7 +155,7 @@ def _ray_problem(settings: Any) -> str | None:
 
 def _serve_on_ray(settings: Any, names: str, access: str) -> int:
     try:
-        from api import rayserve
+        from api.scaleout import serve as rayserve
     except ImportError as exc:
         print(f"appliance: error: --ray needs Ray Serve, which is not installed ({exc}); install it with `pip install -e '.[ray]'`", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -324,7 +324,7 @@ def _parser_with(formatter: Callable[[str], argparse.HelpFormatter]) -> type[arg
     return Parser
 
 
-# docs/cli.md: each command's --help at this width, generated here and checked by tests/api/test_cli.py.
+# docs/cli.md: each command's --help at this width, generated here and checked by tests/appliance/test_cli.py.
 REFERENCE_WIDTH = 100
 REFERENCE_COMMANDS = ("pull", "export", "verify", "serve")
 
@@ -347,7 +347,7 @@ def cli_reference() -> str:
         "",
         "`appliance bench` runs [bench/serving.py](../bench/serving.py) and passes every option after it through; `appliance bench --help` lists them.",
         "",
-        "This file is generated from the parser, and `tests/api/test_cli.py` checks that it is current. After changing an option, regenerate it:",
+        "This file is generated from the parser, and `tests/appliance/test_cli.py` checks that it is current. After changing an option, regenerate it:",
         "",
         "```sh",
         "python -m appliance --print-cli-reference > docs/cli.md",

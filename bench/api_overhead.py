@@ -121,9 +121,9 @@ def run_http(url: str, route: str, model: str, prompt: str, tokens: int) -> tupl
 
 def frame_encoding_cost(frames: int = 20_000) -> dict[str, float]:
     """Microseconds to build and encode one per-token frame: the wire models against dicts + json.dumps."""
+    from api.generation.runs import Choice
     from api.ollama import protocol as ollama
     from api.openai import protocol as openai
-    from api.runs import Choice
     from runtime.events import Delta as RuntimeDelta
 
     text = " ça"

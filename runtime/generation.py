@@ -34,8 +34,9 @@ from runtime.events import Delta, Event, Finish
 from runtime.grammar import GrammarVocabulary
 from runtime.request import FittedPrompt, GenerationRequest, fit_context
 from runtime.sampling import MAX_TOP_LOGPROBS
-from runtime.scheduler import DEFAULT_PREFIX_CACHE_TOKENS, Job, Scheduler, SchedulerStats
+from runtime.scheduler import Job, Scheduler, SchedulerStats
 from runtime.sequence import SequenceState
+from runtime.settings import GeneratorSettings, takes_generator_settings
 from runtime.text import TokenBytes
 
 # Fill-in-the-middle tokens (prefix, suffix, middle) as vocabularies spell them: StarCoder's,
@@ -72,38 +73,26 @@ class EventStream:
 class TextGenerator:
     """Generates text with one decoder engine: up to `slots` requests at once, batched."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        prefill_chunk: int = 512,
-        slots: int = 1,
-        queue_limit: int = 64,
-        max_tokens_limit: int | None = None,
-        request_timeout_s: float | None = None,
-        prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS,
-        reuse_decoded: bool = False,
-        batch_invariant: bool = True,
-    ) -> None:
-        if max_tokens_limit is not None and max_tokens_limit < 1:
-            raise ValueError("max_tokens_limit must be at least 1")
-        if request_timeout_s is not None and request_timeout_s <= 0:
-            raise ValueError("request_timeout_s must be positive")
+    @takes_generator_settings
+    def __init__(self, engine: Engine, settings: GeneratorSettings | None = None, **generator: Any) -> None:
+        """`settings`, or GeneratorSettings' fields as keywords (over the defaults, or over `settings`)."""
+        self.settings = settings = (settings or GeneratorSettings()).but(**generator)
         self.engine = engine
         # Most tokens one request may ask for; requests that name no limit stop there too.
-        self.max_tokens_limit = max_tokens_limit
+        self.max_tokens_limit = settings.max_tokens_limit
         # Wall-clock limit per request, queueing included (None: none).
-        self.request_timeout_s = request_timeout_s
+        self.request_timeout_s = settings.request_timeout_s
         self.manifest = engine.manifest
         self.tokenizer = engine.tokenizer
-        self.decoder = open_decoder(engine, slots=slots, batch_invariant=batch_invariant)
-        self.prefill_chunk = prefill_chunk
+        self.decoder = open_decoder(engine, slots=settings.slots, batch_invariant=settings.batch_invariant)
+        self.prefill_chunk = settings.prefill_chunk
         self.token_bytes = TokenBytes(engine.tokenizer)
         self.eos_ids = tuple(self.manifest.eos_token_ids)
         # The vocabulary as the grammar engine sees it, self-tested now (grammars are refused if it fails).
         self.grammars = GrammarVocabulary(engine.tokenizer.to_str(), self.manifest.vocab_size, self.eos_ids, self.token_bytes.compute, self.token_bytes.special_ids)
         self.scheduler = Scheduler(
-            self.decoder, prefill_chunk=prefill_chunk, queue_limit=queue_limit, name=engine.name,
-            prefix_cache_tokens=prefix_cache_tokens, reuse_decoded=reuse_decoded,
+            self.decoder, prefill_chunk=settings.prefill_chunk, queue_limit=settings.queue_limit, name=engine.name,
+            prefix_cache_tokens=settings.prefix_cache_tokens, reuse_decoded=settings.reuse_decoded,
         )  # fmt: skip
 
     @property

@@ -68,15 +68,12 @@ from runtime.errors import ApplianceError, InferenceError, QueueFullError, Queue
 from runtime.events import FINISH_LENGTH, KEEP_ALIVE, Event, Finish, Usage
 from runtime.grammar import MaskComputer, apply_masks
 from runtime.sampling import sample_batch
+from runtime.settings import DEFAULT_PREFIX_CACHE_TOKENS
 
-if TYPE_CHECKING:  # runtime.generation imports this module
+if TYPE_CHECKING:  # annotations only
     from runtime.sequence import SequenceState
 
 log = logging.getLogger("appliance.scheduler")
-
-# Prompt positions kept in free slots for reuse, by default: two full contexts of SmolLM2
-# (188 MB of its fp32 KV), a few conversations' worth, beside whatever the active sequences hold.
-DEFAULT_PREFIX_CACHE_TOKENS = 4096
 
 # Most prompt tokens per prefill run for a request that wants its prompt's log-probabilities:
 # each keeps its logits (192 KiB a position for SmolLM2's 49,152 tokens), so 128 hold 24 MiB.

@@ -1,8 +1,14 @@
-"""Runtime configuration: one frozen dataclass, read from the environment only by the CLI."""
+"""Runtime configuration, as frozen dataclasses the CLI and the server fill: how engines are loaded
+and run (`RuntimeSettings`), and how a generator schedules requests (`GeneratorSettings`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from typing import Any, TypeVar
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -27,3 +33,56 @@ class RuntimeSettings:
     # The export's parity run turns it off: one pass over a few sequences, where a lower peak
     # (the arena keeps its largest extents) matters more than allocation speed.
     cpu_arena: bool = True
+
+
+# Prompt positions kept in free slots for reuse, by default (serve --prefix-cache-tokens): two full
+# contexts of SmolLM2 (188 MB of its fp32 KV), a few conversations' worth, beside whatever the
+# active sequences hold.
+DEFAULT_PREFIX_CACHE_TOKENS = 4096
+
+
+@dataclass(frozen=True)
+class GeneratorSettings:
+    """How a TextGenerator schedules requests on its engine: the one copy of these settings.
+
+    `appliance serve` fills it from its flags (api/settings.py `ServerSettings.generator`);
+    `TextGenerator`, the API's engine loader and `load_models` take it whole, or its fields as
+    keywords.
+    """
+
+    # Prompt tokens run per step while a prompt is read (serve --prefill-chunk).
+    prefill_chunk: int = 512
+    # Sequences decoded together in one batch (serve --slots).
+    slots: int = 1
+    # Requests that may wait for a slot before new ones are refused (serve --queue-limit).
+    queue_limit: int = 64
+    # Most tokens one request may ask for; requests that name no limit stop there too (serve --max-tokens).
+    max_tokens_limit: int | None = None
+    # Wall-clock limit per request, queueing included; None: none (serve --request-timeout).
+    request_timeout_s: float | None = None
+    # Tokens of earlier prompts kept for reuse (serve --prefix-cache-tokens); 0 turns reuse off.
+    prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS
+    # Reuse decoded tokens too, not only prompts, as llama.cpp does (serve --prefix-cache-decoded).
+    reuse_decoded: bool = False
+    # Greedy output independent of what else is batched (serve --fast-single-stream turns it off).
+    batch_invariant: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_tokens_limit is not None and self.max_tokens_limit < 1:
+            raise ValueError("max_tokens_limit must be at least 1")
+        if self.request_timeout_s is not None and self.request_timeout_s <= 0:
+            raise ValueError("request_timeout_s must be positive")
+
+    def but(self, **changes: Any) -> GeneratorSettings:
+        """These settings with `changes` (GeneratorSettings' field names) applied."""
+        return replace(self, **changes) if changes else self
+
+
+def takes_generator_settings(function: _F) -> _F:
+    """Spell out `**generator` in `function`'s signature as GeneratorSettings' fields and defaults,
+    so help() and inspect show the keywords it takes without another copy of them in the code."""
+    signature = inspect.signature(function)
+    kept = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    spelled = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type) for f in fields(GeneratorSettings)]
+    function.__signature__ = signature.replace(parameters=[*kept, *spelled])  # type: ignore[attr-defined]
+    return function

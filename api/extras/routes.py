@@ -8,12 +8,12 @@ from typing import Any
 
 import falcon
 
-from api import ui
 from api.context import ServerContext
 from api.errors import BadRequest
-from api.extras import models
+from api.extras import bodies as models
 from api.framing import read_request, send_json
-from api.registry import LoadedModel
+from api.models.registry import LoadedModel
+from api.ui import page as ui
 from runtime.manifest import TASK_TEXT_GENERATION
 
 

@@ -30,16 +30,18 @@ from typing import Any
 import msgspec
 
 from api.errors import BadRequest, NotSupported
-from api.fim import fim_prompt
 from api.framing import NDJSON_KEEPALIVE, ndjson_line
-from api.ollama import models as m
-from api.pulls import Status
-from api.registry import ModelInfo, TextModel
-from api.residency import FOREVER
-from api.runs import Choice, Collected
-from api.sampling_fields import SamplingFields, check_limit, finite_logprob
+from api.generation.fields import SamplingFields, check_limit, finite_logprob
+from api.generation.fim import fim_prompt
+from api.generation.grammars import schema_grammar
+from api.generation.runs import Choice, Collected
+from api.models.pulls import Status
+from api.models.registry import ModelInfo, TextModel
+from api.models.residency import FOREVER
+from api.ollama import bodies as m
 from api.settings import ServerSettings, keep_alive
-from api.structured import AUTO, GENERIC, NO_PARAMETERS, Call, Tool, ToolPlan, check_tools, history_message, schema_grammar, tool_format
+from api.tools.plan import AUTO, GENERIC, NO_PARAMETERS, Tool, ToolPlan, check_tools, history_message, tool_format
+from api.tools.readers import Call
 from api.wire import stop_tuple
 from runtime.events import Delta, Event, Finish, KeepAlive, TokenChoice, TokenLogprobs
 from runtime.grammar import Grammar
@@ -68,7 +70,7 @@ class Plan:
     logprobs: bool
     top_logprobs: int
     chat: bool
-    # /api/chat with tools: the answer is a tool envelope (api/structured.py).
+    # /api/chat with tools: the answer is a tool envelope (api/tools/plan.py).
     tools: ToolPlan | None = None
     # Nanoseconds this request waited for the model to load (it had been unloaded), for load_duration.
     load_ns: int = 0

@@ -1,5 +1,5 @@
 """Ollama routes: /api/generate, /api/chat, /api/embed, /api/embeddings, /api/tags, /api/show, /api/ps, /api/version,
-and the model lifecycle: /api/pull, /api/delete, /api/copy (api/pulls.py, api/store.py) and keep_alive (api/residency.py)."""
+and the model lifecycle: /api/pull, /api/delete, /api/copy (api/models/pulls.py, api/models/store.py) and keep_alive (api/models/residency.py)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from api import __version__
 from api.context import ServerContext
 from api.errors import BadRequest, ModelNotFound, NotPullable, NotSupported
 from api.framing import NDJSON_CONTENT_TYPE, NDJSON_KEEPALIVE, guarded, ndjson_line, ollama_error_line, read_request, send_json, send_stream
-from api.ollama import models, protocol
-from api.pulls import PULLING_MANIFEST, SUCCESS, Status
-from api.registry import LoadedModel
-from api.runs import collect, prepare, stream_events
-from api.store import copy_engine, delete_engine, engine_name, name_lock, writable_folder
+from api.generation.runs import collect, prepare, stream_events
+from api.models.pulls import PULLING_MANIFEST, SUCCESS, Status
+from api.models.registry import LoadedModel
+from api.models.store import copy_engine, delete_engine, engine_name, name_lock, writable_folder
+from api.ollama import bodies as models
+from api.ollama import protocol
 from runtime.manifest import MANIFEST_FILE, TASK_EMBEDDING, TASK_TEXT_GENERATION
 
 

@@ -19,28 +19,16 @@ from typing import Any
 import numpy as np
 
 from api.errors import BadRequest, NotSupported
-from api.fim import fim_prompt
 from api.framing import SSE_DONE, SSE_KEEPALIVE, sse_frame
-from api.openai import models as m
-from api.registry import ModelInfo, TextModel
-from api.runs import Choice, Collected, total_usage
-from api.sampling_fields import Tokenize, check_limit, finite_logprob, with_choice_seed
+from api.generation.fields import Tokenize, check_limit, finite_logprob, with_choice_seed
+from api.generation.fim import fim_prompt
+from api.generation.grammars import schema_grammar
+from api.generation.runs import Choice, Collected, total_usage
+from api.models.registry import ModelInfo, TextModel
+from api.openai import bodies as m
 from api.settings import ServerSettings
-from api.structured import (
-    AUTO,
-    GENERIC,
-    NO_PARAMETERS,
-    REQUIRED,
-    EnvelopeReader,
-    HermesReader,
-    ReaderUpdate,
-    Tool,
-    ToolPlan,
-    check_tools,
-    history_message,
-    schema_grammar,
-    tool_format,
-)
+from api.tools.plan import AUTO, GENERIC, NO_PARAMETERS, REQUIRED, Tool, ToolPlan, check_tools, history_message, tool_format
+from api.tools.readers import EnvelopeReader, HermesReader, ReaderUpdate
 from api.wire import TEXT_ONLY, stop_tuple
 from runtime.events import Delta, Event, Finish, KeepAlive, PromptLogprobs, TokenChoice, TokenLogprobs, Usage
 from runtime.grammar import Grammar
@@ -92,7 +80,7 @@ def _include_usage(body: m.ChatCompletionRequest | m.CompletionRequest) -> bool:
 def chat_messages(messages: Sequence[m.ChatMessage], format: str = GENERIC) -> list[dict[str, Any]]:
     """The conversation as the runtime's chat template takes it: role, text content, name.
 
-    Earlier tool calls and their results are written in the model's tool format (api/structured.py).
+    Earlier tool calls and their results are written in the model's tool format (api/tools/plan.py).
     """
     result = []
     called: dict[str, str] = {}  # call id -> function name, to name the results

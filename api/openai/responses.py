@@ -31,15 +31,15 @@ import msgspec
 
 from api.errors import ApiError, BadRequest, NotFound, NotSupported
 from api.framing import SSE_KEEPALIVE, describe_error
-from api.openai import models as m
+from api.generation.fields import GenerationExtras
+from api.generation.runs import Choice, Collected, total_usage
+from api.models.registry import TextModel
+from api.openai import bodies as m
 from api.openai import protocol
-from api.openai import response_models as r
-from api.registry import TextModel
+from api.openai import response_bodies as r
 from api.response_store import ResponseStore, StoredResponse
-from api.runs import Choice, Collected, total_usage
-from api.sampling_fields import GenerationExtras
 from api.settings import ServerSettings
-from api.structured import NO_PARAMETERS
+from api.tools.plan import NO_PARAMETERS
 from api.wire import TEXT_ONLY, encode
 from runtime.events import Delta, Event, Finish, KeepAlive, TokenLogprobs
 from runtime.request import CONTEXT_TRUNCATE

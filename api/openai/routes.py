@@ -10,10 +10,11 @@ import falcon
 from api.context import ServerContext
 from api.errors import BadRequest
 from api.framing import SSE_CONTENT_TYPE, guarded, openai_error_frames, read_request, send_json, send_stream
-from api.openai import models, protocol, responses
-from api.openai import response_models as rm
-from api.registry import LoadedModel
-from api.runs import Choice, Collected, collect, prepare, stream_events
+from api.generation.runs import Choice, Collected, collect, prepare, stream_events
+from api.models.registry import LoadedModel
+from api.openai import bodies as models
+from api.openai import protocol, responses
+from api.openai import response_bodies as rm
 from api.wire import Reply
 from runtime.events import Event
 from runtime.manifest import TASK_EMBEDDING, TASK_TEXT_GENERATION

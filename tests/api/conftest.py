@@ -11,7 +11,7 @@ import pytest
 from api.app import create_app
 from api.auth import load_api_keys
 from api.context import ServerContext
-from api.registry import ModelRegistry
+from api.models.registry import ModelRegistry
 from api.response_store import ResponseStore
 from api.settings import ServerSettings
 from tests.api.fakes import FakeGenerator, fake_models

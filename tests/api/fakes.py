@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from api.registry import LoadedModel, ModelInfo
+from api.models.registry import LoadedModel, ModelInfo
 from runtime.chat import normalise_messages
 from runtime.embeddings import EmbeddingResult
 from runtime.errors import ContextLengthError, InferenceError

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from api.app import create_app
-from api.registry import ModelRegistry
+from api.models.registry import ModelRegistry
 from tests.api.conftest import make_context
 
 CHAT = [{"role": "user", "content": "Hi"}]

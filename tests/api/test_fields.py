@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from api.extras import models as extras
-from api.ollama import models as ollama
-from api.openai import models as openai
+from api.extras import bodies as extras
+from api.ollama import bodies as ollama
+from api.openai import bodies as openai
 from api.wire import Body, Refused
 from runtime.request import GenerationRequest
 from tests.api.fakes import FakeGenerator

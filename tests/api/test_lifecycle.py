@@ -20,9 +20,9 @@ import pytest
 
 from api.app import create_app
 from api.errors import BuildFailed
-from api.pulls import ChildProcessBuilder, Pulls, Status
-from api.registry import LoadedModel, ModelInfo, ModelRegistry
-from api.residency import RequestLeases
+from api.models.pulls import ChildProcessBuilder, Pulls, Status
+from api.models.registry import LoadedModel, ModelInfo, ModelRegistry
+from api.models.residency import RequestLeases
 from api.settings import keep_alive
 from runtime.manifest import TASK_EMBEDDING, TASK_TEXT_GENERATION
 from runtime.scheduler import SchedulerStats
@@ -417,7 +417,7 @@ def test_two_pulls_of_one_model_build_it_once(folder: Path) -> None:
 
 
 def test_a_pull_that_waits_for_another_worker_says_so(folder: Path) -> None:
-    from api.store import name_lock
+    from api.models.store import name_lock
 
     server = Server(folder, FakeBuilder())
     release = threading.Event()
@@ -470,7 +470,7 @@ def test_pull_respects_a_read_only_server_and_folder(folder: Path, tmp_path: Pat
 def test_an_unwritable_folder_is_a_clear_403(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from api import store
+    from api.models import store
 
     real = os.access
     monkeypatch.setattr(store.os, "access", lambda path, mode: False if Path(path) == folder else real(path, mode))  # root may write anywhere

@@ -11,8 +11,8 @@ import pytest
 from api import __version__
 from api.app import routes
 from api.context import ServerContext
+from api.models.registry import ModelRegistry
 from api.openapi import openapi_document
-from api.registry import ModelRegistry
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 

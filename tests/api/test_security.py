@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from api import ui
 from api.app import routes
 from api.auth import ApiKeyError, ApiKeys, exposure_problem, load_api_keys, read_key_file
 from api.settings import ServerSettings
+from api.ui import page as ui
 from tests.api.conftest import make_context
 from tests.api.fakes import FakeGenerator
 from tests.api.test_errors import ollama_error, openai_error

@@ -133,7 +133,7 @@ def test_ollama_bad_format_and_tools_are_400s(client) -> None:
 
 
 def test_strict_compatible_schemas_pass() -> None:
-    from api.structured import strict_problem
+    from api.generation.grammars import strict_problem
 
     strict = {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {"type": "string"}}, "required": ["b"], "additionalProperties": False}}, "required": ["a"], "additionalProperties": False}
     assert strict_problem(strict) is None
@@ -275,7 +275,7 @@ def test_ollama_tool_history(replying) -> None:
 
 @pytest.mark.parametrize("size", [1, 2, 5, 1000])
 def test_the_reader_gives_the_same_calls_however_the_text_is_split(size: int) -> None:
-    from api.structured import EnvelopeReader
+    from api.tools.readers import EnvelopeReader
 
     text = '{"tool_calls": [{"arguments": {"q": "a\\"b\\u00e9\\ud83d\\ude00", "n": [1, 2.5e3, true, null]}, "name": "s"}, {"name": "t", "arguments": {}}]}'
     whole = EnvelopeReader()
@@ -295,7 +295,7 @@ def test_the_reader_gives_the_same_calls_however_the_text_is_split(size: int) ->
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 7])
 def test_the_reader_streams_the_words_of_a_response_however_split(size: int) -> None:
-    from api.structured import EnvelopeReader
+    from api.tools.readers import EnvelopeReader
 
     words = 'plain, "quoted" \\ back\tslash, é ☀ 😀 end. ' * 5
     text = json.dumps({"response": words})  # ASCII escapes, surrogate pairs included
@@ -385,7 +385,7 @@ def test_ollama_with_a_hermes_template(hermes) -> None:
 
 
 def test_a_hermes_template_renders_tools_and_calls() -> None:
-    from api.structured import HERMES, Tool, ToolPlan, history_message, tool_format
+    from api.tools.plan import HERMES, Tool, ToolPlan, history_message, tool_format
     from runtime.chat import ChatTemplate
 
     assert tool_format(HERMES_TEMPLATE) == HERMES and tool_format("{{ messages }}") == "generic" and tool_format(None) == "generic"
@@ -400,7 +400,7 @@ def test_a_hermes_template_renders_tools_and_calls() -> None:
 
 @pytest.mark.parametrize("size", [1, 2, 4, 9])
 def test_the_hermes_reader_however_split(size: int) -> None:
-    from api.structured import HermesReader
+    from api.tools.readers import HermesReader
 
     text = 'Two calls: <tool_call>\n{"name": "a", "arguments": {"x": [1, "é"]}}\n</tool_call>\n<tool_call>\n{"name": "b", "parameters": "{\\"y\\": 2}"}\n</tool_call> tail'
     reader = HermesReader()

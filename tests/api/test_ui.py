@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from api import ui
+from api.ui import page as ui
 from tests.api.fakes import FakeGenerator
 from tests.api.test_errors import openai_error
 

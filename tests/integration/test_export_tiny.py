@@ -211,7 +211,7 @@ def test_the_fallback_says_why_in_the_export_its_record_and_the_server_log(tiny_
     import io
     import logging
 
-    from api.registry import RuntimeLoader
+    from api.models.loader import RuntimeLoader
     from export.progress import Progress
     from runtime.settings import RuntimeSettings
 

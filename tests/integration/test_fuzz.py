@@ -31,8 +31,9 @@ from schemathesis.checks import (
 from api.app import create_app, routes
 from api.auth import load_api_keys
 from api.context import ServerContext
+from api.models.loader import load_models
+from api.models.registry import ModelRegistry
 from api.openapi import openapi_document
-from api.registry import ModelRegistry, load_models
 from api.settings import ServerSettings
 from runtime.manifest import TASK_EMBEDDING, TASK_TEXT_GENERATION
 from runtime.settings import RuntimeSettings

@@ -13,8 +13,9 @@ import pytest
 
 from api.app import create_app
 from api.context import ServerContext
-from api.registry import ModelRegistry, RuntimeLoader
-from api.residency import RequestLeases
+from api.models.loader import RuntimeLoader
+from api.models.registry import ModelRegistry
+from api.models.residency import RequestLeases
 from runtime.events import Delta, Finish
 from runtime.request import GenerationRequest
 from runtime.sampling import SamplingParams

@@ -195,7 +195,7 @@ def test_no_prompt_is_evaluated_one_token_at_a_time(left, budget, size):
 def test_the_server_default_is_the_runtime_default():
     import inspect
 
-    from api.registry import load_models
+    from api.models.loader import load_models
     from api.settings import ServerSettings
     from runtime.scheduler import DEFAULT_PREFIX_CACHE_TOKENS
 

@@ -202,7 +202,8 @@ def test_an_altered_engine_is_refused_by_a_worker(tiny_llama_engine, tmp_path: P
     """Altered after the start (a replacement worker loads it): /health and every request say why."""
     from api.app import create_app
     from api.context import ServerContext
-    from api.registry import ModelRegistry, load_models
+    from api.models.loader import load_models
+    from api.models.registry import ModelRegistry
     from runtime.settings import RuntimeSettings
 
     copy = tmp_path / "engine"
@@ -224,7 +225,8 @@ def test_an_altered_engine_is_refused_by_a_worker(tiny_llama_engine, tmp_path: P
 def test_a_session_error_ends_one_request_with_an_error_event(tiny_llama_engine) -> None:
     from api.app import create_app
     from api.context import ServerContext
-    from api.registry import ModelRegistry, load_models
+    from api.models.loader import load_models
+    from api.models.registry import ModelRegistry
     from runtime.settings import RuntimeSettings
 
     (model,) = load_models(tiny_llama_engine.directory, RuntimeSettings(), slots=4, warm=False)

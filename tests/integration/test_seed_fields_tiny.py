@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from api.openai import protocol
-from api.openai.models import CompletionRequest
+from api.openai.bodies import CompletionRequest
 from api.settings import ServerSettings
 from api.wire import decode
 from runtime.engine import load_engine

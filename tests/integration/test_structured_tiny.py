@@ -166,7 +166,8 @@ def test_every_constrained_output_is_valid_against_its_schema(generator, schema,
 
 
 def test_hermes_required_calls_are_blocks_whose_arguments_match(generator) -> None:
-    from api.structured import HERMES, REQUIRED, HermesReader, Tool, ToolPlan
+    from api.tools.plan import HERMES, REQUIRED, Tool, ToolPlan
+    from api.tools.readers import HermesReader
 
     parameters = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}, "days": {"type": "integer", "minimum": 1, "maximum": 7}}, "required": ["city", "days"]}
     tools = (Tool("forecast", None, parameters), Tool("noop", None, {"type": "object", "properties": {}}))

@@ -1,10 +1,10 @@
-"""The routing key of a request's prompt start, and the replica ranking built on it (api/affinity.py)."""
+"""The routing key of a request's prompt start, and the replica ranking built on it (api/scaleout/affinity.py)."""
 
 from __future__ import annotations
 
 import io
 
-from api.affinity import PROMPT_CHARS, affinity_key, rank
+from api.scaleout.affinity import PROMPT_CHARS, affinity_key, rank
 
 SYSTEM = {"role": "system", "content": "Be terse."}
 
@@ -61,7 +61,7 @@ def test_rank_is_stable_and_moves_only_a_removed_replicas_keys() -> None:
 
 
 def test_a_forwarded_request_becomes_the_wsgi_environ_gunicorn_would_give() -> None:
-    from api.rayserve import wsgi_environ
+    from api.scaleout.replica import wsgi_environ
 
     request = {
         "method": "POST", "path": "/v1/chat/completions", "query_string": "a=1", "scheme": "http",

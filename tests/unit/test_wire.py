@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from api.errors import BadRequest, BodyTooLarge
-from api.openai.models import ChatCompletionRequest, CompletionRequest
+from api.openai.bodies import ChatCompletionRequest, CompletionRequest
 from api.wire import decode, encode, logit_bias_map
 from runtime.sampling import SAMPLING_RANGES, SamplingParams
 

@@ -16,7 +16,7 @@ from contextlib import closing
 from dataclasses import dataclass
 
 from api.metrics import Metrics
-from api.registry import Events, LoadedModel
+from api.models.registry import Events, LoadedModel
 from runtime.errors import ContextLengthError
 from runtime.events import Delta, Event, Finish, KeepAlive, Usage
 from runtime.request import GenerationRequest

@@ -14,8 +14,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from msgspec import Meta
 
-from api.openai.models import MAX_TOP_LOGPROBS, JsonSchema, TokenLogprob
-from api.sampling_fields import GenerationExtras
+from api.generation.fields import GenerationExtras
+from api.openai.bodies import MAX_TOP_LOGPROBS, JsonSchema, TokenLogprob
 from api.wire import UNSET, Body, Refused, Reply, UnsetType
 
 # What `include` may ask for: the only extra output a text model has.

@@ -11,13 +11,13 @@ from typing import Annotated, ClassVar, Literal
 
 from msgspec import Meta
 
-from api.sampling_fields import GenerationExtras, SamplingFields
+from api.generation.fields import GenerationExtras, SamplingFields
 from api.wire import TEXT_ONLY, UNSET, Body, Refused, Reply, StopStrings, TokenIds, UnsetType
 
 _FIXED = "it is fixed when the server starts (see `appliance serve --help`)"
 
 
-# keep_alive: how long the model stays loaded after this request (api/residency.py).
+# keep_alive: how long the model stays loaded after this request (api/models/residency.py).
 KeepAlive = Annotated[
     str | float,
     Meta(description='How long the model stays loaded after this request: a duration ("5m", "30s", "1h"), seconds, negative for ever, 0 to unload it.'),

@@ -1,4 +1,4 @@
-"""The built-in chat page: a browser UI at `/ui` (and at `/` for browsers), from the files in api/static/.
+"""The built-in chat page: a browser UI at `/ui` (and at `/` for browsers), from the files in api/ui/static/.
 
 Plain HTML, CSS and JavaScript, no build step and nothing fetched from elsewhere (the box may
 be offline): the page lists the text models (`GET /v1/models`) and streams chat completions

@@ -1,4 +1,4 @@
-"""The WSGI entry point gunicorn loads in each worker: `api.wsgi:application`.
+"""The WSGI entry point gunicorn loads in each worker: `api.server.wsgi:application`.
 
 Importing this module is cheap: settings come from APPLIANCE_* environment variables (the
 `appliance serve` command sets them), the app is created at once, and the engines load on a
@@ -8,8 +8,8 @@ and every model route answer 503 with the reason.
 
 from __future__ import annotations
 
-from api.assemble import assemble, configure_logging
 from api.auth import describe
+from api.server.assemble import assemble, configure_logging
 from api.settings import ServerSettings
 
 configure_logging()

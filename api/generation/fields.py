@@ -15,7 +15,7 @@ from typing import Annotated, ClassVar, Literal
 from msgspec import Meta
 
 from api.errors import BadRequest
-from api.structured import text_grammar
+from api.generation.grammars import text_grammar
 from api.wire import (
     Body,
     LogitBias,

@@ -12,7 +12,7 @@ from typing import Annotated, ClassVar, Literal
 
 from msgspec import Meta, field
 
-from api.sampling_fields import GenerationExtras
+from api.generation.fields import GenerationExtras
 from api.wire import UNSET, Body, Refused, Reply, StopStrings, TokenIds, UnsetType
 from runtime.sampling import MAX_TOP_LOGPROBS
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from api.errors import NotSupported
-from api.registry import TextModel
+from api.models.registry import TextModel
 
 
 def fim_prompt(generator: TextModel, prefix: str | tuple[int, ...], suffix: str) -> tuple[int, ...]:

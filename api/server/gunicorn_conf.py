@@ -1,4 +1,4 @@
-"""gunicorn configuration of the appliance: `gunicorn -c python:api.gunicorn_conf`.
+"""gunicorn configuration of the appliance: `gunicorn -c python:api.server.gunicorn_conf`.
 
 Settings come from APPLIANCE_* environment variables (see api/settings.py); `appliance
 serve` sets them. Workers are gthread workers: one process per worker, each with its own
@@ -35,7 +35,7 @@ except ApiKeyError as exc:
 if _problem:
     raise SystemExit(f"appliance: error: {_problem}")
 
-wsgi_app = "api.wsgi:application"
+wsgi_app = "api.server.wsgi:application"
 bind = [f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else f"{_settings.host}:{_settings.port}"]
 workers = _settings.workers
 worker_class = "gthread"
@@ -81,7 +81,7 @@ def post_worker_init(worker) -> None:
 
     A replacement worker first waits for its engines (telling the master it is alive).
     """
-    from api import wsgi
+    from api.server import wsgi
 
     if _replacing:
         registry = wsgi.context.registry

@@ -6,13 +6,12 @@ then 200 once every engine is loaded and warmed. Tests build a registry from fak
 `ModelRegistry.of(...)`.
 
 After that a model is *served* whether or not it is loaded: keep-alive unloads it when idle
-and the next request loads it again (`api/residency.py`), and the engines folder is looked at
+and the next request loads it again (`api/models/residency.py`), and the engines folder is looked at
 again for engines other workers pulled, copied or deleted (`rescan`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -23,23 +22,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from api.errors import BadRequest, ModelNotFound, Unavailable
-from api.residency import FOREVER, Reaper, RequestLeases, Residency
-from runtime.manifest import MANIFEST_FILE, STYLE_CONCAT_KV, TASK_EMBEDDING, TASK_TEXT_GENERATION, find_engine_dirs
+from api.models.residency import FOREVER, Reaper, RequestLeases, Residency
+from runtime.manifest import MANIFEST_FILE, TASK_TEXT_GENERATION, find_engine_dirs
 
 if TYPE_CHECKING:  # the runtime's types, without importing ONNX Runtime before the engines load
     from runtime.embeddings import EmbeddingResult
-    from runtime.engine import Engine
     from runtime.events import Event
-    from runtime.manifest import Manifest
     from runtime.request import FittedPrompt, GenerationRequest
     from runtime.scheduler import SchedulerStats
-    from runtime.settings import RuntimeSettings
 
 log = logging.getLogger("appliance.api")
-
-# Bytes per weight of each precision, to state a parameter count from the engine's size.
-_BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
-
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -164,49 +156,6 @@ class LoadedModel:
         return self.embedder
 
 
-def describe_engine(engine: Engine) -> ModelInfo:
-    """A ModelInfo from a loaded runtime Engine."""
-    return describe_directory(Path(engine.directory), engine.manifest, tuple(engine.providers))
-
-
-def describe_directory(directory: Path, manifest: Manifest, providers: tuple[str, ...]) -> ModelInfo:
-    """A ModelInfo from an engine directory's manifest and files, and the providers it runs (or would run) on."""
-    size = sum((directory / name).stat().st_size for name in manifest.files) + (directory / MANIFEST_FILE).stat().st_size
-    digest = hashlib.sha256((directory / MANIFEST_FILE).read_bytes()).hexdigest()
-    created = _parse_time(manifest.created) or int((directory / MANIFEST_FILE).stat().st_mtime)
-    weights = sum((directory / name).stat().st_size for name in manifest.files if name.startswith(manifest.graph_file))
-    if manifest.task == TASK_EMBEDDING:
-        if manifest.embedding is None:
-            raise ValueError(f"engine {manifest.name!r} is an embedding engine without an 'embedding' section in its manifest")
-        context, dimension = manifest.embedding.max_input_tokens, manifest.embedding.dimension
-    else:
-        context, dimension = manifest.context_length, None
-    return ModelInfo(
-        name=manifest.name,
-        task=manifest.task,
-        created=created,
-        size_bytes=size,
-        digest=digest,
-        family=manifest.model_type,
-        architecture=manifest.architecture,
-        precision=manifest.precision,
-        providers=providers,
-        context_length=context,
-        parameter_count=int(weights / _BYTES_PER_WEIGHT.get(manifest.precision, 4.0)),
-        chat_template=manifest.chat_template,
-        embedding_dimension=dimension,
-    )
-
-
-def _parse_time(text: str | None) -> int | None:
-    if not text:
-        return None
-    try:
-        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
-    except ValueError:
-        return None
-
-
 class EngineLoader(Protocol):
     """How a registry reads and loads one engine directory (`RuntimeLoader`, or a test's fake)."""
 
@@ -253,7 +202,7 @@ class ModelRegistry:
     """Models by name, with the loading state `/health` reports, and each model's loaded copy.
 
     A model is *served* (listed, found by name) from its engine directory whether or not it
-    is loaded; `use()` loads it when a request needs it, and keep-alive (`api/residency.py`)
+    is loaded; `use()` loads it when a request needs it, and keep-alive (`api/models/residency.py`)
     unloads it. With an `engines` folder, names not found (and the listings) look at the
     folder again, so an engine another worker pulled or copied is served here too, and one
     another worker deleted goes. Without a `loader` (a registry of fakes), models are never
@@ -510,111 +459,6 @@ class ModelRegistry:
                 self._drop(slot)
                 changed = True
         return changed
-
-
-class RuntimeLoader:
-    """Loads engine directories with the runtime, as the server's settings say (`load_models` uses it)."""
-
-    def __init__(
-        self,
-        settings: RuntimeSettings,
-        prefill_chunk: int = 512,
-        slots: int = 1,
-        queue_limit: int = 64,
-        warm: bool = True,
-        max_tokens_limit: int | None = None,
-        request_timeout_s: float | None = None,
-        prefix_cache_tokens: int = 4096,  # runtime.scheduler.DEFAULT_PREFIX_CACHE_TOKENS (the runtime loads lazily here)
-        prefix_cache_decoded: bool = False,
-        batch_invariant: bool = True,
-    ) -> None:
-        self.settings = settings
-        self.prefill_chunk, self.slots, self.queue_limit, self.warm = prefill_chunk, slots, queue_limit, warm
-        self.max_tokens_limit, self.request_timeout_s = max_tokens_limit, request_timeout_s
-        self.prefix_cache_tokens, self.prefix_cache_decoded, self.batch_invariant = prefix_cache_tokens, prefix_cache_decoded, batch_invariant
-
-    def describe(self, directory: Path) -> ModelInfo:
-        from runtime.errors import EngineLoadError
-        from runtime.manifest import read_manifest
-        from runtime.session import choose_providers
-
-        manifest = read_manifest(directory)
-        try:
-            providers = tuple(choose_providers(manifest, self.settings))
-        except EngineLoadError:
-            providers = manifest.execution_providers  # it cannot run here; loading it says why
-        return describe_directory(directory, manifest, providers)
-
-    def verify(self, directory: Path) -> None:
-        from runtime.manifest import read_manifest, verify_files
-
-        verify_files(directory, read_manifest(directory))
-
-    def load(self, directory: Path) -> LoadedModel:
-        from runtime.embeddings import Embedder
-        from runtime.engine import load_engine
-        from runtime.generation import TextGenerator
-        from runtime.request import GenerationRequest
-        from runtime.sampling import SamplingParams
-
-        started = time.perf_counter_ns()
-        engine = load_engine(directory, self.settings)
-        info = describe_engine(engine)
-        if info.task == TASK_EMBEDDING:
-            embedder = Embedder(engine)
-            model = LoadedModel(info, embedder=embedder, directory=directory)
-            if self.warm:
-                embedder.encode(["warming up the engine"])
-        else:
-            if engine.manifest.style == STYLE_CONCAT_KV:
-                why = engine.manifest.export_options.get("fallback_reason", "exported with optimum's graph")
-                log.warning("%s serves one sequence at a time: its concat-kv graph (%s) has no batched decode; re-export it once our builder covers it", info.name, why)
-            generator = TextGenerator(
-                engine, prefill_chunk=self.prefill_chunk, slots=self.slots, queue_limit=self.queue_limit,
-                max_tokens_limit=self.max_tokens_limit, request_timeout_s=self.request_timeout_s,
-                prefix_cache_tokens=self.prefix_cache_tokens, reuse_decoded=self.prefix_cache_decoded, batch_invariant=self.batch_invariant,
-            )
-            model = LoadedModel(info, generator=generator, directory=directory)
-            if self.warm:  # the first run of a session allocates its buffers; do it before the first user
-                generator.warm_up()
-                ids = tuple(generator.tokenize("Hello"))
-                generator.complete(GenerationRequest(ids, SamplingParams(temperature=0), max_tokens=2))
-        model.load_duration_ns = time.perf_counter_ns() - started
-        return model
-
-    def load_all(self, engines_dir: Path) -> list[LoadedModel]:
-        """Every engine under `engines_dir`, loaded; two directories may not declare one name."""
-        directories = find_engine_dirs(engines_dir)
-        if not directories:
-            raise FileNotFoundError(f"no engine directories (with {MANIFEST_FILE}) in {engines_dir}; build them with `make engines` or `appliance export`")
-        models = [self.load(directory) for directory in directories]
-        names = [m.name for m in models]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"two engine directories declare the same model name(s) {duplicates}; rename one (its manifest 'name')")
-        return models
-
-
-def load_models(
-    engines_dir: Path,
-    settings: RuntimeSettings,
-    prefill_chunk: int = 512,
-    slots: int = 1,
-    queue_limit: int = 64,
-    warm: bool = True,
-    max_tokens_limit: int | None = None,
-    request_timeout_s: float | None = None,
-    prefix_cache_tokens: int = 4096,  # runtime.scheduler.DEFAULT_PREFIX_CACHE_TOKENS (the runtime loads lazily here)
-    prefix_cache_decoded: bool = False,
-    batch_invariant: bool = True,
-) -> list[LoadedModel]:
-    """Load every engine under `engines_dir`, each into a generator or an embedder, and warm it."""
-    loader = RuntimeLoader(
-        settings, prefill_chunk=prefill_chunk, slots=slots, queue_limit=queue_limit, warm=warm, max_tokens_limit=max_tokens_limit,
-        request_timeout_s=request_timeout_s, prefix_cache_tokens=prefix_cache_tokens, prefix_cache_decoded=prefix_cache_decoded,
-        batch_invariant=batch_invariant,
-    )
-    return loader.load_all(engines_dir)
 
 
 if TYPE_CHECKING:  # mypy holds the runtime to the seam the API relies on

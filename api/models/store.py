@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from api.errors import BadRequest, Forbidden, NotSupported
-from api.registry import ModelRegistry
+from api.models.registry import ModelRegistry
 from api.settings import ServerSettings
 from runtime.manifest import MANIFEST_FILE
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Protocol
 
 from api.errors import BuildFailed
-from api.registry import ModelRegistry
-from api.store import name_lock
+from api.models.registry import ModelRegistry
+from api.models.store import name_lock
 from runtime.errors import ApplianceError
 from runtime.manifest import MANIFEST_FILE
 

@@ -1,6 +1,6 @@
 """One server's parts from its settings: the context, the Falcon app and the engine loader.
 
-gunicorn's workers (api/wsgi.py) and Ray Serve's replicas (api/rayserve.py) are assembled
+gunicorn's workers (api/server/wsgi.py) and Ray Serve's replicas (api/scaleout/serve.py) are assembled
 here alike, so both serve the same routes, errors and keys from the same engines.
 """
 
@@ -15,11 +15,11 @@ import falcon
 from api.app import create_app
 from api.auth import load_api_keys
 from api.context import ServerContext
-from api.pulls import ChildProcessBuilder, Pulls
-from api.registry import LoadedModel, ModelRegistry, RuntimeLoader
+from api.models.loader import RuntimeLoader
+from api.models.pulls import ChildProcessBuilder, Pulls
+from api.models.registry import LoadedModel, ModelRegistry
 from api.response_store import ResponseStore
 from api.settings import ServerSettings
-from runtime.settings import RuntimeSettings
 
 
 @dataclass
@@ -39,12 +39,7 @@ def assemble(settings: ServerSettings, responses: ResponseStore | None = None, b
     its engine directory is its deployment's).
     """
     responses = responses or ResponseStore(settings.response_store or ":memory:", max_records=settings.response_store_max, ttl_s=settings.response_store_ttl_s)
-    loader = RuntimeLoader(
-        RuntimeSettings(intra_op_threads=settings.intra_op_threads, providers=settings.providers, device_id=settings.device_id, cuda_graph=settings.cuda_graph),
-        prefill_chunk=settings.prefill_chunk, slots=settings.slots,
-        queue_limit=settings.queue_limit, warm=settings.warm, max_tokens_limit=settings.max_tokens, request_timeout_s=settings.request_timeout_s,
-        prefix_cache_tokens=settings.prefix_cache_tokens, prefix_cache_decoded=settings.prefix_cache_decoded, batch_invariant=not settings.fast_single_stream,
-    )
+    loader = RuntimeLoader(settings.runtime_settings(), settings.generator_settings(), warm=settings.warm)
     # /api/pull builds default models' engines in a child process (`python -m export.engines`): torch never enters a worker.
     pulls = Pulls(ChildProcessBuilder() if builds else None)
     context = ServerContext(ModelRegistry(loader, settings.engines), settings, auth=load_api_keys(settings), responses=responses, pulls=pulls)
