@@ -22,9 +22,9 @@ EXIT_INTERRUPTED = 130
 
 
 def _pull(args: argparse.Namespace) -> int:
+    from export.default_models import DEFAULT_MODELS
     from export.progress import Progress
     from export.pull import pull, resolve_default
-    from export.registry import DEFAULT_MODELS
 
     if args.list or not args.names:
         for model in DEFAULT_MODELS.values():
@@ -39,7 +39,8 @@ def _pull(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from export.budget import parse_size
-    from export.pipeline import ExportOptions, export_model
+    from export.options import ExportOptions
+    from export.pipeline import export_model
     from export.progress import Progress
 
     options = ExportOptions(
@@ -175,7 +176,7 @@ def _serve_on_ray(settings: Any, names: str, access: str) -> int:
 
 def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     """The command line; `width` fixes the help's line length (default: the terminal's)."""
-    from export.pipeline import BACKENDS, BUILDERS, DEFAULT_MAX_CONTEXT, DEVICES, PRECISIONS, ExportOptions
+    from export.options import BACKENDS, BUILDERS, DEFAULT_MAX_CONTEXT, DEVICES, PRECISIONS, ExportOptions
 
     def formatter(prog: str) -> argparse.HelpFormatter:
         return argparse.HelpFormatter(prog, width=width)

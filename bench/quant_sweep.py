@@ -104,8 +104,9 @@ def main() -> int:
     args = parser.parse_args()
 
     from export.loading import open_decoder_source, read_decoder_config
+    from export.options import ExportOptions
     from export.parity import compare_quantized, run_engine
-    from export.pipeline import ExportOptions, export_model
+    from export.pipeline import export_model
     from export.reference import StreamedReference
     from export.sources import resolve_source
 

@@ -142,8 +142,8 @@ def write_random_gguf(out: Path, shape: Shape, tokenizer_gguf: Path, seed: int =
 
 def default_tokenizer_gguf() -> Path:
     """The default SmolLM2 GGUF (pulled once, as `make models` does)."""
+    from export.default_models import DEFAULT_MODELS
     from export.pull import pull
-    from export.registry import DEFAULT_MODELS
 
     return pull(DEFAULT_MODELS["smollm2-135m-instruct"])
 

@@ -1,6 +1,6 @@
 """Engines a server can build by name: `smollm2-135m-instruct-int4` → pull the default, export it.
 
-An engine name is a default model's name (export/registry.py), for decoders with the
+An engine name is a default model's name (export/default_models.py), for decoders with the
 precision `appliance export` puts in its default output name (`-fp32`, `-int8`, `-int4`);
 a decoder's bare name builds the precision `make serve` builds (int4) under that bare name.
 Embedding models are built at fp32 under their own name, as `make engines` does.
@@ -24,10 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from export.default_models import DEFAULT_MODELS, DefaultModel
 from export.errors import ExportError, SourceNotFoundError
-from export.pipeline import ExportOptions, ExportResult, export_model
+from export.options import ExportOptions, ExportResult
+from export.pipeline import export_model
 from export.progress import JsonLines, Progress
-from export.registry import DEFAULT_MODELS, DefaultModel
 from runtime.errors import ApplianceError
 from runtime.manifest import TASK_TEXT_GENERATION
 

@@ -38,7 +38,6 @@ sampler sees the same dtype on every engine.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,31 +47,14 @@ import numpy as np
 
 from export.blocks import CarriedBlocks, carry, stack
 from export.blocks import offsets as block_offsets
+from export.families import config_head_dim, family_plan, rotary_tables, unsupported_reason
+from export.onnx_writer import COPY_GRAPH_FILE, DATA_FILE, GRAPH_FILE, IR_VERSION, MS_DOMAIN, OPSET, GraphWriter, write_kv_copy_graph
 from export.quantize import QuantizedWeight, WeightQuantization, dequantize, quantize_blocks, quantize_matrix, recover_q4_1
 from export.tensors import TensorSource
 from runtime.manifest import KVLayout, TensorSpec
 
-# Families whose decoder layers this builder writes (../shared/FAMILIES.md has what each needs).
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "granite", "smollm3", "gemma2", "gemma3_text", "phi3", "olmo2")
-GEMMA_TYPES = ("gemma2", "gemma3_text")  # (1 + w) norms, √hidden embedding, norms before and after each sublayer
-POST_NORM_TYPES = ("olmo2",)  # norms after each sublayer only
-# Mixture-of-experts families: refused with the reason (see unsupported_reason).
-MOE_TYPES = ("qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe", "phimoe", "deepseek_v2", "deepseek_v3")
-# Rotary embeddings whose inverse frequencies do not depend on the sequence's length, and LongRoPE,
-# whose two sets switch at a length (handled per row through position_ids).
-STATIC_ROPE_TYPES = (None, "default", "linear", "llama3", "yarn")
-LONG_ROPE_TYPES = ("longrope",)
-ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
-OPSET = 21
 # Compute dtypes the builder writes: float32 (CPU engines) and float16 (CUDA / TensorRT engines).
 DTYPES = ("float32", "float16")
-IR_VERSION = 10  # what onnxruntime >= 1.20 reads
-MS_DOMAIN = "com.microsoft"
-GRAPH_FILE = "model.onnx"
-DATA_FILE = "model.onnx.data"
-COPY_GRAPH_FILE = "kv_copy.onnx"
-# Initializers this large or larger (as onnx.save counts: the bytes object's size) go to DATA_FILE.
-EXTERNAL_THRESHOLD = 1024
 
 
 @dataclass(frozen=True)
@@ -89,184 +71,6 @@ class BuiltGraph:
     # source-blocks quantization: matrices carried over exactly, and those rounded instead.
     carried: tuple[str, ...] = ()
     rounded: tuple[str, ...] = ()
-
-
-def unsupported_reason(config: Any, max_context: int) -> str | None:
-    """Why this builder cannot build `config`'s model, or None if it can."""
-    model_type = getattr(config, "model_type", None)
-    if model_type in MOE_TYPES:
-        return (
-            f"{model_type} is a mixture-of-experts model, which our builder does not write: ONNX Runtime's CPU QMoE kernel "
-            "(4-bit experts) took 5.4x as long per layer as MatMulNBits reading the same active weights at Qwen3-30B-A3B's "
-            "shape (46 vs 8.5 ms a token, 2 cores; bench/moe_probe.py), about 0.5 tokens/s over its 48 layers"
-        )
-    if model_type == "gemma3":
-        return "this is Gemma 3's multimodal checkpoint; export a text-only Gemma 3 (model_type gemma3_text, e.g. gemma-3-1b)"
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        return f"model_type {model_type!r} is not one of {', '.join(SUPPORTED_MODEL_TYPES)}"
-    head_dim = _head_dim(config)
-    if head_dim % 16:
-        return f"head_dim {head_dim} is not a multiple of 16 (GroupQueryAttention's rotary kernel needs that)"
-    activation = _activation_name(config)
-    if activation not in ACTIVATIONS:
-        return f"activation {activation!r} is not one of {', '.join(ACTIVATIONS)}"
-    rope_type = _rope_type(config)
-    if rope_type not in STATIC_ROPE_TYPES + LONG_ROPE_TYPES:
-        return f"rope scaling {rope_type!r} recomputes its frequencies from the sequence's length at every step"
-    rotary_half = int(head_dim * float(getattr(config, "partial_rotary_factor", 1.0) or 1.0)) // 2
-    if rotary_half % 8 or rotary_half > head_dim // 2:
-        return f"a partial rotary embedding over {2 * rotary_half} of {head_dim} dimensions (GroupQueryAttention needs a multiple of 16)"
-    return None
-
-
-def _activation_name(config: Any) -> str:
-    return str(getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", "silu"))
-
-
-def _rope_type(config: Any) -> str | None:
-    rope = getattr(config, "rope_scaling", None) or {}
-    return rope.get("rope_type", rope.get("type"))
-
-
-@dataclass(frozen=True)
-class LayerPlan:
-    """What one decoder layer of the family needs beyond llama's."""
-
-    # Norm weights before attention, after attention, before the MLP, after the MLP (None: none there).
-    norms: tuple[str | None, str | None, str | None, str | None]
-    rotary: str | None  # which cos/sin caches ("global", "local"); None: no rotary embedding
-    window: int  # GroupQueryAttention's local_window_size (keys including the current one), 0: all
-
-
-@dataclass(frozen=True)
-class FamilyPlan:
-    """A family's features, read from its config: the one layer loop builds every family from it."""
-
-    layers: tuple[LayerPlan, ...]
-    norm_offset: float = 0.0  # Gemma: the norm scales by 1 + w
-    embedding_scale: float = 1.0  # Gemma: √hidden; Granite: embedding_multiplier
-    residual_multiplier: float = 1.0  # Granite: each sublayer's output
-    attention_scale: float = 1.0
-    attention_softcap: float = 0.0  # Gemma 2: cap · tanh(scores / cap)
-    logits_scaling: float = 1.0  # Granite divides its logits
-    final_softcap: float = 0.0  # Gemma 2
-    activation: str = "silu"  # the MLP gate's: silu or gelu_tanh
-    long_rope_from: int = 0  # LongRoPE: a sequence longer than this uses the long factors; 0: no switch
-
-
-def family_plan(config: Any) -> FamilyPlan:
-    """The family's features as the builder and the reference read them."""
-    model_type = config.model_type
-    layers = int(config.num_hidden_layers)
-    head_dim = _head_dim(config)
-    layer_types = getattr(config, "layer_types", None)
-    window = int(getattr(config, "sliding_window", None) or 0)
-    max_context = int(getattr(config, "max_position_embeddings", 0) or 0)
-    no_rope = getattr(config, "no_rope_layers", None)  # SmolLM3: 1 = the layer uses the rotary embedding
-    plans = []
-    for i in range(layers):
-        p = f"model.layers.{i}"
-        norms: tuple[str | None, str | None, str | None, str | None]
-        if model_type in GEMMA_TYPES:
-            norms = (f"{p}.input_layernorm.weight", f"{p}.post_attention_layernorm.weight", f"{p}.pre_feedforward_layernorm.weight", f"{p}.post_feedforward_layernorm.weight")
-        elif model_type in POST_NORM_TYPES:
-            norms = (None, f"{p}.post_attention_layernorm.weight", None, f"{p}.post_feedforward_layernorm.weight")
-        else:
-            norms = (f"{p}.input_layernorm.weight", None, f"{p}.post_attention_layernorm.weight", None)
-        # Which layers slide: layer_types where the config has them (Qwen2 slides only from
-        # max_window_layers on, Gemma alternates); Mistral and Phi-3 slide everywhere when set.
-        if layer_types is not None:
-            sliding = layer_types[i] == "sliding_attention"
-        else:
-            sliding = model_type in ("mistral", "phi3") and window > 0
-        rotary: str | None = "global"
-        if no_rope is not None and not no_rope[i]:
-            rotary = None
-        elif model_type == "gemma3_text" and sliding:
-            rotary = "local"
-        plans.append(LayerPlan(norms, rotary, window if sliding and window else 0))
-    query_scalar = getattr(config, "query_pre_attn_scalar", None)
-    if query_scalar is not None and model_type in GEMMA_TYPES:
-        attention_scale = float(query_scalar) ** -0.5
-    else:
-        attention_scale = float(getattr(config, "attention_multiplier", head_dim**-0.5))
-    embedding_scale = float(np.float32(config.hidden_size**0.5)) if model_type in GEMMA_TYPES else float(getattr(config, "embedding_multiplier", 1.0))
-    long_from = 0
-    if _rope_type(config) in LONG_ROPE_TYPES:
-        long_from = int(getattr(config, "original_max_position_embeddings", None) or max_context)
-    return FamilyPlan(
-        layers=tuple(plans),
-        norm_offset=1.0 if model_type in GEMMA_TYPES else 0.0,
-        embedding_scale=embedding_scale,
-        residual_multiplier=float(getattr(config, "residual_multiplier", 1.0)),
-        attention_scale=attention_scale,
-        attention_softcap=float(getattr(config, "attn_logit_softcapping", None) or 0.0),
-        logits_scaling=float(getattr(config, "logits_scaling", 1.0)),
-        final_softcap=float(getattr(config, "final_logit_softcapping", None) or 0.0),
-        activation=ACTIVATIONS.get(_activation_name(config), "silu"),
-        long_rope_from=long_from,
-    )
-
-
-def _head_dim(config: Any) -> int:
-    return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
-
-
-class _Graph:
-    """Nodes and initializers; initializers of 1 KiB or more go straight to the external-data
-    file as they are made (onnx.save's layout: appended in creation order, no padding), so the
-    graph never holds the weights: memory stays at the tensor being written."""
-
-    def __init__(self, data_path: Path, float_type: type = np.float32) -> None:
-        from onnx import helper, numpy_helper
-
-        # Floating-point constants are stored in the graph's compute dtype.
-        self.float_type = float_type
-        self.helper = helper
-        self.numpy_helper = numpy_helper
-        self.nodes: list[Any] = []
-        self.initializers: list[Any] = []
-        self.data_path = data_path
-        self.data = open(data_path, "wb")
-        self.data_bytes = 0
-
-    def const(self, name: str, array: np.ndarray, keep_dtype: bool = False) -> str:
-        """An initializer; floats are converted to the compute dtype unless `keep_dtype`."""
-        import onnx
-
-        if np.issubdtype(array.dtype, np.floating) and not keep_dtype:
-            array = array.astype(self.float_type, copy=False)
-        array = np.ascontiguousarray(array)
-        if sys.getsizeof(b"") + array.nbytes < EXTERNAL_THRESHOLD:
-            self.initializers.append(self.numpy_helper.from_array(array, name))
-            return name
-        tensor = onnx.TensorProto()
-        tensor.name = name
-        tensor.dims.extend(array.shape)
-        tensor.data_type = self.helper.np_dtype_to_tensor_dtype(array.dtype)
-        array.tofile(self.data)
-        for key, value in (("location", DATA_FILE), ("offset", str(self.data_bytes)), ("length", str(array.nbytes))):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = key, value
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-        self.data_bytes += array.nbytes
-        self.initializers.append(tensor)
-        return name
-
-    def as_compute(self, name: str, array16: np.ndarray) -> str:
-        """An fp16 constant (a GGUF's scales, kept as stored) in the compute dtype: a Cast that
-        ONNX Runtime folds once at load for fp32 engines, the constant itself for fp16 ones."""
-        stored = self.const(f"{name}_f16", array16, keep_dtype=True)
-        if self.float_type == np.float16:
-            return stored
-        return self.node("Cast", [stored], [name], f"{name}/cast", to=self.helper.np_dtype_to_tensor_dtype(np.dtype(self.float_type)))[0]
-
-    def node(self, op: str, inputs: list[str], outputs: list[str], name: str, domain: str = "", **attrs: Any) -> list[str]:
-        self.nodes.append(self.helper.make_node(op, inputs, outputs, name=name, domain=domain or None, **attrs))
-        return outputs
-
-    def finish(self) -> None:
-        self.data.close()
 
 
 def build_gqa_graph(
@@ -298,10 +102,10 @@ def build_gqa_graph(
     float_type = np.float16 if dtype == "float16" else np.float32
     layers = config.num_hidden_layers
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    head_dim = _head_dim(config)
+    head_dim = config_head_dim(config)
     vocab, eps = config.vocab_size, float(config.rms_norm_eps)
     names = tensors.names()
-    g = _Graph(out_dir / DATA_FILE, float_type)
+    g = GraphWriter(out_dir / DATA_FILE, float_type)
     f32 = onnx.TensorProto.FLOAT
     weight_bytes = 0
 
@@ -707,25 +511,6 @@ def build_gqa_graph(
     return BuiltGraph(GRAPH_FILE, tuple(inputs), tuple(outputs), layout, len(g.nodes), weight_bytes, tuple(carried), tuple(rounded))
 
 
-def write_kv_copy_graph(path: Path, tensors: int, slot_shape: list[int], element_type: int) -> None:
-    """The KV pool's slot-to-slot copy (KVLayout.copy_graph): target.i = Identity(source.i).
-
-    The runtime binds each source at one slot of the pool and each target at another; the
-    Identity kernels copy device to device (CUDA) or memory to memory (CPU).
-    """
-    import onnx
-
-    h = onnx.helper
-    shape: list[str | int] = ["slot_rows", *slot_shape]
-    nodes = [h.make_node("Identity", [f"source.{i}"], [f"target.{i}"], name=f"copy.{i}") for i in range(tensors)]
-    graph = h.make_graph(
-        nodes, "kv-slot-copy",
-        [h.make_tensor_value_info(f"source.{i}", element_type, shape) for i in range(tensors)],
-        [h.make_tensor_value_info(f"target.{i}", element_type, shape) for i in range(tensors)],
-    )  # fmt: skip
-    onnx.save_model(h.make_model(graph, opset_imports=[h.make_opsetid("", OPSET)], producer_name="appliance", ir_version=IR_VERSION), str(path))
-
-
 def _lossless(qw: QuantizedWeight, w: np.ndarray) -> bool:
     """Whether the blocks give the floats W [K, N] back to within float rounding."""
     return bool(np.allclose(dequantize(qw), w, rtol=1e-5, atol=1e-6 * float(np.abs(w).max())))
@@ -746,41 +531,7 @@ def _lossless_int8_rows(table: np.ndarray, block_size: int = 32) -> tuple[np.nda
     return np.ascontiguousarray(qw.packed.reshape(vocab, k)), np.ascontiguousarray(qw.scales.reshape(vocab, k // block_size))
 
 
-def rotary_tables(config: Any, max_context: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """cos and sin caches [rows, rotary_dim / 2] (fp32, attention scaling applied) of each rotary
-    embedding the model has, as transformers computes them for `config`: "global", and
-    Gemma 3's "local" one (its own base, none of the global scaling).
-
-    LongRoPE (Phi-3): rows 0..max_context-1 hold the short factors and rows max_context.. the
-    long ones, when a sequence can outgrow `original_max_position_embeddings` within
-    `max_context`; position_ids pick the half (long_rope_positions)."""
-    import copy
-
-    plan = family_plan(config)
-    tables = {"global": _cos_sin(config, max_context)}
-    if 0 < plan.long_rope_from < max_context:
-        long = _cos_sin(config, max_context, seq_len=plan.long_rope_from + 1)
-        tables["global"] = (np.concatenate([tables["global"][0], long[0]]), np.concatenate([tables["global"][1], long[1]]))
-    if any(layer.rotary == "local" for layer in plan.layers):
-        local = copy.deepcopy(config)
-        local.rope_theta = config.rope_local_base_freq
-        local.rope_scaling = {"rope_type": "default"}
-        tables["local"] = _cos_sin(local, max_context)
-    return tables
-
-
-def _cos_sin(config: Any, rows: int, seq_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    import torch
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    rope_type = _rope_type(config) or "default"
-    kwargs = {"seq_len": seq_len} if seq_len is not None else {}
-    inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"), **kwargs)
-    angles = np.outer(np.arange(rows, dtype=np.float64), inv_freq.detach().double().cpu().numpy())
-    return (np.cos(angles) * scaling).astype(np.float32), (np.sin(angles) * scaling).astype(np.float32)
-
-
-def long_rope_positions(g: _Graph, max_context: int, long_from: int) -> str:
+def long_rope_positions(g: GraphWriter, max_context: int, long_from: int) -> str:
     """position_ids [batch, new] for GroupQueryAttention's rotary embedding: each row's positions
     (cached + j, as the node computes them itself), plus max_context where the row's total length
     passes `long_from`, which selects the long-factor half of the caches for that row alone.

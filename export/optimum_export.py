@@ -1,6 +1,6 @@
 """Exports through optimum's ONNX exporter: the decoder fallback and embedding encoders.
 
-Decoders our GQA builder does not cover (see gqa_builder.unsupported_reason) are exported
+Decoders our GQA builder does not cover (see families.unsupported_reason) are exported
 by optimum as `text-generation-with-past`: past and present key/values are separate
 tensors and the present is the past concatenated with the new positions. The runtime
 drives such graphs with `ConcatKVDecoder`.

@@ -26,15 +26,17 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from export import budget
-from export.errors import BackendUnavailableError, DestinationExistsError, ExportError, ParityError, UnsupportedModelError
+from export.errors import ExportError, ParityError, UnsupportedModelError
+from export.options import ExportOptions, ExportResult, check_backend, default_output
 from export.progress import Progress, Silent
 from export.sources import ModelSource, resolve_source
+from export.staging import check_destination, move_into_place, remove_stale_staging
+from export.tensorrt_plans import build_tensorrt_plans, tensorrt_spec
 from runtime.gpu import nvidia_gpu_present
 from runtime.manifest import (
     PARITY_FILE,
@@ -46,177 +48,25 @@ from runtime.manifest import (
     TOKENIZER_FILE,
     EmbeddingSpec,
     Manifest,
-    TensorRTSpec,
     write_manifest,
 )
-from runtime.session import CPU, CUDA, TENSORRT
+from runtime.session import CPU
 from runtime.settings import RuntimeSettings
 
 if TYPE_CHECKING:
     from export.gqa_builder import BuiltGraph
     from export.optimum_export import OptimumGraph
-    from export.quantize import WeightQuantization
     from export.reference import Reference
 
-PRECISIONS = ("fp32", "fp16", "int8", "int4")  # int8/int4: weight-only, block-wise (export/quantize.py)
-BACKENDS = ("onnx", "tensorrt")
-# Where the engine is meant to run: "cpu" computes in fp32; "cuda" (CUDA and TensorRT engines)
-# in fp16, because ONNX Runtime's CUDA GroupQueryAttention runs fp16/bf16 only.
-DEVICES = ("auto", "cpu", "cuda")
-BUILDERS = ("auto", "gqa", "optimum")
-DEFAULT_MAX_CONTEXT = 2048
-TENSORRT_CACHE_DIR = "tensorrt"  # plan and timing caches, inside the engine directory
 
 
-@dataclass(frozen=True)
-class ExportOptions:
-    """How to export; recorded verbatim in the manifest."""
-
-    # Weight precision of the engine.
-    precision: str = "fp32"
-    # Positions the preallocated KV buffer holds (the engine's context length).
-    max_context: int = DEFAULT_MAX_CONTEXT
-    # "onnx" (ONNX Runtime engine) or "tensorrt" (needs an NVIDIA GPU).
-    backend: str = "onnx"
-    # "auto": our GQA builder when it covers the architecture, else optimum; or force one.
-    builder: str = "auto"
-    # Greedy tokens compared with PyTorch per parity prompt.
-    parity_tokens: int = 64
-    # Quantized precisions only (docs/performance.md has the measurements behind each default):
-    # inputs per quantization block, symmetric blocks (else a zero point per block),
-    # MatMulNBits accuracy level (4: int8 activations, the fast CPU path) and the precision
-    # of the vocabulary projection ("fp32", "int8", "int4").
-    block_size: int = 32
-    symmetric: bool = False
-    accuracy_level: int = 4
-    lm_head_precision: str = "int8"
-    # "rtn" (round to nearest), "source-blocks" (carry a GGUF's blocks over exactly, as
-    # export/blocks.py lists them, quantizing only matrices that are not carried), the other
-    # methods of export/quantize.py, or "auto": source-blocks for int4, rtn for int8.
-    quant_method: str = "auto"
-    # "cpu", "cuda", or "auto": cuda for fp16 and for --backend tensorrt, cpu otherwise.
-    device: str = "auto"
-    # TensorRT: the largest batch (serve --slots) its optimization profile covers.
-    max_batch: int = 32
-    # Replace an existing output directory.
-    force: bool = False
-    # Refuse, before any work, an export the machine lacks the memory or disk for (export/budget.py).
-    check_resources: bool = True
-    # Bytes of memory the export may use; None: what the machine has available.
-    memory_limit: int | None = None
-
-    def check(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ExportError(f"precision {self.precision!r} is not available; choose one of {', '.join(PRECISIONS)}")
-        if self.backend not in BACKENDS:
-            raise ExportError(f"backend {self.backend!r} is unknown; choose one of {', '.join(BACKENDS)}")
-        if self.device not in DEVICES:
-            raise ExportError(f"device {self.device!r} is unknown; choose one of {', '.join(DEVICES)}")
-        if self.device == "cpu" and (self.precision == "fp16" or self.backend == "tensorrt"):
-            what = "fp16 engines" if self.precision == "fp16" else "TensorRT engines"
-            raise ExportError(f"{what} are GPU engines: drop --device cpu (or choose --device cuda); CPU engines are fp32, int8 or int4")
-        if self.target_device == "cuda" and self.precision == "fp32":
-            raise ExportError(
-                "ONNX Runtime's CUDA GroupQueryAttention runs fp16 only: a GPU engine is --precision fp16 "
-                "(or int4 / int8 with fp16 scales); fp32 engines are CPU engines"
-            )
-        if not 1 <= self.max_batch <= 1024:
-            raise ExportError(f"--max-batch {self.max_batch} is out of range (1 to 1024)")
-        if self.builder not in BUILDERS:
-            raise ExportError(f"builder {self.builder!r} is unknown; choose one of {', '.join(BUILDERS)}")
-        if not 16 <= self.max_context <= 1 << 20:
-            raise ExportError(f"--max-context {self.max_context} is out of range (16 to 1048576)")
-        if self.memory_limit is not None and self.memory_limit <= 0:
-            raise ExportError(f"the memory limit must be more than zero bytes (got {self.memory_limit})")
-        if self.parity_tokens < 1:
-            raise ExportError("parity needs at least one greedy token per prompt")
-        if self.quantization is not None:
-            try:
-                self.quantization.check()
-            except ValueError as exc:
-                raise ExportError(f"quantization options: {exc}") from None
-
-    @property
-    def target_device(self) -> str:
-        """"cpu" or "cuda": where the engine is meant to run."""
-        if self.device != "auto":
-            return self.device
-        return "cuda" if self.precision == "fp16" or self.backend == "tensorrt" else "cpu"
-
-    @property
-    def compute_dtype(self) -> str:
-        """The dtype of activations, float weights and the KV cache."""
-        return "float16" if self.target_device == "cuda" else "float32"
-
-    @property
-    def execution_providers(self) -> tuple[str, ...]:
-        """The providers the manifest names: GPU engines name no CPU provider (Manifest.requires_gpu)."""
-        if self.backend == "tensorrt":
-            return (TENSORRT, CUDA)
-        return (CUDA,) if self.target_device == "cuda" else (CPU,)
-
-    @property
-    def quantization(self) -> WeightQuantization | None:
-        """The weight quantization of an int8/int4 export, None for fp32."""
-        if self.precision in ("fp32", "fp16"):
-            return None
-        from export.quantize import WeightQuantization
-
-        bits = int(self.precision[3:])
-        method = ("source-blocks" if bits == 4 else "rtn") if self.quant_method == "auto" else self.quant_method
-        return WeightQuantization(bits, self.block_size, self.symmetric, self.accuracy_level, self.lm_head_precision, method)
-
-
-@dataclass
-class ExportResult:
-    directory: Path
-    manifest: Manifest
-    parity: dict[str, Any]
-    seconds: float
-
-
-def default_output(source: ModelSource, options: ExportOptions, engines_dir: Path = Path("engines")) -> Path:
-    """engines/<name>-<precision> for decoders (-cuda for quantized GPU engines, -trt for TensorRT
-    ones: fp16 is a GPU precision already), engines/<name> for embedding models."""
-    if source.task != TASK_TEXT_GENERATION:
-        return engines_dir / source.name
-    suffix = f"-{options.precision}"
-    if options.backend == "tensorrt":
-        suffix += "-trt"
-    elif options.target_device == "cuda" and options.precision != "fp16":
-        suffix += "-cuda"
-    return engines_dir / f"{source.name}{suffix}"
-
-
-def check_backend(backend: str) -> None:
-    """Refuse a backend this machine cannot build for, with a message that says why.
-
-    TensorRT plans are built for the GPU and TensorRT version at hand, so a TensorRT export
-    needs both here; an fp16 CUDA engine (--backend onnx) builds anywhere, and on a machine
-    without a GPU its parity check runs on the CPU execution provider.
-    """
-    if backend != "tensorrt":
-        return
-    if not nvidia_gpu_present():
-        raise BackendUnavailableError(
-            "--backend tensorrt needs an NVIDIA GPU and this machine has none (no /dev/nvidiactl): TensorRT builds its plans "
-            "for the GPU it runs on; export with --precision fp16 (a CUDA engine) here, or run the TensorRT export on the GPU machine"
-        )
-    from runtime.gpu import tensorrt_version
-    from runtime.session import available_providers
-
-    if TENSORRT not in available_providers() or tensorrt_version() is None:
-        raise BackendUnavailableError(
-            "--backend tensorrt needs onnxruntime-gpu with its TensorRT execution provider and the tensorrt package "
-            f"(this environment has providers {', '.join(available_providers())}, TensorRT {tensorrt_version() or 'not installed'}); "
-            "install them with make install-gpu"
-        )
+DEFAULT_OPTIONS = ExportOptions()
 
 
 def export_model(
     source_argument: str,
     out: Path | str | None = None,
-    options: ExportOptions = ExportOptions(),
+    options: ExportOptions = DEFAULT_OPTIONS,
     *,
     cache_dir: Path | str | None = None,
     pip_args: Sequence[str] = (),
@@ -228,10 +78,10 @@ def export_model(
     options.check()
     check_backend(options.backend)
     if out is not None:
-        _check_destination(Path(out), options)  # before any download
+        check_destination(Path(out), options)  # before any download
     source = resolve_source(source_argument, cache_dir, progress=progress, pip_args=pip_args)
     target = Path(out) if out is not None else default_output(source, options)
-    _check_destination(target, options)
+    check_destination(target, options)
     if source.task == TASK_EMBEDDING and options.builder == "gqa":
         raise UnsupportedModelError(f"--builder gqa builds decoders; {source.name} is an embedding model (use --builder auto)")
     if source.task == TASK_EMBEDDING and (options.target_device == "cuda" or options.precision == "fp16"):
@@ -240,7 +90,7 @@ def export_model(
             "(an fp32 encoder runs on the CUDA execution provider as it is); export it without --precision fp16, --device cuda or --backend tensorrt"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(target)
+    remove_stale_staging(target)
     staging = target.parent / f".{target.name}.partial-{os.getpid()}"
     staging.mkdir()
     try:
@@ -248,50 +98,12 @@ def export_model(
             manifest, parity = _export_decoder(source, staging, target.name, options, progress)
         else:
             manifest, parity = _export_encoder(source, staging, target.name, options, progress)
-        _move_into_place(staging, target)
+        move_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     progress.note(f"engine written to {target}")
     return ExportResult(target, manifest, parity, time.monotonic() - started)
-
-
-def _check_destination(target: Path, options: ExportOptions) -> None:
-    if target.exists() and not options.force:
-        raise DestinationExistsError(f"{target} already exists; pass --force to replace it or choose another --out")
-    if target.exists() and not target.is_dir():
-        raise DestinationExistsError(f"{target} exists and is not a directory; choose another --out")
-
-
-def _remove_stale_staging(target: Path) -> None:
-    """Delete staging folders that exports killed outright (SIGKILL, power loss) left behind."""
-    for folder in target.parent.glob(f".{target.name}.partial-*"):
-        pid = folder.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # a folder with our own pid can only be a leftover of an earlier run
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _move_into_place(staging: Path, target: Path) -> None:
-    """Rename the finished directory onto `target`, replacing an old one only at the end."""
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(target)
 
 
 def _exporter_versions(*packages: str) -> dict[str, str]:
@@ -310,14 +122,16 @@ def _now() -> str:
 
 def _export_decoder(source: ModelSource, staging: Path, name: str, options: ExportOptions, progress: Progress) -> tuple[Manifest, dict]:
     from export import gqa_builder
+    from export.families import unsupported_reason
     from export.loading import open_decoder_source, read_decoder_config, save_tokenizer
+    from export.onnx_writer import DATA_FILE
     from export.reference import StreamedReference, WholeModelReference
 
     config = read_decoder_config(source)
     trained = int(getattr(config, "max_position_embeddings", 0) or 0)
     if trained and options.max_context > trained:
         raise ExportError(f"--max-context {options.max_context} exceeds the {trained} positions {source.name} was trained for; choose at most {trained}")
-    reason = gqa_builder.unsupported_reason(config, options.max_context)
+    reason = unsupported_reason(config, options.max_context)
     if options.builder == "gqa" and reason:
         raise UnsupportedModelError(f"--builder gqa cannot build {source.architecture}: {reason}")
     use_gqa = options.builder == "gqa" or (options.builder == "auto" and reason is None)
@@ -352,7 +166,7 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
 
             def layer_done(index: int) -> None:
                 opened.tensors.release()  # the layer's source pages, read once, are not kept
-                step.advance(detail=f"layers, {_file_mb(staging / gqa_builder.DATA_FILE)} written")
+                step.advance(detail=f"layers, {_file_mb(staging / DATA_FILE)} written")
 
             built = gqa_builder.build_gqa_graph(
                 config, opened.tensors, options.max_context, staging, quant, options.compute_dtype,
@@ -408,7 +222,7 @@ def _export_decoder(source: ModelSource, staging: Path, name: str, options: Expo
         write_manifest(staging, manifest)
     if options.backend == "tensorrt":
         with progress.step("building the TensorRT plans (minutes: TensorRT times kernels for this GPU)"):
-            manifest = _build_tensorrt_plans(staging, manifest)
+            manifest = build_tensorrt_plans(staging, manifest)
     parity = _validate_decoder(staging, manifest, opened.tokenizer, reference, options, progress)
     parity["precision"] = options.precision
     parity["graph"] = {"style": style, "builder": "gqa" if use_gqa else "optimum"} | ({} if use_gqa else {"fallback_reason": fallback, "batched_decode": False})
@@ -535,100 +349,6 @@ def _check_settings(manifest: Manifest) -> RuntimeSettings:
     if nvidia_gpu_present() and any(p in available_providers() for p in manifest.execution_providers):
         return RuntimeSettings(providers=(*manifest.execution_providers, CPU))
     return RuntimeSettings(providers=(CPU,))
-
-
-def tensorrt_spec(built: BuiltGraph | OptimumGraph, options: ExportOptions, graph_path: Path) -> TensorRTSpec:
-    """The TensorRT section of the manifest: an optimization profile for every dynamic tensor a
-    TensorRT subgraph can start from.
-
-    TensorRT takes the standard ops; the com.microsoft ones (GroupQueryAttention, MatMulNBits,
-    the fused norms, the quantized gather) go to the CUDA provider, so the graph is cut into
-    TensorRT subgraphs whose inputs are graph inputs or outputs of those nodes, and ONNX
-    Runtime wants a profile for each of them once any is given. Batch dimensions run from 1 to
-    --max-batch (typical: 8 streams), sequence dimensions from 1 to the context (typical: one
-    token, a decode step); fixed dimensions are what they are.
-    """
-    typical_batch = min(8, options.max_batch)
-    ranges = {"batch": (1, typical_batch, options.max_batch), "sequence": (1, 1, options.max_context)}
-    tensors = [(spec.name, spec.shape) for spec in built.inputs] + _contrib_outputs(graph_path)
-    shapes: list[list[str]] = [[], [], []]
-    for name, shape in tensors:
-        if not any(isinstance(d, str) for d in shape):
-            continue  # static tensors need no profile
-        for i in range(3):
-            dims = [str(ranges[str(d)][i]) if isinstance(d, str) else str(d) for d in shape]
-            shapes[i].append(f"{name}:{'x'.join(dims)}")
-    return TensorRTSpec(
-        cache_dir=TENSORRT_CACHE_DIR,
-        profile_min_shapes=",".join(shapes[0]),
-        profile_opt_shapes=",".join(shapes[1]),
-        profile_max_shapes=",".join(shapes[2]),
-        max_batch=options.max_batch,
-    )
-
-
-def _contrib_outputs(graph_path: Path) -> list[tuple[str, tuple[int | str, ...]]]:
-    """The activations [batch, sequence, width] that our builder's contrib-op nodes produce,
-    with each width read from the node (the KV cache outputs are graph outputs, not listed)."""
-    import onnx
-
-    graph = onnx.load(str(graph_path), load_external_data=False).graph
-    dims = {t.name: list(t.dims) for t in graph.initializer}
-    head_dim = next(
-        (int(i.type.tensor_type.shape.dim[3].dim_value) for i in graph.input if i.name.startswith("past_key_values.")), 0
-    )  # fmt: skip
-    found: list[tuple[str, tuple[int | str, ...]]] = []
-    for node in graph.node:
-        if node.domain != "com.microsoft" and node.op_type != "SimplifiedLayerNormalization":  # a contrib op in the ai.onnx domain
-            continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type == "MatMulNBits":
-            width, outputs = int(attrs["N"]), node.output[:1]
-        elif node.op_type == "GroupQueryAttention":
-            width, outputs = int(attrs["num_heads"]) * head_dim, node.output[:1]
-        elif node.op_type == "SkipSimplifiedLayerNormalization":
-            width, outputs = int(dims[node.input[2]][0]), [node.output[0], *node.output[3:4]]
-        elif node.op_type == "SimplifiedLayerNormalization":
-            width, outputs = int(dims[node.input[1]][0]), node.output[:1]
-        elif node.op_type == "GatherBlockQuantized":
-            width, outputs = int(dims[node.input[0]][1]) * 8 // int(attrs.get("bits", 4)), node.output[:1]
-        else:
-            raise UnsupportedModelError(f"no TensorRT profile rule for {node.op_type}; export with --backend onnx")
-        found += [(name, ("batch", "sequence", width)) for name in outputs if name]
-    return found
-
-
-def _build_tensorrt_plans(staging: Path, manifest: Manifest) -> Manifest:
-    """Build the plan cache in the engine directory and record what it was built for.
-
-    Creating the session with the TensorRT provider builds a plan per TensorRT subgraph over
-    the manifest's profile; a prefill and a decode step run through it so that every plan is
-    built and cached now, not at the first request. The TensorRT version and the GPU model go
-    into the manifest: the runtime refuses the cache anywhere else (runtime.session).
-    """
-    from runtime.decoder import open_decoder
-    from runtime.engine import load_engine
-    from runtime.gpu import gpu_identity, tensorrt_version
-
-    assert manifest.tensorrt is not None
-    (staging / manifest.tensorrt.cache_dir).mkdir(exist_ok=True)
-    engine = load_engine(staging, RuntimeSettings(providers=(TENSORRT, CUDA, CPU)))
-    if TENSORRT not in engine.providers:
-        raise BackendUnavailableError(f"ONNX Runtime did not create the TensorRT provider (it runs {', '.join(engine.providers)})")
-    decoder = open_decoder(engine, slots=min(2, manifest.tensorrt.max_batch))
-    decoder.prefill(0, [manifest.bos_token_id or 0] * 4)
-    decoder.decode([0], [manifest.bos_token_id or 0])
-    gpu = gpu_identity()
-    identity = dataclasses.replace(
-        manifest.tensorrt,
-        tensorrt_version=tensorrt_version(),
-        gpu_name=gpu.name if gpu else None,
-        compute_capability=gpu.compute_capability if gpu else None,
-    )
-    manifest = dataclasses.replace(manifest, tensorrt=identity)
-    del decoder, engine
-    write_manifest(staging, manifest)  # the plans are files of the engine: hashed like the rest
-    return manifest
 
 
 def _adds_bos(tokenizer: Any, bos: int | None) -> bool:

@@ -11,9 +11,9 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+from export.default_models import DEFAULT_MODELS, DefaultModel, model_dir
 from export.errors import FetchError, SourceNotFoundError
 from export.progress import Progress, Silent
-from export.registry import DEFAULT_MODELS, DefaultModel, model_dir
 from runtime.manifest import sha256_file
 
 COMPLETE_MARK = "source.json"  # written last: a folder without it is not a finished pull

@@ -77,7 +77,7 @@ class StreamedReference:
         import torch
         from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-        from export.gqa_builder import family_plan
+        from export.families import family_plan
 
         base = self.skeleton.model
         layers = int(self.config.num_hidden_layers)

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from export.default_models import DEFAULT_MODELS, DefaultModel
 from export.errors import CorruptSourceError, SourceNotFoundError, UnsupportedModelError
 from export.progress import Progress, Silent
 from export.pull import is_pulled, model_path, pull
-from export.registry import DEFAULT_MODELS, DefaultModel
 from runtime.manifest import TASK_EMBEDDING, TASK_TEXT_GENERATION, sha256_file
 
 GGUF_MAGIC = b"GGUF"

@@ -60,7 +60,8 @@ def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama_engine(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The tiny llama exported once with our GQA builder."""
-    from export.pipeline import ExportOptions, export_model
+    from export.options import ExportOptions
+    from export.pipeline import export_model
 
     out = tmp_path_factory.mktemp("engines") / "tiny-llama-fp32"
     return export_model(str(tiny_llama_dir), out, ExportOptions(max_context=2048))
@@ -69,7 +70,8 @@ def tiny_llama_engine(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="session")
 def tiny_gpt2_engine(tiny_gpt2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The tiny GPT-2 exported through the optimum fallback (concatenated KV)."""
-    from export.pipeline import ExportOptions, export_model
+    from export.options import ExportOptions
+    from export.pipeline import export_model
 
     return export_model(str(tiny_gpt2_dir), tmp_path_factory.mktemp("engines") / "gpt2", ExportOptions())
 

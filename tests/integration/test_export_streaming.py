@@ -15,7 +15,8 @@ from export import quantize
 from export.blocks import CarriedBlocks, dequantize_carried
 from export.budget import GIB
 from export.errors import InsufficientResourcesError
-from export.pipeline import ExportOptions, export_model
+from export.options import ExportOptions
+from export.pipeline import export_model
 from export.sources import inspect_path
 from tests.tiny_models import make_tiny_llama, write_tiny_llama_gguf
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from export.errors import ExportError, UnsupportedModelError
-from export.pipeline import ExportOptions, export_model
+from export.options import ExportOptions
+from export.pipeline import export_model
 from runtime.decoder import ConcatKVDecoder, SharedKVDecoder, open_decoder
 from runtime.embeddings import Embedder
 from runtime.engine import load_engine

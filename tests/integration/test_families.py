@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from export.pipeline import ExportOptions, export_model
+from export.options import ExportOptions
+from export.pipeline import export_model
 from tests.integration.server import Server
 
 WINDOW = 8  # sliding windows far shorter than the prompts below

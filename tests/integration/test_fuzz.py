@@ -47,7 +47,8 @@ CHECKS = [not_a_server_error, response_schema_conformance, status_code_conforman
 
 @pytest.fixture(scope="module")
 def fuzz_app(tiny_llama_engine, tiny_encoder_dir, tmp_path_factory):
-    from export.pipeline import ExportOptions, export_model
+    from export.options import ExportOptions
+    from export.pipeline import export_model
 
     encoder = export_model(str(tiny_encoder_dir), tmp_path_factory.mktemp("fuzz") / "tiny-encoder", ExportOptions())
     models = []

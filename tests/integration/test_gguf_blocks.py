@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.pipeline import ExportOptions, export_model
+from export.options import ExportOptions
+from export.pipeline import export_model
 from tests.gguf_blocks import embedding_rows, engine_weights, q4_k_m_types, write_gguf
 from tests.tiny_models import make_tiny_llama
 

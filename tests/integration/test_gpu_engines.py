@@ -21,8 +21,10 @@ import pytest
 
 from export.cuda_kernels import cuda_problems
 from export.errors import BackendUnavailableError, ExportError, UnsupportedModelError
-from export.pipeline import FP16_MAX_REL_LOGIT_ERROR, FP16_MIN_TOP1_AGREEMENT, ExportOptions, default_output, export_model, tensorrt_spec
+from export.options import ExportOptions, default_output
+from export.pipeline import FP16_MAX_REL_LOGIT_ERROR, FP16_MIN_TOP1_AGREEMENT, export_model
 from export.sources import ModelSource
+from export.tensorrt_plans import tensorrt_spec
 from runtime.decoder import open_decoder
 from runtime.engine import load_engine
 from runtime.errors import EngineLoadError

