@@ -1,10 +1,12 @@
 """Errors raised by the runtime.
 
-Every error carries the HTTP status the API layer should answer with and a message that
-tells the user what to do next. The API translates them once, at its boundary.
+Every error carries the HTTP status the API layer should answer with, a message that tells
+the user what to do next and, where a request field is to blame, its name (`param`), all set
+when the error is made. The API's own errors (api/errors.py `ApiError`) are a branch of this
+tree, so the boundary describes every error the same way.
 
     RuntimeError_ (builtin RuntimeError)
-    └── ApplianceError                 status 500
+    └── ApplianceError                 status 500; message, param
         ├── EngineLoadError            an engine directory cannot be used
         │   ├── ManifestError          manifest.json missing, unreadable or of another version
         │   └── IntegrityError         a file's sha256 differs from the manifest's
@@ -15,7 +17,8 @@ tells the user what to do next. The API translates them once, at its boundary.
         ├── QueueTimeoutError          status 503: the request waited its whole time limit for a slot
         ├── RequestTimeoutError        status 504: the request ran past its wall-clock time limit
         ├── SchedulerStoppedError      status 503: the engine's scheduler has shut down
-        └── InferenceError             ONNX Runtime failed while running a step
+        ├── InferenceError             ONNX Runtime failed while running a step
+        └── (api.errors.ApiError)      the errors only a server has, with headers
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ class ApplianceError(RuntimeError):
     """Base of every runtime error; `status` is the HTTP status it maps to."""
 
     status: int = 500
-    code: str = "internal_error"
-    # The request field to blame, where there is one (the API's error `param`).
-    param: str | None = None
+    code: str | None = "internal_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # The request field to blame, where there is one (the API's error `param`).
+        self.param = param
 
 
 class EngineLoadError(ApplianceError):
@@ -54,10 +57,6 @@ class RequestError(ApplianceError):
 
     status = 400
     code = "invalid_request_error"
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 class ContextLengthError(ApplianceError):

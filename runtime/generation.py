@@ -1,9 +1,11 @@
 """Text generation on a decoder engine: prompt → tokens → streamed text events.
 
 `TextGenerator` owns one decoder (and its KV cache) of one engine and its scheduler.
-`generate(request)` validates the request and fits its prompt into the context at once
-(`runtime/request.py`: refused, or truncated by the request's policy), queues it, and
-returns an `EventStream` of `Delta` events and one `Finish`. The decode loop itself runs on
+`prepare(request)` validates a request and fits its prompt into the context
+(`runtime/request.py`: refused, or truncated by the request's policy); `generate(request,
+fitted=...)` queues it with what `prepare` made of it (preparing it first when not given, so
+the API validates once: api/generation/runs.py) and returns an `EventStream` of `Delta`
+events and one `Finish`. Its settings are one `GeneratorSettings` (`runtime/settings.py`). The decode loop itself runs on
 the engine's scheduler thread (`runtime/scheduler.py`), which steps every active request in
 one batched decode step:
 
@@ -151,8 +153,9 @@ class TextGenerator:
 
     # -- the decode loop -----------------------------------------------------------
 
-    def prepare(self, request: GenerationRequest) -> FittedPrompt:
-        """Validate `request` and fit its prompt into the context."""
+    def prepare(self, request: GenerationRequest, prompt_param: str | None = None) -> FittedPrompt:
+        """Validate `request` and fit its prompt into the context; a prompt that does not fit is
+        blamed on `prompt_param` (what the client called the prompt)."""
         if not request.prompt_ids:
             raise RequestError("the prompt is empty: give at least one token", param="prompt")
         self._check_ids(request.prompt_ids, "prompt")
@@ -175,22 +178,24 @@ class TextGenerator:
                 raise RequestError("the context length must be at least 1", param="num_ctx")
             context = min(context, request.context_length)
         bos = self.manifest.bos_token_id if self.manifest.add_bos_token else None
-        fitted = fit_context(request.prompt_ids, request.max_tokens, context, request.context_policy, request.prompt_truncate_len, bos)
+        fitted = fit_context(request.prompt_ids, request.max_tokens, context, request.context_policy, request.prompt_truncate_len, bos, param=prompt_param)
         if limit is not None and fitted.max_new_tokens > limit:  # no max_tokens given: the server's limit applies
             fitted = replace(fitted, max_new_tokens=limit)
         return fitted
 
-    def generate(self, request: GenerationRequest, heartbeat_s: float | None = None) -> EventStream:
+    def generate(self, request: GenerationRequest, heartbeat_s: float | None = None, fitted: FittedPrompt | None = None) -> EventStream:
         """Stream the completion of `request` as Delta events, then one Finish.
 
-        The request is validated and queued for a slot at once (RequestError, or
-        QueueFullError when the engine is saturated, comes from this call), then run by the
+        The request is validated (unless `fitted`, what `prepare` made of it, is given) and
+        queued for a slot at once (RequestError, or QueueFullError when the engine is
+        saturated, comes from this call), then run by the
         engine's scheduler beside whatever else is generating. Closing the stream early (a
         client went away) cancels it: its slot is free at the scheduler's next tick. With
         `heartbeat_s`, the stream yields KEEP_ALIVE whenever no event came for that long.
         """
         submitted = time.perf_counter_ns()
-        fitted = self.prepare(request)
+        if fitted is None:
+            fitted = self.prepare(request)
         job = Job(SequenceState(request, fitted, self.eos_ids, self), submitted, timeout_s=self.request_timeout_s)
         self.scheduler.submit(job)
         return EventStream(job, self.scheduler, heartbeat_s)

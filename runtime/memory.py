@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import mmap
 import platform
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import numpy as np
 
 # mallopt's parameter numbers (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -94,3 +97,39 @@ def release_free_memory() -> None:
     if _libc is not None:
         with _lock:
             _libc.malloc_trim(0)
+
+
+def lazy_zeros(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """A zero-filled array whose pages become resident only where they are written.
+
+    np.zeros would do the same for a large array, but numpy advises the kernel to back big
+    allocations with 2 MB transparent huge pages: the first position written in a slot then
+    faults in the whole huge page around it, and one step over 16 slots made the entire
+    2,048-position pool resident (1.4 GB for SmolLM2) although each sequence held a few
+    hundred positions. An anonymous mapping with huge pages refused stays at 4 KiB pages, so
+    the pool's resident size follows the positions actually cached.
+    """
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if size == 0:
+        return np.zeros(shape, dtype)
+    memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    no_huge_pages = getattr(mmap, "MADV_NOHUGEPAGE", None)  # Linux only; elsewhere pages are small already
+    if no_huge_pages is not None:
+        memory.madvise(no_huge_pages)
+    return np.frombuffer(memory, dtype=dtype).reshape(shape)  # the array keeps the mapping alive
+
+
+def release_pages(array: np.ndarray, start: int, stop: int) -> None:
+    """Give the whole memory pages inside bytes [start, stop) of a lazy_zeros array back to the
+    kernel; they read as zeros again and stop counting as resident. Elsewhere: a no-op."""
+    mapping: object = array
+    while isinstance(mapping, np.ndarray):
+        mapping = mapping.base
+    if isinstance(mapping, memoryview):
+        mapping = mapping.obj
+    if not isinstance(mapping, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    page = mmap.PAGESIZE
+    first, last = -(-start // page) * page, (stop // page) * page
+    if last > first:
+        mapping.madvise(mmap.MADV_DONTNEED, first, last - first)

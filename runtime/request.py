@@ -68,8 +68,10 @@ def fit_context(
     policy: str = CONTEXT_ERROR,
     prompt_truncate_len: int | None = None,
     bos_token_id: int | None = None,
+    param: str | None = None,
 ) -> FittedPrompt:
-    """Fit a prompt and its completion into `context_length` positions, or refuse.
+    """Fit a prompt and its completion into `context_length` positions, or refuse (a
+    ContextLengthError blaming `param`, the client's name for the prompt).
 
     CONTEXT_ERROR refuses a prompt that leaves no room, or max_tokens beyond the room left,
     with a message naming the numbers. CONTEXT_TRUNCATE drops the oldest prompt tokens until
@@ -90,13 +92,15 @@ def fit_context(
         if len(ids) >= context_length:
             raise ContextLengthError(
                 f"the prompt has {len(ids)} tokens but the context holds {context_length}, leaving no room for "
-                f"a completion; shorten the prompt or ask for truncation (context_length_exceeded_behavior=truncate)"
+                f"a completion; shorten the prompt or ask for truncation (context_length_exceeded_behavior=truncate)",
+                param=param,
             )
         if max_tokens is not None and len(ids) + max_tokens > context_length:
             raise ContextLengthError(
                 f"the context holds {context_length} tokens but {len(ids) + max_tokens} were requested "
                 f"({len(ids)} in the prompt, {max_tokens} for the completion); lower max_tokens, shorten the "
-                f"prompt, or ask for truncation (context_length_exceeded_behavior=truncate)"
+                f"prompt, or ask for truncation (context_length_exceeded_behavior=truncate)",
+                param=param,
             )
     elif len(ids) >= context_length or (max_tokens is not None and len(ids) + max_tokens > context_length):
         wanted = max_tokens if max_tokens is not None else context_length // 4

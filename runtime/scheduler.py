@@ -71,6 +71,7 @@ from runtime.sampling import sample_batch
 from runtime.settings import DEFAULT_PREFIX_CACHE_TOKENS
 
 if TYPE_CHECKING:  # annotations only
+    from runtime.decoder_base import Decoder
     from runtime.sequence import SequenceState
 
 log = logging.getLogger("appliance.scheduler")
@@ -112,6 +113,12 @@ class Job:
         """The slot of an admitted job; the scheduler gives it one before any step for it."""
         assert self.slot is not None, "the job holds no slot"
         return self.slot
+
+    @property
+    def held_token(self) -> int:
+        """The token a decoding job's next step feeds; it has one once its prompt is read."""
+        assert self.next_token is not None, "the job has no token to feed"
+        return self.next_token
 
     def events_until_finish(self, heartbeat_s: float | None = None) -> Iterator[Event]:
         """The job's events as the scheduler produces them, ending with its Finish.
@@ -159,7 +166,7 @@ class Scheduler:
 
     def __init__(
         self,
-        decoder,
+        decoder: Decoder,
         prefill_chunk: int = 512,
         queue_limit: int = 64,
         name: str = "engine",
@@ -184,9 +191,9 @@ class Scheduler:
         self._steps = 0
         self._tokens = 0
         # Compaction copies cache rows on the host; a pool that lives on a GPU cannot move yet.
-        self._can_move = hasattr(decoder, "move") and getattr(decoder, "device", "cpu") == "cpu"
+        self._can_move = decoder.can_move
         # Reuse needs a cache that can be cut back to a prefix, and (when slots are packed) swapped.
-        self._reuse = prefix_cache_tokens > 0 and getattr(decoder, "can_truncate", False) and (not self._can_move or hasattr(decoder, "swap"))
+        self._reuse = prefix_cache_tokens > 0 and decoder.can_truncate
         # Most positions kept in free slots for reuse; past it the caches used longest ago go.
         self._retain = prefix_cache_tokens
         # Reuse generated tokens' positions too: a chat's next turn then evaluates only its new
@@ -270,7 +277,7 @@ class Scheduler:
             constrained = [job.state.constraint for job in decoding if job.state.constraint is not None]
             pending = self._masks().start(constrained) if constrained else None
             try:
-                logits = self.decoder.decode([job.slot for job in decoding], [job.next_token for job in decoding])
+                logits = self.decoder.decode([job.held_slot for job in decoding], [job.held_token for job in decoding])
             except Exception as exc:
                 if pending is not None:
                     pending.result()  # the matchers must be idle before they are used again
@@ -296,7 +303,7 @@ class Scheduler:
             try:
                 # A request scoring its prompt keeps every position's logits (the graph projects
                 # only the kept positions onto the vocabulary); the others only the last one.
-                logits = self.decoder.prefill(job.slot, np.asarray(chunk, dtype=np.int64), logits_to_keep=len(chunk) if scoring else 1)
+                logits = self.decoder.prefill(job.held_slot, np.asarray(chunk, dtype=np.int64), logits_to_keep=len(chunk) if scoring else 1)
                 if scoring:
                     job.state.score_prompt(job.prefilled, logits)
             except Exception as exc:
@@ -340,7 +347,7 @@ class Scheduler:
             if job.finished:
                 continue
             try:
-                logits = self.decoder.decode([job.slot], [job.next_token])
+                logits = self.decoder.decode([job.held_slot], [job.held_token])
             except Exception as exc:
                 self._fail(job, exc, "a decode step")
                 continue
