@@ -45,8 +45,8 @@ def routes(ctx: ServerContext) -> list[tuple[str, Any]]:
         ("/v1/embeddings", openai.Embeddings(ctx)),
         ("/v1/models", openai.Models(ctx)),
         ("/v1/models/{model_id}", openai.Model(ctx)),
-        ("/api/generate", ollama.Generate(ctx)),
-        ("/api/chat", ollama.Chat(ctx)),
+        ("/api/generate", ollama.Generation(ctx, ollama.GENERATE)),
+        ("/api/chat", ollama.Generation(ctx, ollama.CHAT)),
         ("/api/embed", ollama.Embed(ctx)),
         ("/api/embeddings", ollama.Embeddings(ctx)),
         ("/api/tags", ollama.Tags(ctx)),
@@ -124,7 +124,7 @@ def create_app(ctx: ServerContext) -> falcon.App:
         if isinstance(exc, falcon.HTTPError):
             exc = _from_falcon(req, exc)
         status, message, param, code = describe_error(exc)
-        if status >= 500 and not isinstance(exc, (ApiError, ApplianceError)):
+        if status >= 500 and not isinstance(exc, ApplianceError):
             ctx.log.exception("request %s %s failed", req.method, req.path, exc_info=exc)
         elif status >= 500:
             ctx.log.error("request %s %s failed: %s", req.method, req.path, message)
@@ -135,8 +135,7 @@ def create_app(ctx: ServerContext) -> falcon.App:
     # Later handlers take precedence for their own types: the generic one goes first.
     app.add_error_handler(Exception, on_error)
     app.add_error_handler(falcon.HTTPError, on_error)
-    app.add_error_handler(ApplianceError, on_error)
-    app.add_error_handler(ApiError, on_error)
+    app.add_error_handler(ApplianceError, on_error)  # ApiError is one
     return app
 
 

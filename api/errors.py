@@ -1,12 +1,14 @@
 """Errors of the HTTP layer and how each dialect writes them.
 
-Runtime errors (`runtime.errors.ApplianceError`) already carry their HTTP status; the API
-adds the errors only a server has. Everything is translated once, in `app.py`'s error
-handler, into the dialect of the route that failed: OpenAI routes (and the extras) answer
+Runtime errors (`runtime.errors.ApplianceError`) already carry their HTTP status, message
+and `param`; the API's errors are a branch of the same tree that adds the errors only a
+server has, and headers (Retry-After, WWW-Authenticate). Everything is translated once, in
+`app.py`'s error handler (and `framing.describe_error` for streams), into the dialect of the
+route that failed: OpenAI routes (and the extras) answer
 `{"error": {"message", "type", "param", "code"}}`, Ollama routes answer `{"error": "..."}`.
 
-    Exception
-    └── ApiError                       status 500 unless the subclass says otherwise
+    runtime.errors.ApplianceError      status, message, param (the runtime's errors: see there)
+    └── ApiError                       status 500 unless the subclass says otherwise; headers
         ├── BadRequest                 400: malformed JSON, a wrong type, a missing field (names it)
         ├── NotSupported               400: a known field this server cannot honour yet
         ├── Unauthorized               401: no API key, or not one of the server's (WWW-Authenticate)
@@ -24,7 +26,11 @@ handler, into the dialect of the route that failed: OpenAI routes (and the extra
 
 from __future__ import annotations
 
+import copy
+
 import msgspec
+
+from runtime.errors import ApplianceError
 
 # OpenAI's error "type" for each status we answer with.
 _OPENAI_TYPES = {
@@ -41,17 +47,23 @@ _OPENAI_TYPES = {
 }
 
 
-class ApiError(Exception):
-    """An error answered with `status`; `code` and `param` fill OpenAI's error fields."""
+class ApiError(ApplianceError):
+    """An error answered with `status`; `code` and `param` fill OpenAI's error fields, `headers` the answer's."""
 
     status = 500
     code: str | None = "internal_error"
 
     def __init__(self, message: str, param: str | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
+        super().__init__(message, param)
         self.headers = headers or {}
+
+    def about(self, param: str | None, message: str | None = None) -> ApiError:
+        """The same error, made anew about `param` (another dialect's name for the field), and with
+        `message` if given; this one is left as it was."""
+        other = copy.copy(self)
+        other.param, other.message = param, self.message if message is None else message
+        other.args = (other.message,)
+        return other
 
 
 class BadRequest(ApiError):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import falcon
 
-from api.errors import ApiError, BodyTooLarge, ollama_error_body, openai_error_body
+from api.errors import BodyTooLarge, ollama_error_body, openai_error_body
 from api.settings import ServerSettings
 from api.wire import B, decode, encode
 from runtime.errors import ApplianceError
@@ -40,10 +40,8 @@ def ndjson_line(value: object) -> bytes:
 
 def describe_error(exc: BaseException) -> tuple[int, str, str | None, str | None]:
     """(status, message, param, code) of any exception, without leaking internals for unknown ones."""
-    if isinstance(exc, ApiError):
+    if isinstance(exc, ApplianceError):  # the runtime's errors and the API's own (ApiError)
         return exc.status, exc.message, exc.param, exc.code
-    if isinstance(exc, ApplianceError):
-        return exc.status, exc.message, getattr(exc, "param", None), exc.code
     return 500, f"internal error ({type(exc).__name__}); the server log has the details", None, "internal_error"
 
 
@@ -61,7 +59,7 @@ def guarded(frames: Iterator[bytes], error_frame: Callable[[BaseException], byte
     try:
         yield from frames
     except Exception as exc:
-        log.error("stream ended by an error: %s", exc, exc_info=not isinstance(exc, (ApiError, ApplianceError)))
+        log.error("stream ended by an error: %s", exc, exc_info=not isinstance(exc, ApplianceError))
         yield error_frame(exc)
 
 

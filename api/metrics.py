@@ -9,9 +9,13 @@ metrics live in a private registry, so several apps in one process never collide
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from runtime.events import Event, Finish, KeepAlive
 
 if TYPE_CHECKING:
     from runtime.scheduler import SchedulerStats
@@ -95,3 +99,56 @@ class Metrics:
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class GenerationMetrics:
+    """One generation's metrics, kept by callbacks as its events pass: no iterator of its own.
+
+    Made when its events start to be read: it is then queued (`queue_depth`) until its first
+    token, active after it; `saw` takes each event, `failed` an error, and `close` (always
+    called once) counts how it ended: the Finish's reason, "error", or "cancelled" when the
+    reader stopped before a Finish (the client went away).
+    """
+
+    __slots__ = ("metrics", "name", "stats", "submitted", "first_token_at", "ended")
+
+    def __init__(self, metrics: Metrics, name: str, stats: Callable[[], SchedulerStats]) -> None:
+        self.metrics, self.name, self.stats = metrics, name, stats
+        self.submitted = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.ended = "cancelled"  # unless a Finish or an error comes
+        metrics.queue_depth.labels(name).inc()
+        metrics.scheduler(name, stats())
+
+    def saw(self, event: Event) -> None:
+        if isinstance(event, KeepAlive):
+            return
+        metrics, name = self.metrics, self.name
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+            metrics.queue_depth.labels(name).dec()
+            metrics.active.labels(name).inc()
+            metrics.scheduler(name, self.stats())
+            metrics.time_to_first_token.labels(name).observe(self.first_token_at - self.submitted)
+        if isinstance(event, Finish):
+            self.ended = event.reason
+            usage = event.usage
+            metrics.prompt_tokens.labels(name).inc(usage.prompt_tokens)
+            metrics.completion_tokens.labels(name).inc(usage.completion_tokens)
+            metrics.prefix_reused(name, usage.cached_tokens)
+            metrics.finished.labels(name, event.reason).inc()
+            if usage.completion_tokens > 1 and usage.eval_duration_ns > 0:
+                metrics.decode_rate.labels(name).observe((usage.completion_tokens - 1) / (usage.eval_duration_ns / 1e9))
+
+    def failed(self) -> None:
+        self.ended = "error"
+
+    def close(self) -> None:
+        metrics, name = self.metrics, self.name
+        if self.ended in ("cancelled", "error"):
+            metrics.finished.labels(name, self.ended).inc()
+        if self.first_token_at is None:
+            metrics.queue_depth.labels(name).dec()
+        else:
+            metrics.active.labels(name).dec()
+        metrics.scheduler(name, self.stats())  # this one's slot may free at the scheduler's next tick: the next event sets it again

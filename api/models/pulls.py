@@ -184,7 +184,7 @@ class Pulls:
             self._build(job, folder, registry)
             job.report(Status(SUCCESS))
         except Exception as exc:
-            if not isinstance(exc, (BuildFailed, ApplianceError)):
+            if not isinstance(exc, ApplianceError):  # BuildFailed is one
                 log.exception("pulling %s failed", job.name)
                 exc = BuildFailed(f"pulling {job.name} failed: {type(exc).__name__}: {exc}")
             error = exc

@@ -96,9 +96,13 @@ class TextModel(Protocol):
 
     def chat_prompt_ids(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]: ...
 
-    def prepare(self, request: GenerationRequest) -> FittedPrompt: ...
+    def prepare(self, request: GenerationRequest, prompt_param: str | None = None) -> FittedPrompt:
+        """Validate the request and fit its prompt (a prompt that does not fit blames `prompt_param`)."""
+        ...
 
-    def generate(self, request: GenerationRequest, heartbeat_s: float | None = None) -> Events: ...
+    def generate(self, request: GenerationRequest, heartbeat_s: float | None = None, fitted: FittedPrompt | None = None) -> Events:
+        """Queue the request (`fitted`: what prepare made of it, taken as it is) and stream its events."""
+        ...
 
     def stats(self) -> SchedulerStats: ...
 
@@ -181,7 +185,7 @@ class Use:
 
 
 @dataclass(frozen=True)
-class Resident:
+class Running:
     """A loaded model as /api/ps lists it."""
 
     info: ModelInfo
@@ -190,7 +194,7 @@ class Resident:
 
 
 @dataclass
-class _Slot:
+class _Served:
     """One served model: what the listings say, where it lives, and its loaded copy."""
 
     info: ModelInfo
@@ -210,7 +214,7 @@ class ModelRegistry:
     """
 
     def __init__(self, loader: EngineLoader | None = None, engines: Path | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self._slots: dict[str, _Slot] = {}
+        self._served: dict[str, _Served] = {}
         self._state: Literal["loading", "ready", "failed"] = "loading"
         self._reason = "engines are loading"
         self._lock = threading.Lock()
@@ -251,13 +255,13 @@ class ModelRegistry:
 
     def _finish(self, models: list[LoadedModel]) -> None:
         with self._lock:
-            self._slots = {m.name: self._slot(m.info, m.directory, m) for m in models}
+            self._served = {m.name: self._entry(m.info, m.directory, m) for m in models}
             self._state, self._reason = "ready", f"{len(models)} model(s) loaded"
 
-    def _slot(self, info: ModelInfo, directory: Path | None, loaded: LoadedModel | None) -> _Slot:
+    def _entry(self, info: ModelInfo, directory: Path | None, loaded: LoadedModel | None) -> _Served:
         loader = self._loader
         load = (lambda: loader.load(directory)) if loader is not None and directory is not None else None
-        return _Slot(info, directory, Residency(loaded, load, self._clock))
+        return _Served(info, directory, Residency(loaded, load, self._clock))
 
     def _fail(self, reason: str) -> None:
         with self._lock:
@@ -288,7 +292,7 @@ class ModelRegistry:
         self._require_ready()
         self.rescan()
         with self._lock:
-            return [slot.info for slot in self._slots.values()]
+            return [entry.info for entry in self._served.values()]
 
     @property
     def ready(self) -> bool:
@@ -299,13 +303,13 @@ class ModelRegistry:
         """The models loaded in this worker now."""
         self._require_ready()
         with self._lock:
-            return [slot.residency.loaded for slot in self._slots.values() if slot.residency.loaded is not None]
+            return [entry.residency.loaded for entry in self._served.values() if entry.residency.loaded is not None]
 
-    def running(self) -> list[Resident]:
+    def running(self) -> list[Running]:
         """The models loaded in this worker, with the time their keep-alive has left (/api/ps)."""
         self._require_ready()
         with self._lock:
-            return [Resident(s.info, s.residency.remaining_s()) for s in self._slots.values() if s.residency.loaded is not None]
+            return [Running(s.info, s.residency.remaining_s()) for s in self._served.values() if s.residency.loaded is not None]
 
     def info(self, name: str) -> ModelInfo:
         """What the listings say about `name`, without loading it."""
@@ -328,14 +332,14 @@ class ModelRegistry:
         request holding it is done: 0 unloads it then, FOREVER never.
         """
         self._require_ready()
-        slot = self._find(name)
-        if task is not None and slot.info.task != task:
+        entry = self._find(name)
+        if task is not None and entry.info.task != task:
             wanted = "text generation" if task == TASK_TEXT_GENERATION else "embeddings"
             with self._lock:
-                able = ", ".join(sorted(s.info.name for s in self._slots.values() if s.info.task == task)) or "none are loaded"
-            raise BadRequest(f"model '{slot.info.name}' is a {slot.info.task} model and cannot do {wanted}; models that can: {able}", param="model")
+                able = ", ".join(sorted(s.info.name for s in self._served.values() if s.info.task == task)) or "none are loaded"
+            raise BadRequest(f"model '{entry.info.name}' is a {entry.info.task} model and cannot do {wanted}; models that can: {able}", param="model")
         leases = RequestLeases.current()
-        residency = slot.residency
+        residency = entry.residency
         if leases is not None:
             with self._lock:
                 residency.lease(self.keep_alive_s if keep_alive_s is None else keep_alive_s)
@@ -345,29 +349,29 @@ class ModelRegistry:
         except LookupError:
             raise ModelNotFound(name, self._names()) from None
         except FileNotFoundError:  # its directory went away (deleted by another worker)
-            self._drop(slot)
+            self._drop(entry)
             raise ModelNotFound(name, self._names()) from None
         if load_ns:
             with self._lock:
-                slot.info = model.info  # the providers it really runs on
-            log.info("loaded %s on demand in %.1f s", slot.info.name, load_ns / 1e9)
+                entry.info = model.info  # the providers it really runs on
+            log.info("loaded %s on demand in %.1f s", entry.info.name, load_ns / 1e9)
         return Use(model, load_ns)
 
-    def _find(self, name: str) -> _Slot:
+    def _find(self, name: str) -> _Served:
         for attempt in range(2):
             with self._lock:
-                slot = self._slots.get(name)
-                if slot is None and name.endswith(":latest"):
-                    slot = self._slots.get(name[: -len(":latest")])
-            if slot is not None:
-                return slot
+                entry = self._served.get(name)
+                if entry is None and name.endswith(":latest"):
+                    entry = self._served.get(name[: -len(":latest")])
+            if entry is not None:
+                return entry
             if attempt == 0 and not self.rescan():
                 break
         raise ModelNotFound(name, self._names())
 
     def _names(self) -> list[str]:
         with self._lock:
-            return sorted(self._slots)
+            return sorted(self._served)
 
     def _require_ready(self) -> None:
         if self._state == "loading":
@@ -388,16 +392,16 @@ class ModelRegistry:
 
     def _every_residency(self) -> list[Residency[LoadedModel]]:
         self._gone = [r for r in self._gone if r.loaded is not None]
-        return [slot.residency for slot in self._slots.values()] + self._gone
+        return [entry.residency for entry in self._served.values()] + self._gone
 
     def unload(self, name: str) -> ModelInfo:
         """Ollama's unload call (keep_alive 0, nothing to generate): unload `name` now, or when its last request ends."""
         self._require_ready()
-        slot = self._find(name)
+        entry = self._find(name)
         with self._lock:
-            slot.residency.expire_now()
+            entry.residency.expire_now()
         self._reaper.sweep()
-        return slot.info
+        return entry.info
 
     def add(self, directory: Path, verify: bool = False) -> ModelInfo:
         """Serve the engine in `directory` (just pulled or copied), unloaded until a request needs it; `verify` checks its files first."""
@@ -407,25 +411,25 @@ class ModelRegistry:
             self._loader.verify(directory)
         info = self._loader.describe(directory)
         with self._lock:
-            existing = self._slots.get(info.name)
+            existing = self._served.get(info.name)
             if existing is not None and existing.directory != directory:
                 raise ValueError(f"{directory} declares the model name {info.name!r}, which {existing.directory} already serves")
             if existing is None:
-                self._slots[info.name] = self._slot(info, directory, None)
+                self._served[info.name] = self._entry(info, directory, None)
         return info
 
     def remove(self, name: str) -> tuple[ModelInfo, Path | None]:
         """Stop serving `name`: it is unloaded now, or when the requests using it end. Its info and directory."""
         self._require_ready()
-        slot = self._find(name)
-        self._drop(slot)
-        return slot.info, slot.directory
+        entry = self._find(name)
+        self._drop(entry)
+        return entry.info, entry.directory
 
-    def _drop(self, slot: _Slot) -> None:
+    def _drop(self, entry: _Served) -> None:
         with self._lock:
-            if self._slots.get(slot.info.name) is slot:
-                del self._slots[slot.info.name]
-            residency = slot.residency
+            if self._served.get(entry.info.name) is entry:
+                del self._served[entry.info.name]
+            residency = entry.residency
             residency.removed = True
             if residency.loaded is not None:
                 self._gone.append(residency)
@@ -443,7 +447,7 @@ class ModelRegistry:
         except OSError:
             return False
         with self._lock:
-            known = {slot.directory: slot for slot in self._slots.values()}
+            known = {entry.directory: entry for entry in self._served.values()}
         changed = False
         for directory in present:
             if directory not in known and directory not in self._skipped:
@@ -454,9 +458,9 @@ class ModelRegistry:
                     self._skipped.add(directory)
                     log.warning("not serving %s: %s", directory, exc)
         present_set = set(present)
-        for place, slot in known.items():
+        for place, entry in known.items():
             if place is not None and place not in present_set:
-                self._drop(slot)
+                self._drop(entry)
                 changed = True
         return changed
 

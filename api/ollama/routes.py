@@ -4,7 +4,9 @@ and the model lifecycle: /api/pull, /api/delete, /api/copy (api/models/pulls.py,
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import falcon
 
@@ -12,13 +14,16 @@ from api import __version__
 from api.context import ServerContext
 from api.errors import BadRequest, ModelNotFound, NotPullable, NotSupported
 from api.framing import NDJSON_CONTENT_TYPE, NDJSON_KEEPALIVE, guarded, ndjson_line, ollama_error_line, read_request, send_json, send_stream
-from api.generation.runs import collect, prepare, stream_events
+from api.generation.runs import collect, stream_events
 from api.models.pulls import PULLING_MANIFEST, SUCCESS, Status
-from api.models.registry import LoadedModel
+from api.models.registry import LoadedModel, TextModel
 from api.models.store import copy_engine, delete_engine, engine_name, name_lock, writable_folder
 from api.ollama import bodies as models
 from api.ollama import protocol
+from api.settings import ServerSettings
 from runtime.manifest import MANIFEST_FILE, TASK_EMBEDDING, TASK_TEXT_GENERATION
+
+B = TypeVar("B", models.GenerateRequest, models.ChatRequest)
 
 
 def _answer(ctx: ServerContext, resp: falcon.Response, model: LoadedModel, plan: protocol.Plan) -> None:
@@ -30,7 +35,6 @@ def _answer(ctx: ServerContext, resp: falcon.Response, model: LoadedModel, plan:
         else:
             send_json(resp, loaded)
         return
-    prepare(model, [plan.choice])
     if plan.stream:
         frames = protocol.stream(plan, stream_events(model, [plan.choice], ctx.metrics, ctx.settings.stream_keepalive_s), ctx.clock)
         send_stream(resp, guarded(frames, ollama_error_line, ctx.log), NDJSON_CONTENT_TYPE)
@@ -49,30 +53,32 @@ def _unload(ctx: ServerContext, resp: falcon.Response, body: models.GenerateRequ
         send_json(resp, answer)
 
 
-class Generate:
-    def __init__(self, ctx: ServerContext) -> None:
+@dataclass(frozen=True)
+class _Kind(Generic[B]):
+    """How /api/generate and /api/chat differ: the body's type and how it becomes a plan."""
+
+    body: type[B]
+    parse: Callable[[B, TextModel, ServerSettings], protocol.Plan]
+
+
+GENERATE = _Kind(models.GenerateRequest, protocol.parse_generate)
+CHAT = _Kind(models.ChatRequest, protocol.parse_chat)
+
+
+class Generation(Generic[B]):
+    """POST /api/generate (GENERATE) and /api/chat (CHAT), one path: read the body, unload or
+    use the model (keep_alive), plan, answer."""
+
+    def __init__(self, ctx: ServerContext, kind: _Kind[B]) -> None:
         self.ctx = ctx
+        self.kind: _Kind[B] = kind
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = read_request(req, self.ctx.settings, models.GenerateRequest)
+        body = read_request(req, self.ctx.settings, self.kind.body)
         if protocol.unloads(body):
             return _unload(self.ctx, resp, body)
         use = self.ctx.registry.use(body.model, TASK_TEXT_GENERATION, protocol.keep_alive_seconds(body.keep_alive))
-        plan = protocol.parse_generate(body, use.model.text(), self.ctx.settings)
-        plan.load_ns = use.load_ns
-        _answer(self.ctx, resp, use.model, plan)
-
-
-class Chat:
-    def __init__(self, ctx: ServerContext) -> None:
-        self.ctx = ctx
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = read_request(req, self.ctx.settings, models.ChatRequest)
-        if protocol.unloads(body):
-            return _unload(self.ctx, resp, body)
-        use = self.ctx.registry.use(body.model, TASK_TEXT_GENERATION, protocol.keep_alive_seconds(body.keep_alive))
-        plan = protocol.parse_chat(body, use.model.text(), self.ctx.settings)
+        plan = self.kind.parse(body, use.model.text(), self.ctx.settings)
         plan.load_ns = use.load_ns
         _answer(self.ctx, resp, use.model, plan)
 

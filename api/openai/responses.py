@@ -74,16 +74,15 @@ class ResponsePlan:
 
 
 def _renamed(exc: ApiError) -> ApiError:
-    """An error found while checking the chat request, with the Responses field names."""
+    """An error found while checking the chat request, made anew with the Responses field names."""
     param = exc.param
     if param and param.startswith("response_format.json_schema."):  # json_schema's fields sit in text.format itself
-        exc.param = "text.format." + param.removeprefix("response_format.json_schema.")
-    elif param:
+        return exc.about("text.format." + param.removeprefix("response_format.json_schema."))
+    if param:
         head, dot, rest = param.partition(".")
         base, bracket, index = head.partition("[")
         if base in _PARAMS:
-            exc.param = _PARAMS[base] + (bracket + index if bracket else "") + dot + rest
-            exc.message = exc.message.replace(f"'{base}'", f"'{_PARAMS[base]}'")
+            return exc.about(_PARAMS[base] + (bracket + index if bracket else "") + dot + rest, exc.message.replace(f"'{base}'", f"'{_PARAMS[base]}'"))
     return exc
 
 

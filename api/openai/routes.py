@@ -10,7 +10,7 @@ import falcon
 from api.context import ServerContext
 from api.errors import BadRequest
 from api.framing import SSE_CONTENT_TYPE, guarded, openai_error_frames, read_request, send_json, send_stream
-from api.generation.runs import Choice, Collected, collect, prepare, stream_events
+from api.generation.runs import Choice, Collected, collect, stream_events
 from api.models.registry import LoadedModel
 from api.openai import bodies as models
 from api.openai import protocol, responses
@@ -22,14 +22,14 @@ from runtime.manifest import TASK_EMBEDDING, TASK_TEXT_GENERATION
 
 def _answer(ctx: ServerContext, resp: falcon.Response, model: LoadedModel, plan: protocol.Plan, kind: _Kind) -> None:
     """Validate every choice, then run them: one JSON answer, or an SSE stream."""
-    prepare(model, plan.choices, kind.prompt_param)
-    response_id, created = ctx.new_id(kind.id_prefix), int(ctx.clock())
     if plan.stream:
-        events = stream_events(model, plan.choices, ctx.metrics, ctx.settings.stream_keepalive_s)
+        events = stream_events(model, plan.choices, ctx.metrics, ctx.settings.stream_keepalive_s, kind.prompt_param)
+        response_id, created = ctx.new_id(kind.id_prefix), int(ctx.clock())
         frames = kind.render_stream(plan, events, response_id, created, model.info.digest)
         send_stream(resp, guarded(frames, openai_error_frames, ctx.log), SSE_CONTENT_TYPE)
     else:
-        results = collect(model, plan.choices, ctx.metrics)
+        results = collect(model, plan.choices, ctx.metrics, kind.prompt_param)
+        response_id, created = ctx.new_id(kind.id_prefix), int(ctx.clock())
         send_json(resp, kind.render(plan, results, response_id, created, model.info.digest))
 
 
@@ -78,12 +78,11 @@ class Responses:
         body = read_request(req, ctx.settings, rm.ResponseRequest)
         model = ctx.registry.get(body.model, TASK_TEXT_GENERATION)
         plan = responses.parse(body, model.text(), ctx.settings, ctx.responses, ctx.new_id, int(ctx.clock()))
-        prepare(model, plan.chat.choices, "input")
         if body.stream:
-            events = stream_events(model, plan.chat.choices, ctx.metrics, ctx.settings.stream_keepalive_s)
+            events = stream_events(model, plan.chat.choices, ctx.metrics, ctx.settings.stream_keepalive_s, "input")
             send_stream(resp, responses.stream(plan, events, ctx.responses, ctx.clock, ctx.log), SSE_CONTENT_TYPE)
         else:
-            (result,) = collect(model, plan.chat.choices, ctx.metrics)
+            (result,) = collect(model, plan.chat.choices, ctx.metrics, "input")
             send_json(resp, responses.finished(plan, result, ctx.responses, ctx.clock()))
 
 

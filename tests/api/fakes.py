@@ -61,15 +61,15 @@ class FakeGenerator:
         text = head + "".join(f"<{m['role']}>{m['content']}" + (json.dumps(m["tool_calls"]) if m.get("tool_calls") else "") for m in normalise_messages(messages)) + "<assistant>"
         return self.tokenize(text, add_special_tokens=False)
 
-    def prepare(self, request: GenerationRequest) -> FittedPrompt:
+    def prepare(self, request: GenerationRequest, prompt_param: str | None = None) -> FittedPrompt:
         request.sampling.validate(100_000)
         if request.grammar is not None:
             request.grammar.check()  # as the real engine compiles it: a GrammarError is a 400
         context = min(self.context_length, request.context_length or self.context_length)
-        return fit_context(request.prompt_ids, request.max_tokens, context, request.context_policy, request.prompt_truncate_len)
+        return fit_context(request.prompt_ids, request.max_tokens, context, request.context_policy, request.prompt_truncate_len, param=prompt_param)
 
-    def generate(self, request: GenerationRequest, heartbeat_s: float | None = None) -> Iterator[Delta | Finish | KeepAlive]:
-        fitted = self.prepare(request)
+    def generate(self, request: GenerationRequest, heartbeat_s: float | None = None, fitted: FittedPrompt | None = None) -> Iterator[Delta | Finish | KeepAlive]:
+        fitted = fitted or self.prepare(request)
         self.requests.append(request)
         try:
             if heartbeat_s is not None:

@@ -264,7 +264,7 @@ def test_queue_timeout_and_request_timeout_errors_have_their_status(make_client)
             super().__init__()
             self.error = error
 
-        def generate(self, request, heartbeat_s=None):
+        def generate(self, request, heartbeat_s=None, fitted=None):
             self.prepare(request)
             raise self.error
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from runtime.events import Delta, Finish, KeepAlive, TokenChoice, TokenLogprobs
-from runtime.request import GenerationRequest
+from runtime.request import FittedPrompt, GenerationRequest
 from tests.api.fakes import FakeGenerator
 
 SAY = {"model": "fake-chat", "prompt": "Say"}
@@ -78,8 +78,8 @@ def test_streamed_echo_carries_the_prompt_logprobs_in_the_prompt_chunk(make_clie
 class SeededLogprobs(FakeGenerator):
     """Each candidate writes its seed; its tokens' log-probability is -(seed % 5)."""
 
-    def generate(self, request: GenerationRequest, heartbeat_s: float | None = None) -> Iterator[Delta | Finish | KeepAlive]:
-        fitted = self.prepare(request)
+    def generate(self, request: GenerationRequest, heartbeat_s: float | None = None, fitted: FittedPrompt | None = None) -> Iterator[Delta | Finish | KeepAlive]:
+        fitted = fitted or self.prepare(request)
         self.requests.append(request)
         seed = request.sampling.seed or 0
         for _ in range(3):
