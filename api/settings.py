@@ -271,7 +271,7 @@ class ServerSettings:
 
     # Scale-out on Ray Serve (`pip install -e .[ray]`): one deployment per engine, replicas
     # autoscaled on their ongoing requests, an ingress routing a conversation to the replica
-    # that holds its prefix (api/scaleout/serve.py, docs/scale-out.md).
+    # that holds its prefix (api/scaleout/router.py, docs/scale-out.md).
     ray: bool = field(default=False, metadata=option(
         "--ray", "serve through Ray Serve instead of gunicorn: a deployment per engine, replicas across the cluster's nodes", parse=switch, group="ray",
     ))

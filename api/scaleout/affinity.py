@@ -4,7 +4,8 @@ A conversation's turns repeat its beginning (the system prompt and first user me
 the start of a growing prompt), and the replica that evaluated it holds those positions in
 its prefix cache. `affinity_key` reads that beginning from a request body; `rank` orders
 replicas by rendezvous hashing, so a key keeps its replica while replicas come and go (only
-keys of a removed replica move). Neither imports Ray: the router in api/scaleout/serve.py uses both.
+keys of a removed replica move). Neither imports Ray: the ingress (ingress.py) makes the keys,
+the router (router.py) ranks with them.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """One server's parts from its settings: the context, the Falcon app and the engine loader.
 
-gunicorn's workers (api/server/wsgi.py) and Ray Serve's replicas (api/scaleout/serve.py) are assembled
+gunicorn's workers (api/server/wsgi.py) and Ray Serve's replicas (api/scaleout/replica.py) are assembled
 here alike, so both serve the same routes, errors and keys from the same engines.
 """
 
