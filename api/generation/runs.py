@@ -93,9 +93,14 @@ class Collected:
 
 def collect(model: LoadedModel, choices: Sequence[Choice], metrics: Metrics, prompt_param: str | None = None) -> list[Collected]:
     """Run every choice to the end (non-streaming answers)."""
+    return gather(choices, stream_events(model, choices, metrics, prompt_param=prompt_param))
+
+
+def gather(choices: Sequence[Choice], events: Iterator[tuple[Choice, Event]]) -> list[Collected]:
+    """Read submitted choices' events (from `stream_events`) to the end: each one's whole answer."""
     deltas: dict[int, list[Delta]] = {c.index: [] for c in choices}
     results = []
-    for choice, event in stream_events(model, choices, metrics, prompt_param=prompt_param):
+    for choice, event in events:
         if isinstance(event, Delta):
             deltas[choice.index].append(event)
         elif isinstance(event, Finish):

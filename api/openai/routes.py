@@ -10,7 +10,7 @@ import falcon
 from api.context import ServerContext
 from api.errors import BadRequest
 from api.framing import SSE_CONTENT_TYPE, guarded, openai_error_frames, read_request, send_json, send_stream
-from api.generation.runs import Choice, Collected, collect, stream_events
+from api.generation.runs import Choice, Collected, collect, gather, stream_events
 from api.models.registry import LoadedModel
 from api.openai import bodies as models
 from api.openai import protocol, responses
@@ -22,15 +22,13 @@ from runtime.manifest import TASK_EMBEDDING, TASK_TEXT_GENERATION
 
 def _answer(ctx: ServerContext, resp: falcon.Response, model: LoadedModel, plan: protocol.Plan, kind: _Kind) -> None:
     """Validate every choice, then run them: one JSON answer, or an SSE stream."""
+    events = stream_events(model, plan.choices, ctx.metrics, ctx.settings.stream_keepalive_s if plan.stream else None, kind.prompt_param)
+    response_id, created = ctx.new_id(kind.id_prefix), int(ctx.clock())
     if plan.stream:
-        events = stream_events(model, plan.choices, ctx.metrics, ctx.settings.stream_keepalive_s, kind.prompt_param)
-        response_id, created = ctx.new_id(kind.id_prefix), int(ctx.clock())
         frames = kind.render_stream(plan, events, response_id, created, model.info.digest)
         send_stream(resp, guarded(frames, openai_error_frames, ctx.log), SSE_CONTENT_TYPE)
     else:
-        results = collect(model, plan.choices, ctx.metrics, kind.prompt_param)
-        response_id, created = ctx.new_id(kind.id_prefix), int(ctx.clock())
-        send_json(resp, kind.render(plan, results, response_id, created, model.info.digest))
+        send_json(resp, kind.render(plan, gather(plan.choices, events), response_id, created, model.info.digest))
 
 
 @dataclass(frozen=True)
