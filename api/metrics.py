@@ -105,9 +105,10 @@ class GenerationMetrics:
     """One generation's metrics, kept by callbacks as its events pass: no iterator of its own.
 
     Made when its events start to be read: it is then queued (`queue_depth`) until its first
-    token, active after it; `saw` takes each event, `failed` an error, and `close` (always
-    called once) counts how it ended: the Finish's reason, "error", or "cancelled" when the
-    reader stopped before a Finish (the client went away).
+    token, active after it; `saw` takes an event (a reader may skip the tokens after the
+    first: they change no count), `failed` an error, and `close` (always called once) counts
+    how it ended: the Finish's reason, "error", or "cancelled" when the reader stopped before
+    a Finish (the client went away).
     """
 
     __slots__ = ("metrics", "name", "stats", "submitted", "first_token_at", "ended")

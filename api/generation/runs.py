@@ -61,19 +61,30 @@ def _interleave(model: LoadedModel, submitted: list[tuple[Choice, Events]], metr
     running = [(choice, events, GenerationMetrics(metrics, model.name, stats)) for choice, events in submitted]
     observed = [item[2] for item in running]
     try:
+        if len(running) == 1:  # the usual request: one choice, read straight through
+            choice, events, seen = running[0]
+            try:
+                for event in events:
+                    if event.__class__ is not Delta or seen.first_token_at is None:  # a token after the first: nothing to count
+                        seen.saw(event)
+                    yield choice, event
+            except Exception:
+                seen.failed()
+                raise
+            return
         while running:
             for item in list(running):
                 choice, events, seen = item
                 try:
-                    event = next(events, None)
+                    next_event = next(events, None)
                 except Exception:
                     seen.failed()
                     raise
-                if event is None:
+                if next_event is None:
                     running.remove(item)
                     continue
-                seen.saw(event)
-                yield choice, event
+                seen.saw(next_event)
+                yield choice, next_event
     finally:
         for _, events in submitted:
             events.close()
