@@ -45,7 +45,7 @@ DEFAULT_PREFIX_CACHE_TOKENS = 4096
 class GeneratorSettings:
     """How a TextGenerator schedules requests on its engine: the one copy of these settings.
 
-    `appliance serve` fills it from its flags (api/settings.py `ServerSettings.generator`);
+    `appliance serve` fills it from its flags (api/settings.py `ServerSettings.generator_settings`);
     `TextGenerator`, the API's engine loader and `load_models` take it whole, or its fields as
     keywords.
     """
