@@ -12,8 +12,9 @@ Both run with their defaults for prompt caching (on). For each: single-stream de
 tokens/s and time to first token (TTFT), then aggregate tokens/s with p50/p95 TTFT at 1, 4,
 8 and 16 concurrent streams, a five-turn chat whose history grows to ~1,500 tokens (each
 later turn's TTFT against a cold prefill of the same conversation), embeddings per second at
-batch 1 and 32 (ours), and the server's peak resident memory (VmHWM of every process of the
-server, summed, over the whole run: the 16-stream burst included). Each server writes its
+batch 1 and 32 and with 16 concurrent clients sending a sentence each (ours), and the
+server's peak resident memory (VmHWM of every process of the server, summed, over the whole
+run: the 16-stream burst included). Each server writes its
 own log under bench/peers/logs/. A server that dies or fails mid-run is reported with its
 error and the figures it got so far; the run goes on with the next one.
 
@@ -326,6 +327,27 @@ def embeddings_http(url: str, model: str, batch: int, total: int = 64) -> float:
         return total / (time.perf_counter() - started)
 
 
+def embeddings_clients(url: str, model: str, clients: int = 16, total: int = 128) -> float:
+    """Sentences/s with `clients` concurrent clients, each sending one sentence per request:
+    what the server's batching of concurrent requests into shared encoder runs buys."""
+    import httpx
+
+    def client_loop(index: int) -> None:
+        with http_client() as client:
+            for n in range(index, total, clients):
+                client.post(f"{url}/v1/embeddings", json={"model": model, "input": SENTENCES[n % len(SENTENCES)]}, timeout=120).raise_for_status()
+
+    with httpx.Client() as warm:
+        warm.post(f"{url}/v1/embeddings", json={"model": model, "input": SENTENCES[0]}, timeout=120).raise_for_status()
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return total / (time.perf_counter() - started)
+
+
 # A five-turn chat: each question is long enough, and each answer is fed back, so that the
 # history reaches ~1,500 tokens by the last turn.
 TOPICS = ("rivers", "mountains", "deserts", "forests", "islands")
@@ -431,6 +453,7 @@ def _phases(server: Server, args, embed_model: str | None, figures: dict) -> Non
         )
     if embed_model:
         figures["embeddings"] = {str(b): embeddings_http(server.url, embed_model, b) for b in (1, 32)}
+        figures["embeddings"]["16 clients"] = embeddings_clients(server.url, embed_model)
         print(f"   embeddings: {figures['embeddings']}", flush=True)
     if "multi-turn" not in args.skip:
         figures["multi_turn"] = turns = multi_turn(server.url, server.model)
@@ -627,6 +650,8 @@ def targets(results: dict, parity: dict | None) -> list[dict]:
     add("multi-turn: later turns' TTFT <= 0.25x a cold prefill", _get(ours, "multi_turn", "later_over_cold"), None, 0.25, False, "x")
     add("embeddings/s at batch 1 >= 2x sentence-transformers", _get(our_emb, "1"), _get(st, "1"), 2.0, True)
     add("embeddings/s at batch 32 >= 2x sentence-transformers", _get(our_emb, "32"), _get(st, "32"), 2.0, True)
+    # 16 clients with a sentence each against sentence-transformers encoding one sentence per call.
+    add("embeddings/s, 16 clients x 1 sentence >= 2x sentence-transformers (one per call)", _get(our_emb, "16 clients"), _get(st, "1"), 2.0, True)
     # parity.json of engines exported before the layer-streamed reference names it versus_fp32_engine.
     top1 = _get(parity, "versus_fp32", "top1_agreement") or _get(parity, "versus_fp32_engine", "top1_agreement")
     add("default engine's top-1 agreement with fp32 (parity.json) >= 0.95", top1, None, 0.95, True, "")
@@ -689,7 +714,8 @@ def print_table(results: dict) -> None:
     if emb:
         print("\nembeddings/s (all-MiniLM-L6-v2)")
         for name, rates in emb.items():
-            print(f"  {name:36} batch 1: {rates['1']:.0f}   batch 32: {rates['32']:.0f}")
+            clients = f"   16 clients x 1: {rates['16 clients']:.0f}" if "16 clients" in rates else ""
+            print(f"  {name:36} batch 1: {rates['1']:.0f}   batch 32: {rates['32']:.0f}{clients}")
     for name, why in results["skipped"].items():
         print(f"  skipped {name}: {why}")
     for name, error in results["errors"].items():

@@ -3,12 +3,21 @@
 Pooling and normalisation come from the manifest (recorded from the model's
 sentence-transformers configuration at export), so vectors match what
 sentence-transformers computes for the same model.
+
+Concurrent calls share encoder runs, as text-embeddings-inference batches its requests: each
+call queues its inputs (checked first, in the caller's thread), and whichever caller finds
+the encoder idle runs everything queued so far — its own inputs and the others' — sorted by
+length into batches bounded by rows and padded tokens, and hands each caller its vectors. A
+lone call runs at once (nothing waits for company); calls that arrive while a run is under
+way go together in the next one. No thread of its own: the callers take turns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -50,10 +59,118 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.clip(norms, 1e-12, None)
 
 
-class Embedder:
-    """Encodes texts with an embedding engine."""
+@dataclass
+class _Call:
+    """One caller's inputs, waiting for their vectors."""
 
-    def __init__(self, engine: Engine, batch_size: int = 32) -> None:
+    rows: list[list[int]]
+    vectors: np.ndarray | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+@dataclass
+class BatchStats:
+    """What the encoder ran: calls answered, encoder runs, inputs and padded tokens per run."""
+
+    calls: int = 0
+    runs: int = 0
+    rows: int = 0
+    padded_tokens: int = 0
+    largest_run: int = 0  # most inputs in one run
+    shared_runs: int = 0  # runs that held inputs of more than one call
+
+
+@dataclass
+class EncodeBatcher:
+    """Concurrent callers' inputs gathered into shared encoder runs (see the module's docstring).
+
+    `run` embeds one batch of rows (token ids) into vectors; a batch holds at most `batch_size`
+    rows and `max_batch_tokens` padded tokens (a single longer row runs alone).
+    """
+
+    run: Callable[[list[list[int]]], np.ndarray]
+    dimension: int
+    batch_size: int = 32
+    max_batch_tokens: int = 16_384
+    stats: BatchStats = field(default_factory=BatchStats)
+    _queue: deque[_Call] = field(default_factory=deque)
+    _turn: threading.Condition = field(default_factory=threading.Condition)
+    _running: bool = False
+
+    def encode(self, rows: list[list[int]]) -> np.ndarray:
+        """Vectors [len(rows), dimension] of `rows`, in their order; the encoder's error if its run failed."""
+        call = _Call(rows)
+        with self._turn:
+            self._queue.append(call)
+            while not call.done:
+                if self._running:
+                    self._turn.wait()
+                    continue
+                self._running = True
+                calls = self._take()
+                self._turn.release()
+                try:
+                    self._run_all(calls)
+                finally:
+                    self._turn.acquire()
+                    self._running = False
+                    self._turn.notify_all()  # callers whose inputs ran, and one to run what queued meanwhile
+        if call.error is not None:
+            raise call.error
+        assert call.vectors is not None
+        return call.vectors
+
+    def _take(self) -> list[_Call]:
+        """The queued calls that fit one turn's token budget (the first one whatever its size)."""
+        taken = [self._queue.popleft()]
+        tokens = sum(len(row) for row in taken[0].rows)
+        while self._queue:
+            size = sum(len(row) for row in self._queue[0].rows)
+            if tokens + size > self.max_batch_tokens:
+                break
+            taken.append(self._queue.popleft())
+            tokens += size
+        return taken
+
+    def _run_all(self, calls: list[_Call]) -> None:
+        """Run every row of `calls`, shortest first, in bounded batches; each call gets its vectors or its error."""
+        rows = [(call, index, row) for call in calls for index, row in enumerate(call.rows)]
+        rows.sort(key=lambda item: len(item[2]))
+        for call in calls:
+            call.vectors = np.empty((len(call.rows), self.dimension), dtype=np.float32)
+        start = 0
+        while start < len(rows):
+            end = start + 1
+            while end < len(rows) and end - start < self.batch_size and (end - start + 1) * len(rows[end][2]) <= self.max_batch_tokens:
+                end += 1
+            batch = rows[start:end]
+            owners = {id(call) for call, _, _ in batch}
+            try:
+                vectors = self.run([row for _, _, row in batch])
+            except BaseException as exc:
+                for call, _, _ in batch:
+                    call.error = exc
+            else:
+                for (call, index, _), vector in zip(batch, vectors):
+                    assert call.vectors is not None
+                    call.vectors[index] = vector
+            stats = self.stats
+            stats.runs += 1
+            stats.rows += len(batch)
+            stats.padded_tokens += len(batch) * len(batch[-1][2])
+            stats.largest_run = max(stats.largest_run, len(batch))
+            stats.shared_runs += len(owners) > 1
+            start = end
+        for call in calls:
+            call.done = True
+        self.stats.calls += len(calls)
+
+
+class Embedder:
+    """Encodes texts with an embedding engine; concurrent calls share encoder runs (EncodeBatcher)."""
+
+    def __init__(self, engine: Engine, batch_size: int = 32, max_batch_tokens: int = 16_384) -> None:
         manifest = engine.manifest
         if manifest.task != TASK_EMBEDDING:
             raise ManifestError(f"engine {manifest.name!r} is a {manifest.task} engine, not an embedding model")
@@ -77,6 +194,12 @@ class Embedder:
         self._mask = mask.name if mask else None
         self._types = types.name if types else None
         self._hidden = manifest.require_output("hidden_state").name
+        self.batcher = EncodeBatcher(self._run, self.spec.dimension, batch_size, max_batch_tokens)
+
+    @property
+    def batch_stats(self) -> BatchStats:
+        """What the encoder ran so far (calls, runs, inputs per run)."""
+        return self.batcher.stats
 
     def tokenize(self, texts: Sequence[str], truncate: bool = True) -> list[Encoding]:
         """Encodings of `texts`; with truncate=False an over-long text raises ContextLengthError."""
@@ -123,12 +246,9 @@ class Embedder:
                     )
                 ids = ids[: self.max_tokens]
             rows.append(list(ids))
-        vectors = np.empty((len(rows), self.spec.dimension), dtype=np.float32)
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            vectors[chunk] = self._run([rows[i] for i in chunk])
-        return EmbeddingResult(vectors, tuple(len(r) for r in rows))
+        if not rows:
+            return EmbeddingResult(np.empty((0, self.spec.dimension), dtype=np.float32), ())
+        return EmbeddingResult(self.batcher.encode(rows), tuple(len(r) for r in rows))
 
     def _run(self, batch: list[list[int]]) -> np.ndarray:
         width = max(len(row) for row in batch)

@@ -55,9 +55,22 @@ class GeneratorStats(Reply, kw_only=True):
     cached_tokens: int
 
 
+class EmbedderStats(Reply, kw_only=True):
+    """One embedding model's encoder runs: calls answered, runs, inputs and padded tokens run,
+    the most inputs in one run, and the runs that held inputs of more than one call (batching)."""
+
+    calls: int
+    runs: int
+    rows: int
+    padded_tokens: int
+    largest_run: int
+    shared_runs: int
+
+
 class Health(Reply, kw_only=True):
     status: Literal["ok", "loading", "failed", "draining"]
     reason: str | UnsetType = UNSET
     models: list[str] | UnsetType = UNSET
     pid: int | UnsetType = UNSET
     generators: dict[str, GeneratorStats] | UnsetType = UNSET
+    embedders: dict[str, EmbedderStats] | UnsetType = UNSET

@@ -77,7 +77,8 @@ class Health:
         else:
             loaded = registry.models()
             generators = {m.name: models.GeneratorStats(**asdict(m.generator.stats())) for m in loaded if m.generator is not None}
-            send_json(resp, models.Health(status="ok", models=[m.name for m in loaded], pid=os.getpid(), generators=generators))
+            embedders = {m.name: models.EmbedderStats(**asdict(m.embedder.batch_stats)) for m in loaded if m.embedder is not None}
+            send_json(resp, models.Health(status="ok", models=[m.name for m in loaded], pid=os.getpid(), generators=generators, embedders=embedders))
 
     on_head = on_get
 

@@ -26,7 +26,7 @@ from api.models.residency import FOREVER, Reaper, RequestLeases, Residency
 from runtime.manifest import MANIFEST_FILE, TASK_TEXT_GENERATION, find_engine_dirs
 
 if TYPE_CHECKING:  # the runtime's types, without importing ONNX Runtime before the engines load
-    from runtime.embeddings import EmbeddingResult
+    from runtime.embeddings import BatchStats, EmbeddingResult
     from runtime.events import Event
     from runtime.request import FittedPrompt, GenerationRequest
     from runtime.scheduler import SchedulerStats
@@ -117,6 +117,11 @@ class EmbeddingModel(Protocol):
     def token_ids(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
+
+    @property
+    def batch_stats(self) -> BatchStats:
+        """What the encoder ran so far: concurrent calls share runs."""
+        ...
 
 
 @dataclass

@@ -136,7 +136,7 @@ class Ingress:
         merged = documents[0]
         if path == "/health":
             merged = {"status": "ok", "models": [name for document in documents for name in document.get("models", [])], "replicas": [
-                {"pid": document.get("pid"), "models": document.get("models", []), "generators": document.get("generators", {})} for document in documents
+                {"pid": document.get("pid"), "models": document.get("models", []), "generators": document.get("generators", {}), "embedders": document.get("embedders", {})} for document in documents
             ]}
         else:
             merged[GATHERED_LISTS[path]] = [item for document in documents for item in document.get(GATHERED_LISTS[path], [])]

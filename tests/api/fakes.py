@@ -17,7 +17,7 @@ import numpy as np
 
 from api.models.registry import LoadedModel, ModelInfo
 from runtime.chat import normalise_messages
-from runtime.embeddings import EmbeddingResult
+from runtime.embeddings import BatchStats, EmbeddingResult
 from runtime.errors import ContextLengthError, InferenceError
 from runtime.events import FINISH_LENGTH, FINISH_STOP, KEEP_ALIVE, Delta, Finish, KeepAlive, PromptLogprobs, TokenChoice, TokenLogprobs, Usage
 from runtime.manifest import TASK_EMBEDDING, TASK_TEXT_GENERATION
@@ -128,6 +128,7 @@ class FakeEmbedder:
 
     dimension = 4
     max_tokens = 8
+    batch_stats = BatchStats()
 
     def token_ids(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [ord(c) for c in text]

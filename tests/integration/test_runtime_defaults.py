@@ -115,3 +115,39 @@ def test_embeddings_match_sentence_transformers(default_engines):
     cosines = (ours.vectors * reference).sum(axis=1) / (np.linalg.norm(ours.vectors, axis=1) * np.linalg.norm(reference, axis=1))
     assert cosines.min() >= 0.9999
     assert len(ours.token_counts) == len(sentences) and all(n >= 2 for n in ours.token_counts)
+
+
+def test_concurrent_embeddings_share_encoder_runs_and_equal_one_by_one(default_engines):
+    """Sixteen callers with a sentence each, arriving while a run is under way: one shared run,
+    each vector what encoding its sentence alone gives (padding beside longer rows included)."""
+    import threading
+
+    embedder = Embedder(load_engine(default_engines["encoder"]))
+    sentences = [f"{s} ({i})" if i % 3 else s for i, s in enumerate((list(EMBEDDING_SENTENCES) * 4)[:17])]
+    alone = [embedder.encode([s]).vectors[0] for s in sentences]
+    before = embedder.batch_stats.runs
+    run = embedder.batcher.run
+    started = threading.Event()
+
+    def held_run(rows):  # the first run waits until the sixteen later calls are queued behind it
+        if not started.is_set():
+            started.set()
+            for _ in range(1000):
+                if len(embedder.batcher._queue) >= 16:
+                    break
+                threading.Event().wait(0.005)
+        return run(rows)
+
+    embedder.batcher.run = held_run
+    results: dict[int, np.ndarray] = {}
+    first = threading.Thread(target=lambda: results.__setitem__(0, embedder.encode([sentences[0]]).vectors[0]))
+    first.start()
+    started.wait(10)
+    others = [threading.Thread(target=lambda i=i: results.__setitem__(i, embedder.encode([sentences[i]]).vectors[0])) for i in range(1, 17)]
+    for thread in others:
+        thread.start()
+    for thread in [first, *others]:
+        thread.join(60)
+    assert embedder.batch_stats.runs - before == 2 and embedder.batch_stats.largest_run == 16
+    for i, vector in results.items():
+        np.testing.assert_allclose(vector, alone[i], atol=1e-5, rtol=0)
