@@ -103,7 +103,7 @@ class Embed:
         tokens = 0
         if texts:
             result = model.embeddings().encode(texts, truncate=body.truncate is not False)
-            embeddings, tokens = [[float(x) for x in v] for v in result.vectors], result.total_tokens
+            embeddings, tokens = result.vectors.tolist(), result.total_tokens
             ctx.metrics.embedded(model.name, len(texts), tokens)
         elapsed = time.perf_counter_ns() - started
         send_json(resp, models.EmbedResponse(model=body.model, embeddings=embeddings, total_duration=elapsed, load_duration=use.load_ns, prompt_eval_count=tokens))
@@ -127,7 +127,7 @@ class Embeddings:
             return
         result = model.embeddings().encode([body.prompt], truncate=True)
         ctx.metrics.embedded(model.name, 1, result.total_tokens)
-        send_json(resp, models.EmbeddingsResponse(embedding=[float(x) for x in result.vectors[0]]))
+        send_json(resp, models.EmbeddingsResponse(embedding=result.vectors[0].tolist()))
 
 
 class Tags:
