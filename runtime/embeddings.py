@@ -112,6 +112,10 @@ class EncodeBatcher:
                 self._turn.release()
                 try:
                     self._run_all(calls)
+                except BaseException as exc:  # the batcher's own failure: no taken call may wait forever
+                    for taken in calls:
+                        if not taken.done:
+                            taken.error, taken.done = taken.error or exc, True
                 finally:
                     self._turn.acquire()
                     self._running = False

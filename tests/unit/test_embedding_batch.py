@@ -125,3 +125,17 @@ def test_many_threads_each_get_their_own_answer(limit: int):
         thread.join(10)
     assert all(np.array_equal(results[i], expected(inputs[i])) for i in range(40))
     assert shared.stats.calls == 40 and shared.stats.rows == 80
+
+
+def test_a_failure_of_the_batcher_itself_reaches_every_caller_it_took():
+    encoder = Encoder()
+    shared = batcher(encoder)
+
+    def broken(calls):
+        raise MemoryError("no room for the vectors")
+
+    shared._run_all = broken  # type: ignore[method-assign]
+    with pytest.raises(MemoryError):
+        shared.encode([[1]])
+    del shared._run_all  # the class's own again: the batcher still works
+    assert np.array_equal(shared.encode([[2]]), expected([[2]]))
