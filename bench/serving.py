@@ -332,10 +332,15 @@ def embeddings_clients(url: str, model: str, clients: int = 16, total: int = 128
     what the server's batching of concurrent requests into shared encoder runs buys."""
     import httpx
 
+    failures: list[BaseException] = []
+
     def client_loop(index: int) -> None:
-        with http_client() as client:
-            for n in range(index, total, clients):
-                client.post(f"{url}/v1/embeddings", json={"model": model, "input": SENTENCES[n % len(SENTENCES)]}, timeout=120).raise_for_status()
+        try:
+            with http_client() as client:
+                for n in range(index, total, clients):
+                    client.post(f"{url}/v1/embeddings", json={"model": model, "input": SENTENCES[n % len(SENTENCES)]}, timeout=120).raise_for_status()
+        except BaseException as exc:  # reported after the others finish: a failed client makes the figure wrong
+            failures.append(exc)
 
     with httpx.Client() as warm:
         warm.post(f"{url}/v1/embeddings", json={"model": model, "input": SENTENCES[0]}, timeout=120).raise_for_status()
@@ -345,6 +350,8 @@ def embeddings_clients(url: str, model: str, clients: int = 16, total: int = 128
         thread.start()
     for thread in threads:
         thread.join()
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {clients} embedding clients failed: {failures[0]!r}")
     return total / (time.perf_counter() - started)
 
 
