@@ -180,7 +180,6 @@ class Embedder:
             raise ManifestError(f"engine {manifest.name!r} is a {manifest.task} engine, not an embedding model")
         self.engine = engine
         self.spec = manifest.require_embedding()
-        self.batch_size = batch_size
         self.max_tokens = self.spec.max_input_tokens
         # Two private copies of the tokenizer: one cuts inputs at the model's limit (keeping
         # its special tokens), one never cuts so over-long inputs can be refused.

@@ -80,14 +80,9 @@ class TextGenerator:
         """`settings`, or GeneratorSettings' fields as keywords (over the defaults, or over `settings`)."""
         self.settings = settings = (settings or GeneratorSettings()).but(**generator)
         self.engine = engine
-        # Most tokens one request may ask for; requests that name no limit stop there too.
-        self.max_tokens_limit = settings.max_tokens_limit
-        # Wall-clock limit per request, queueing included (None: none).
-        self.request_timeout_s = settings.request_timeout_s
         self.manifest = engine.manifest
         self.tokenizer = engine.tokenizer
         self.decoder = open_decoder(engine, slots=settings.slots, batch_invariant=settings.batch_invariant)
-        self.prefill_chunk = settings.prefill_chunk
         self.token_bytes = TokenBytes(engine.tokenizer)
         self.eos_ids = tuple(self.manifest.eos_token_ids)
         # The vocabulary as the grammar engine sees it, self-tested now (grammars are refused if it fails).
@@ -165,7 +160,7 @@ class TextGenerator:
             raise RequestError(f"prompt_logprobs must be between 0 and {MAX_TOP_LOGPROBS} (got {request.prompt_logprobs})", param="logprobs")
         if request.max_tokens is not None and request.max_tokens < 0:
             raise RequestError(f"max_tokens must be 0 or more (got {request.max_tokens})", param="max_tokens")
-        limit = self.max_tokens_limit
+        limit = self.settings.max_tokens_limit  # requests that name no limit stop there too
         if limit is not None and request.max_tokens is not None and request.max_tokens > limit:
             raise RequestError(f"max_tokens is {request.max_tokens} but this server generates at most {limit} tokens per request", param="max_tokens")
         if request.min_tokens < 0 or (request.max_tokens is not None and request.min_tokens > request.max_tokens):
@@ -196,7 +191,7 @@ class TextGenerator:
         submitted = time.perf_counter_ns()
         if fitted is None:
             fitted = self.prepare(request)
-        job = Job(SequenceState(request, fitted, self.eos_ids, self), submitted, timeout_s=self.request_timeout_s)
+        job = Job(SequenceState(request, fitted, self.eos_ids, self), submitted, timeout_s=self.settings.request_timeout_s)
         self.scheduler.submit(job)
         return EventStream(job, self.scheduler, heartbeat_s)
 
