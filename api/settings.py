@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from runtime.settings import GeneratorSettings, RuntimeSettings
+from runtime.settings import MAX_DRAFT_TOKENS, SPECULATION_METHODS, GeneratorSettings, RuntimeSettings
 
 # The runtime's own defaults, where the server keeps them.
 _GENERATOR = GeneratorSettings()
@@ -89,6 +89,20 @@ def proxy_location(text: str) -> str:
     if text not in ("HeadOnly", "EveryNode"):
         raise ValueError(f"not a proxy location: {text!r}; use HeadOnly or EveryNode")
     return text
+
+
+def speculation(text: str) -> str:
+    word = text.strip().lower()
+    if word not in ("off", *SPECULATION_METHODS):
+        raise ValueError(f"not a speculation method: {text!r}; use off or {' or '.join(SPECULATION_METHODS)}")
+    return word
+
+
+def draft_count(text: str) -> int:
+    value = positive(text)
+    if value > MAX_DRAFT_TOKENS:
+        raise ValueError(f"at most {MAX_DRAFT_TOKENS} (got {value})")
+    return value
 
 
 def switch(text: str) -> bool:
@@ -179,6 +193,22 @@ class ServerSettings:
     # chat's next turn evaluates only its new message, but greedy output can differ on near ties.
     prefix_cache_decoded: bool = field(default=False, metadata=option(
         "--prefix-cache-decoded", "reuse generated tokens' cached positions too: faster chats, output may differ from a fresh evaluation", parse=switch,
+    ))
+    # Speculative decoding by prompt lookup (runtime/speculation.py): each sequence guesses its next
+    # tokens from its own text and checks them in one run; copying work (extraction, quoting, code
+    # edits) gets several tokens per step. Off by default: a speculating sequence's tokens come
+    # from the prompt kernels, so its greedy output can differ on near ties from the same request
+    # without speculation; and each speculating sequence is a run of its own, so it speculates only
+    # while at most --speculate-max-streams requests decode (beyond that, one batched step for all).
+    speculate: str = field(default="off", metadata=option(
+        "--speculate", "speculative decoding: ngram (prompt lookup: drafts copied from the request's own text) or off; "
+        "greedy output may differ on near ties from decoding without it (docs/performance.md)", parse=speculation, metavar="METHOD",
+    ))
+    draft_tokens: int = field(default=_GENERATOR.draft_tokens, metadata=option(
+        "--draft-tokens", f"most draft tokens one speculative step checks (1 to {MAX_DRAFT_TOKENS})", parse=draft_count,
+    ))
+    speculate_max_streams: int = field(default=_GENERATOR.speculate_max_streams, metadata=option(
+        "--speculate-max-streams", "speculate only while at most this many requests decode at once; more share one batched step", parse=positive,
     ))
     # How long a model stays loaded after its last request, unless the request says (Ollama's
     # keep_alive); then it is unloaded (memory freed) and the next request loads it again. -1:
@@ -330,6 +360,8 @@ class ServerSettings:
             prefill_chunk=self.prefill_chunk, slots=self.slots, queue_limit=self.queue_limit, max_tokens_limit=self.max_tokens,
             request_timeout_s=self.request_timeout_s, prefix_cache_tokens=self.prefix_cache_tokens,
             reuse_decoded=self.prefix_cache_decoded, batch_invariant=not self.fast_single_stream,
+            speculate=None if self.speculate == "off" else self.speculate, draft_tokens=self.draft_tokens,
+            speculate_max_streams=self.speculate_max_streams,
         )
 
     def to_env(self) -> dict[str, str]:

@@ -23,8 +23,8 @@ from api.generation.runs import Choice, stream_events  # noqa: E402
 from api.metrics import Metrics  # noqa: E402
 from api.models.registry import LoadedModel  # noqa: E402
 from runtime.events import Delta, Finish, Usage  # noqa: E402
+from runtime.job import SchedulerStats  # noqa: E402
 from runtime.request import GenerationRequest, fit_context  # noqa: E402
-from runtime.scheduler import SchedulerStats  # noqa: E402
 from tests.api.fakes import info  # noqa: E402
 
 

@@ -24,6 +24,7 @@ scheduler's next tick. `SequenceState` (`runtime/sequence.py`) is the per-reques
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -34,12 +35,15 @@ from runtime.engine import Engine
 from runtime.errors import ChatTemplateError, RequestError
 from runtime.events import Delta, Event, Finish
 from runtime.grammar import GrammarVocabulary
+from runtime.job import Job, SchedulerStats
 from runtime.request import FittedPrompt, GenerationRequest, fit_context
 from runtime.sampling import MAX_TOP_LOGPROBS
-from runtime.scheduler import Job, Scheduler, SchedulerStats
+from runtime.scheduler import Scheduler
 from runtime.sequence import SequenceState
 from runtime.settings import GeneratorSettings, takes_generator_settings
 from runtime.text import TokenBytes
+
+log = logging.getLogger("appliance.generation")
 
 # Fill-in-the-middle tokens (prefix, suffix, middle) as vocabularies spell them: StarCoder's,
 # SantaCoder's and SmolLM's; Qwen2.5-Coder's.
@@ -87,9 +91,17 @@ class TextGenerator:
         self.eos_ids = tuple(self.manifest.eos_token_ids)
         # The vocabulary as the grammar engine sees it, self-tested now (grammars are refused if it fails).
         self.grammars = GrammarVocabulary(engine.tokenizer.to_str(), self.manifest.vocab_size, self.eos_ids, self.token_bytes.compute, self.token_bytes.special_ids)
+        speculate = settings.speculate
+        if speculate is not None and not self.decoder.can_truncate:
+            log.warning(
+                "engine %s: not speculating (--speculate %s): its graph style (%s) cannot cut its cache back past rejected drafts; "
+                "export it with our GroupQueryAttention builder to speculate", engine.name, speculate, self.manifest.style,
+            )  # fmt: skip
+            speculate = None
         self.scheduler = Scheduler(
             self.decoder, prefill_chunk=settings.prefill_chunk, queue_limit=settings.queue_limit, name=engine.name,
             prefix_cache_tokens=settings.prefix_cache_tokens, reuse_decoded=settings.reuse_decoded,
+            speculate=speculate, draft_tokens=settings.draft_tokens, speculate_max_streams=settings.speculate_max_streams,
         )  # fmt: skip
 
     @property

@@ -49,117 +49,42 @@ unboundedly even if a step hangs.
 Outputs do not depend on batching: rows of a batched step are computed independently and
 sampling is per row, so a greedy request gives the same tokens alone or beside others
 (tests/integration/test_scheduler.py checks this on the real engine).
+
+Speculative decoding (`speculate`, serve --speculate ngram): each sequence drafts its next
+tokens from its own text (runtime/speculation.py) and, instead of taking part in the batched
+step, runs its token and the draft over its own slot; the rows are sampled in order and the
+first one that disagrees with the draft ends what is kept (`_verify`). ONNX Runtime's attention
+takes several new positions only for one sequence at a time, so each speculating sequence is
+its own run: speculation pays where few sequences run at once, and a tick with more than
+`speculate_max_streams` decoding sequences runs them all in the one batched step instead.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from runtime.errors import ApplianceError, InferenceError, QueueFullError, QueueTimeoutError, RequestTimeoutError, SchedulerStoppedError
-from runtime.events import FINISH_LENGTH, KEEP_ALIVE, Event, Finish, Usage
+from runtime.events import FINISH_LENGTH, Event, Finish, Usage
 from runtime.grammar import MaskComputer, apply_masks
+from runtime.job import Job, SchedulerStats
 from runtime.sampling import sample_batch
 from runtime.settings import DEFAULT_PREFIX_CACHE_TOKENS
+from runtime.speculation import PromptLookup, SpeculationStats
 
 if TYPE_CHECKING:  # annotations only
     from runtime.decoder_base import Decoder
-    from runtime.sequence import SequenceState
 
 log = logging.getLogger("appliance.scheduler")
 
 # Most prompt tokens per prefill run for a request that wants its prompt's log-probabilities:
 # each keeps its logits (192 KiB a position for SmolLM2's 49,152 tokens), so 128 hold 24 MiB.
 PROMPT_LOGPROBS_CHUNK = 128
-
-# How long past its deadline a reader waits for the scheduler to end an overdue job before it
-# gives up on its own (the scheduler is stuck in a step that does not return).
-OVERDUE_GRACE_S = 10.0
-
-
-@dataclass(eq=False)
-class Job:
-    """One generation on its way through the scheduler."""
-
-    state: SequenceState
-    submitted_ns: int
-    events: queue.SimpleQueue[Event | BaseException] = field(default_factory=queue.SimpleQueue)
-    cancelled: bool = False
-    slot: int | None = None
-    prefilled: int = 0  # prompt tokens already in the cache
-    cached_tokens: int = 0  # prompt tokens found in the cache at admission (prefix reuse)
-    next_token: int | None = None  # the token the next decode step feeds
-    prefill_started_ns: int = 0
-    eval_started_ns: int = 0
-    finished: bool = False
-    # Wall-clock limit of the request in seconds (None: none) and the time.monotonic() it ends at.
-    timeout_s: float | None = None
-    deadline: float | None = None
-
-    @property
-    def prompt(self) -> tuple[int, ...]:
-        return self.state.fitted.ids
-
-    @property
-    def held_slot(self) -> int:
-        """The slot of an admitted job; the scheduler gives it one before any step for it."""
-        assert self.slot is not None, "the job holds no slot"
-        return self.slot
-
-    @property
-    def held_token(self) -> int:
-        """The token a decoding job's next step feeds; it has one once its prompt is read."""
-        assert self.next_token is not None, "the job has no token to feed"
-        return self.next_token
-
-    def events_until_finish(self, heartbeat_s: float | None = None) -> Iterator[Event]:
-        """The job's events as the scheduler produces them, ending with its Finish.
-
-        With `heartbeat_s`, a KEEP_ALIVE comes whenever that long passed without an event.
-        """
-        while True:
-            wait = heartbeat_s
-            if self.deadline is not None:
-                left = self.deadline + OVERDUE_GRACE_S - time.monotonic()
-                if left <= 0:
-                    raise RequestTimeoutError(
-                        f"the request passed its time limit of {self.timeout_s:g} s and the engine did not stop it within "
-                        f"{OVERDUE_GRACE_S:g} s more; the server log may say why"
-                    )
-                wait = left if wait is None else min(wait, left)
-            try:
-                item = self.events.get() if wait is None else self.events.get(timeout=wait)
-            except queue.Empty:
-                if heartbeat_s is not None:
-                    yield KEEP_ALIVE
-                continue
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            if isinstance(item, Finish):
-                return
-
-
-@dataclass(frozen=True)
-class SchedulerStats:
-    """What the scheduler holds right now."""
-
-    slots: int
-    active: int  # jobs holding a slot (prefilling or decoding)
-    waiting: int  # jobs queued for a slot
-    steps: int  # batched decode steps run so far
-    tokens: int  # tokens generated so far
-    prefix_hits: int = 0  # admissions that found part of their prompt cached
-    cached_tokens: int = 0  # prompt tokens those admissions did not evaluate again
-
 
 class Scheduler:
     """Runs many generations on one decoder, a batched decode step per tick."""
@@ -172,6 +97,9 @@ class Scheduler:
         name: str = "engine",
         prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS,
         reuse_decoded: bool = False,
+        speculate: str | None = None,
+        draft_tokens: int = 4,
+        speculate_max_streams: int = 1,
     ) -> None:
         if prefill_chunk < 1:
             raise ValueError("prefill_chunk must be positive")
@@ -179,6 +107,10 @@ class Scheduler:
             raise ValueError("queue_limit must be 0 or more")
         if prefix_cache_tokens < 0:
             raise ValueError("prefix_cache_tokens must be 0 or more")
+        if speculate is not None and not decoder.can_truncate:
+            raise ValueError(f"engine {name!r} cannot speculate: its cache cannot be cut back past rejected draft tokens")
+        if draft_tokens < 1 or speculate_max_streams < 1:
+            raise ValueError("draft_tokens and speculate_max_streams must be at least 1")
         self.decoder = decoder
         self.prefill_chunk = prefill_chunk
         self.queue_limit = queue_limit
@@ -204,6 +136,10 @@ class Scheduler:
         self._prefix_hits = 0
         self._cached_tokens = 0
         self._mask_computer: MaskComputer | None = None  # made at the first constrained sequence
+        self._speculate = speculate
+        self._draft_tokens = draft_tokens
+        self._speculate_streams = speculate_max_streams
+        self._speculated = SpeculationStats()
         self._thread = threading.Thread(target=self._run, name=f"scheduler-{name}", daemon=True)
         self._thread.start()
 
@@ -211,6 +147,8 @@ class Scheduler:
 
     def submit(self, job: Job) -> None:
         """Queue `job` for a slot; QueueFullError when every slot is busy and the queue is full."""
+        if self._speculate is not None and job.drafter is None:
+            job.drafter = PromptLookup(job.prompt, self._draft_tokens)  # in the request's thread: the prompt is indexed once
         with self._wake:
             if self._stopping:
                 raise SchedulerStoppedError(f"engine {self.name!r} is shutting down; retry on another instance")
@@ -233,9 +171,11 @@ class Scheduler:
 
     def stats(self) -> SchedulerStats:
         with self._wake:
+            spec = self._speculated
             return SchedulerStats(
-                len(self._slots), len(self._admitted), len(self._waiting), self._steps, self._tokens, self._prefix_hits, self._cached_tokens
-            )
+                len(self._slots), len(self._admitted), len(self._waiting), self._steps, self._tokens, self._prefix_hits, self._cached_tokens,
+                self._speculate, spec.steps, spec.tokens, spec.drafted, spec.accepted,
+            )  # fmt: skip
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread; jobs still queued or running end with SchedulerStoppedError."""
@@ -270,6 +210,11 @@ class Scheduler:
     def _tick(self) -> None:
         # 1. One batched decode step for every sequence with a token to feed.
         decoding = [job for job in self._admitted if job.next_token is not None and not job.cancelled]
+        # Speculation only while few sequences decode: each speculating sequence is a run of its
+        # own, and beyond a few the one batched step does more per weight read than drafts save.
+        speculating = [job for job in decoding if job.drafter is not None] if len(decoding) <= self._speculate_streams else []
+        if speculating:
+            decoding = [job for job in decoding if job.drafter is None]
         if decoding:
             decoding.sort(key=lambda job: job.held_slot)
             # Constrained sequences' token masks are computed while the step runs (their matchers
@@ -285,6 +230,9 @@ class Scheduler:
             else:
                 self._steps += 1
                 self._advance(decoding, logits, pending.result() if pending is not None else None)
+        # 1b. A run of its token and its draft for each speculating sequence.
+        for job in speculating:
+            self._verify(job)
         # 2. Prompt evaluation for new sequences, within this tick's budget.
         budget = self.prefill_chunk
         for job in list(self._admitted):
@@ -354,6 +302,38 @@ class Scheduler:
             self._steps += 1
             self._advance([job], logits)
 
+    def _verify(self, job: Job) -> None:
+        """One speculative step of `job`: feed its token and a draft, keep what the model agrees with.
+
+        Every run covers two positions or more, so the prompt kernels compute every position of
+        the sequence (runtime/speculation.py says why): with no draft, the token itself is the
+        guess that fills the run. There is always room for it: the prompt was fitted with its
+        tokens to generate, and the last token generated is never fed.
+        """
+        decoder, slot, state, drafter = self.decoder, job.held_slot, job.state, job.drafter
+        assert drafter is not None, "only a drafting job speculates"
+        token, length = job.held_token, decoder.length(slot)
+        room = decoder.max_length - length
+        left = state.fitted.max_new_tokens - state.generated  # tokens the request may still generate
+        draft = drafter.draft(min(room, left) - 1)
+        guessed = len(draft)
+        feed = [token, *(draft or [token])]
+        try:
+            logits = decoder.prefill(slot, np.asarray(feed, dtype=np.int64), logits_to_keep=len(feed))
+        except Exception as exc:
+            self._fail(job, exc, "a speculative step")
+            return
+        kept = 0  # draft tokens the samples agreed with
+        for row in range(len(feed)):
+            self._advance([job], logits[row : row + 1])
+            if job.finished or row + 1 == len(feed) or job.next_token != feed[row + 1]:
+                break
+            kept += 1
+        if not job.finished:  # positions past the last kept token hold rejected guesses
+            decoder.truncate(slot, length + 1 + kept)
+        spec = self._speculated
+        self._speculated = SpeculationStats(spec.steps + 1, spec.tokens + kept + 1, spec.drafted + guessed, spec.accepted + min(kept, guessed))
+
     def _masks(self) -> MaskComputer:
         if self._mask_computer is None:
             self._mask_computer = MaskComputer(self.decoder.vocab_size)
@@ -389,6 +369,8 @@ class Scheduler:
             job.events.put(delta)
             if reason is None:
                 job.next_token = sample.token_id
+                if job.drafter is not None:
+                    job.drafter.append(sample.token_id)
             else:
                 self._finish(job, reason, extra)
 

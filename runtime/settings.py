@@ -10,6 +10,11 @@ from typing import Any, TypeVar
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+# Speculation methods (runtime/speculation.py), and the most draft tokens one step may check:
+# each is a position the step computes, and a run of many positions is compute, not bandwidth.
+SPECULATION_METHODS = ("ngram",)
+MAX_DRAFT_TOKENS = 16
+
 
 @dataclass(frozen=True)
 class RuntimeSettings:
@@ -66,12 +71,24 @@ class GeneratorSettings:
     reuse_decoded: bool = False
     # Greedy output independent of what else is batched (serve --fast-single-stream turns it off).
     batch_invariant: bool = True
+    # Speculative decoding: None (off) or "ngram", prompt lookup (serve --speculate); the most
+    # draft tokens one step checks (serve --draft-tokens); and the most sequences decoding at
+    # once for which steps speculate (serve --speculate-max-streams; more: one batched step).
+    speculate: str | None = None
+    draft_tokens: int = 4
+    speculate_max_streams: int = 1
 
     def __post_init__(self) -> None:
         if self.max_tokens_limit is not None and self.max_tokens_limit < 1:
             raise ValueError("max_tokens_limit must be at least 1")
         if self.request_timeout_s is not None and self.request_timeout_s <= 0:
             raise ValueError("request_timeout_s must be positive")
+        if self.speculate is not None and self.speculate not in SPECULATION_METHODS:
+            raise ValueError(f"speculate must be one of {', '.join(SPECULATION_METHODS)} or None (got {self.speculate!r})")
+        if not 1 <= self.draft_tokens <= MAX_DRAFT_TOKENS:
+            raise ValueError(f"draft_tokens must be between 1 and {MAX_DRAFT_TOKENS} (got {self.draft_tokens})")
+        if self.speculate_max_streams < 1:
+            raise ValueError("speculate_max_streams must be at least 1")
 
     def but(self, **changes: Any) -> GeneratorSettings:
         """These settings with `changes` (GeneratorSettings' field names) applied."""

@@ -44,7 +44,9 @@ class Text(Reply, kw_only=True):
 
 class GeneratorStats(Reply, kw_only=True):
     """One text model's scheduler: its slots, the requests in them and waiting, steps and tokens so far,
-    and how often a prompt found its start in the prefix cache (and how many tokens it skipped)."""
+    how often a prompt found its start in the prefix cache (and how many tokens it skipped), and with
+    speculation (`speculation`: the method, null when off) its steps, the tokens they produced, the
+    draft tokens checked and the ones accepted."""
 
     slots: int
     active: int
@@ -53,6 +55,11 @@ class GeneratorStats(Reply, kw_only=True):
     tokens: int
     prefix_hits: int
     cached_tokens: int
+    speculation: str | None
+    speculative_steps: int
+    speculative_tokens: int
+    draft_tokens: int
+    accepted_tokens: int
 
 
 class EmbedderStats(Reply, kw_only=True):

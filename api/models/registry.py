@@ -28,8 +28,8 @@ from runtime.manifest import MANIFEST_FILE, TASK_TEXT_GENERATION, find_engine_di
 if TYPE_CHECKING:  # the runtime's types, without importing ONNX Runtime before the engines load
     from runtime.embeddings import BatchStats, EmbeddingResult
     from runtime.events import Event
+    from runtime.job import SchedulerStats
     from runtime.request import FittedPrompt, GenerationRequest
-    from runtime.scheduler import SchedulerStats
 
 log = logging.getLogger("appliance.api")
 

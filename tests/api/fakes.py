@@ -20,9 +20,9 @@ from runtime.chat import normalise_messages
 from runtime.embeddings import BatchStats, EmbeddingResult
 from runtime.errors import ContextLengthError, InferenceError
 from runtime.events import FINISH_LENGTH, FINISH_STOP, KEEP_ALIVE, Delta, Finish, KeepAlive, PromptLogprobs, TokenChoice, TokenLogprobs, Usage
+from runtime.job import SchedulerStats
 from runtime.manifest import TASK_EMBEDDING, TASK_TEXT_GENERATION
 from runtime.request import FittedPrompt, GenerationRequest, fit_context
-from runtime.scheduler import SchedulerStats
 
 REPLY = ("Hello", ",", " wor", "ld", " – ", "ça", " va", "?")
 EOS = 0

@@ -24,8 +24,8 @@ from api.models.pulls import ChildProcessBuilder, Pulls, Status
 from api.models.registry import LoadedModel, ModelInfo, ModelRegistry
 from api.models.residency import RequestLeases
 from api.settings import keep_alive
+from runtime.job import SchedulerStats
 from runtime.manifest import TASK_EMBEDDING, TASK_TEXT_GENERATION
-from runtime.scheduler import SchedulerStats
 from tests.api.conftest import FIXED_TIME, make_context
 from tests.api.fakes import FakeEmbedder, FakeGenerator, info
 

@@ -210,8 +210,8 @@ def test_a_session_error_ends_only_its_request(tiny_llama_engine, monkeypatch):
         assert isinstance(outcomes[1], InferenceError) and "failed" in str(outcomes[1])
         assert [outcomes[0], outcomes[2], outcomes[3]] == alone
         # A prompt the session cannot evaluate ends alone too, and the engine goes on.
+        from runtime.job import Job
         from runtime.request import FittedPrompt
-        from runtime.scheduler import Job
         from runtime.sequence import SequenceState
 
         bad_prompt = (1, 2, generator.manifest.vocab_size + 5)
@@ -227,7 +227,7 @@ def test_a_session_error_ends_only_its_request(tiny_llama_engine, monkeypatch):
 
 def test_time_limit_ends_running_and_waiting_requests(tiny_llama_engine):
     from runtime.errors import QueueTimeoutError, RequestTimeoutError
-    from runtime.scheduler import Job
+    from runtime.job import Job
     from runtime.sequence import SequenceState
 
     generator = TextGenerator(load_engine(tiny_llama_engine.directory), slots=1, request_timeout_s=0.05)  # the endless request needs ~10× longer

@@ -90,7 +90,7 @@ def test_no_import_circle_anywhere():
         if module not in state:
             visit(module)
     assert not circles, circles
-    assert "runtime.sequence" in graph["runtime.scheduler"] and "runtime.request" in graph["runtime.sequence"]
+    assert "runtime.job" in graph["runtime.scheduler"] and "runtime.sequence" in graph["runtime.job"] and "runtime.request" in graph["runtime.sequence"]
 
 
 # -- the seams inside api/ (docs/architecture.md: the module map) ---------------------------------
