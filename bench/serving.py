@@ -14,7 +14,8 @@ tokens/s and time to first token (TTFT), then aggregate tokens/s with p50/p95 TT
 later turn's TTFT against a cold prefill of the same conversation), embeddings per second at
 batch 1 and 32 and with 16 concurrent clients sending a sentence each (ours), and the
 server's peak resident memory (VmHWM of every process of the server, summed, over the whole
-run: the 16-stream burst included). Each server writes its
+run: the 16-stream burst included), and our server without and with `--speculate ngram` on
+copying and free prompts, a lone stream (bench/speculation.py). Each server writes its
 own log under bench/peers/logs/. A server that dies or fails mid-run is reported with its
 error and the figures it got so far; the run goes on with the next one.
 
@@ -723,6 +724,10 @@ def print_table(results: dict) -> None:
         for name, rates in emb.items():
             clients = f"   16 clients x 1: {rates['16 clients']:.0f}" if "16 clients" in rates else ""
             print(f"  {name:36} batch 1: {rates['1']:.0f}   batch 32: {rates['32']:.0f}{clients}")
+    if results.get("speculation"):
+        from speculation import print_speculation
+
+        print_speculation(results["speculation"])
     for name, why in results["skipped"].items():
         print(f"  skipped {name}: {why}")
     for name, error in results["errors"].items():
@@ -749,7 +754,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument(
         "--skip", nargs="*", default=[],
-        help="systems or phases to leave out: llama.cpp, in-process, embeddings, structured, multi-turn; default: the default model's run (with --size)",
+        help="systems or phases to leave out: llama.cpp, in-process, embeddings, structured, multi-turn, speculation; default: the default model's run (with --size)",
     )
     parser.add_argument(
         "--size", choices=("1b", "3b", "8b"),
@@ -813,6 +818,15 @@ def default_run(args) -> dict:
         except Exception as exc:  # reported, not fatal
             results["errors"][decoded.name] = f"{type(exc).__name__}: {exc}"[:500]
 
+    if "speculation" not in args.skip:
+        # Ours without and with --speculate ngram, a lone stream on copying and free prompts (bench/speculation.py).
+        from speculation import speculation_phase
+
+        try:
+            results["speculation"] = speculation_phase(args.engines, decoder.name)
+        except Exception as exc:  # reported, not fatal
+            results["errors"]["ours --speculate ngram"] = f"{type(exc).__name__}: {exc}"[:500]
+
     run_llama_server(resolve_source(args.source).path, args, results)
 
     if "in-process" not in args.skip:
@@ -838,6 +852,10 @@ def default_run(args) -> dict:
     parity_file = engine_dir / "parity.json"
     parity = json.loads(parity_file.read_text()) if parity_file.exists() else None
     results["targets"] = targets(results, parity)
+    if "speculation" not in args.skip:
+        from speculation import speculation_targets
+
+        results["targets"] += speculation_targets(results.get("speculation", {}))
     print_table(results)
     return results
 
