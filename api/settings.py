@@ -201,8 +201,14 @@ class ServerSettings:
     # without speculation; and each speculating sequence is a run of its own, so it speculates only
     # while at most --speculate-max-streams requests decode (beyond that, one batched step for all).
     speculate: str = field(default="off", metadata=option(
-        "--speculate", "speculative decoding: ngram (prompt lookup: drafts copied from the request's own text) or off; "
+        "--speculate", "speculative decoding: ngram (prompt lookup: drafts copied from the request's own text), draft (a draft engine's tokens, "
+        "--draft-engine) or off; "
         "greedy output may differ on near ties from decoding without it (docs/performance.md)", parse=speculation, metavar="METHOD",
+    ))
+    # The draft engine of --speculate draft: a smaller model exported with the same tokenizer (for
+    # example SmolLM2-135M for a larger SmolLM2), its directory; it is loaded once per worker.
+    draft_engine: str = field(default="", metadata=option(
+        "--draft-engine", "the engine whose greedy tokens are the drafts of --speculate draft (same vocabulary as the served models)", metavar="DIR",
     ))
     draft_tokens: int = field(default=_GENERATOR.draft_tokens, metadata=option(
         "--draft-tokens", f"most draft tokens one speculative step checks (1 to {MAX_DRAFT_TOKENS})", parse=draft_count,
@@ -361,6 +367,7 @@ class ServerSettings:
             request_timeout_s=self.request_timeout_s, prefix_cache_tokens=self.prefix_cache_tokens,
             reuse_decoded=self.prefix_cache_decoded, batch_invariant=not self.fast_single_stream,
             speculate=None if self.speculate == "off" else self.speculate, draft_tokens=self.draft_tokens,
+            draft_engine=self.draft_engine or None,
             speculate_max_streams=self.speculate_max_streams,
         )
 

@@ -95,7 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"appliance: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    problem = _ray_problem(settings)
+    problem = _ray_problem(settings) or _speculation_problem(settings)
     if problem:
         print(f"appliance: error: {problem}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -136,6 +136,19 @@ def _serve(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(command[0], command, env)  # gunicorn's master takes this process (and its signals)
+
+
+def _speculation_problem(settings: Any) -> str | None:
+    """A draft engine without --speculate draft, or the reverse, or one that is not there: said before any worker starts."""
+    from runtime.manifest import MANIFEST_FILE
+
+    if settings.speculate == "draft" and not settings.draft_engine:
+        return "--speculate draft needs --draft-engine DIR: the engine whose tokens are the drafts"
+    if settings.draft_engine and settings.speculate != "draft":
+        return "--draft-engine only applies with --speculate draft"
+    if settings.draft_engine and not (Path(settings.draft_engine) / MANIFEST_FILE).is_file():
+        return f"--draft-engine {settings.draft_engine}: no engine there (no {MANIFEST_FILE}); export one with `appliance export`"
+    return None
 
 
 def _ray_problem(settings: Any) -> str | None:

@@ -31,7 +31,7 @@ from dataclasses import replace
 from typing import Any
 
 from runtime.decoder import open_decoder
-from runtime.engine import Engine
+from runtime.engine import Engine, load_engine
 from runtime.errors import ChatTemplateError, RequestError
 from runtime.events import Delta, Event, Finish
 from runtime.grammar import GrammarVocabulary
@@ -41,6 +41,7 @@ from runtime.sampling import MAX_TOP_LOGPROBS
 from runtime.scheduler import Scheduler
 from runtime.sequence import SequenceState
 from runtime.settings import GeneratorSettings, takes_generator_settings
+from runtime.speculation import DraftModel, same_vocabulary
 from runtime.text import TokenBytes
 
 log = logging.getLogger("appliance.generation")
@@ -80,8 +81,10 @@ class TextGenerator:
     """Generates text with one decoder engine: up to `slots` requests at once, batched."""
 
     @takes_generator_settings
-    def __init__(self, engine: Engine, settings: GeneratorSettings | None = None, **generator: Any) -> None:
-        """`settings`, or GeneratorSettings' fields as keywords (over the defaults, or over `settings`)."""
+    def __init__(self, engine: Engine, settings: GeneratorSettings | None = None, draft: Engine | None = None, **generator: Any) -> None:
+        """`settings`, or GeneratorSettings' fields as keywords (over the defaults, or over `settings`);
+        `draft`, the draft engine when speculate is "draft", if already loaded (else it is loaded
+        from `draft_engine`)."""
         self.settings = settings = (settings or GeneratorSettings()).but(**generator)
         self.engine = engine
         self.manifest = engine.manifest
@@ -91,17 +94,25 @@ class TextGenerator:
         self.eos_ids = tuple(self.manifest.eos_token_ids)
         # The vocabulary as the grammar engine sees it, self-tested now (grammars are refused if it fails).
         self.grammars = GrammarVocabulary(engine.tokenizer.to_str(), self.manifest.vocab_size, self.eos_ids, self.token_bytes.compute, self.token_bytes.special_ids)
-        speculate = settings.speculate
+        speculate, draft_model = settings.speculate, None
         if speculate is not None and not self.decoder.can_truncate:
             log.warning(
                 "engine %s: not speculating (--speculate %s): its graph style (%s) cannot cut its cache back past rejected drafts; "
                 "export it with our GroupQueryAttention builder to speculate", engine.name, speculate, self.manifest.style,
             )  # fmt: skip
             speculate = None
+        elif speculate == "draft":
+            if draft is None:
+                draft = load_engine(str(settings.draft_engine))
+            if same_vocabulary(engine, draft):
+                draft_model = DraftModel(draft, settings.slots)
+            else:
+                log.warning("engine %s: not speculating with draft engine %s: their vocabularies differ (a draft's token ids must be the target's)", engine.name, draft.name)
+                speculate = None
         self.scheduler = Scheduler(
             self.decoder, prefill_chunk=settings.prefill_chunk, queue_limit=settings.queue_limit, name=engine.name,
             prefix_cache_tokens=settings.prefix_cache_tokens, reuse_decoded=settings.reuse_decoded,
-            speculate=speculate, draft_tokens=settings.draft_tokens, speculate_max_streams=settings.speculate_max_streams,
+            speculate=speculate, draft_tokens=settings.draft_tokens, speculate_max_streams=settings.speculate_max_streams, draft_model=draft_model,
         )  # fmt: skip
 
     @property

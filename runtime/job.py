@@ -14,7 +14,7 @@ from runtime.events import KEEP_ALIVE, Event, Finish
 
 if TYPE_CHECKING:  # annotations only
     from runtime.sequence import SequenceState
-    from runtime.speculation import PromptLookup
+    from runtime.speculation import Drafter
 
 # How long past its deadline a reader waits for the scheduler to end an overdue job before it
 # gives up on its own (the scheduler is stuck in a step that does not return).
@@ -40,7 +40,7 @@ class Job:
     timeout_s: float | None = None
     deadline: float | None = None
     # With speculation: the drafter over the prompt and the tokens generated so far.
-    drafter: PromptLookup | None = None
+    drafter: Drafter | None = None
 
     @property
     def prompt(self) -> tuple[int, ...]:

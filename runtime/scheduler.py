@@ -75,7 +75,7 @@ from runtime.grammar import MaskComputer, apply_masks
 from runtime.job import Job, SchedulerStats
 from runtime.sampling import sample_batch
 from runtime.settings import DEFAULT_PREFIX_CACHE_TOKENS
-from runtime.speculation import PromptLookup, SpeculationStats
+from runtime.speculation import DraftModel, PromptLookup, SpeculationStats
 
 if TYPE_CHECKING:  # annotations only
     from runtime.decoder_base import Decoder
@@ -100,6 +100,7 @@ class Scheduler:
         speculate: str | None = None,
         draft_tokens: int = 4,
         speculate_max_streams: int = 1,
+        draft_model: DraftModel | None = None,
     ) -> None:
         if prefill_chunk < 1:
             raise ValueError("prefill_chunk must be positive")
@@ -109,6 +110,8 @@ class Scheduler:
             raise ValueError("prefix_cache_tokens must be 0 or more")
         if speculate is not None and not decoder.can_truncate:
             raise ValueError(f"engine {name!r} cannot speculate: its cache cannot be cut back past rejected draft tokens")
+        if (speculate == "draft") != (draft_model is not None):
+            raise ValueError("speculate='draft' takes a draft model, and only it does")
         if draft_tokens < 1 or speculate_max_streams < 1:
             raise ValueError("draft_tokens and speculate_max_streams must be at least 1")
         self.decoder = decoder
@@ -139,6 +142,7 @@ class Scheduler:
         self._speculate = speculate
         self._draft_tokens = draft_tokens
         self._speculate_streams = speculate_max_streams
+        self._draft_model = draft_model
         self._speculated = SpeculationStats()
         self._thread = threading.Thread(target=self._run, name=f"scheduler-{name}", daemon=True)
         self._thread.start()
@@ -147,7 +151,9 @@ class Scheduler:
 
     def submit(self, job: Job) -> None:
         """Queue `job` for a slot; QueueFullError when every slot is busy and the queue is full."""
-        if self._speculate is not None and job.drafter is None:
+        if self._draft_model is not None and job.drafter is None:
+            job.drafter = self._draft_model.drafter(job.prompt, self._draft_tokens)
+        elif self._speculate is not None and job.drafter is None:
             job.drafter = PromptLookup(job.prompt, self._draft_tokens)  # in the request's thread: the prompt is indexed once
         with self._wake:
             if self._stopping:
@@ -481,6 +487,8 @@ class Scheduler:
     def _end(self, job: Job, last: Event | BaseException | None) -> None:
         """Give `job`'s slot back (packing the slots again) and send its last event."""
         job.finished = True
+        if job.drafter is not None:
+            job.drafter.close()  # a draft model's slot goes back
         if last is not None:
             job.events.put(last)
         if job in self._admitted:

@@ -12,7 +12,7 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 # Speculation methods (runtime/speculation.py), and the most draft tokens one step may check:
 # each is a position the step computes, and a run of many positions is compute, not bandwidth.
-SPECULATION_METHODS = ("ngram",)
+SPECULATION_METHODS = ("ngram", "draft")
 MAX_DRAFT_TOKENS = 16
 
 
@@ -71,10 +71,12 @@ class GeneratorSettings:
     reuse_decoded: bool = False
     # Greedy output independent of what else is batched (serve --fast-single-stream turns it off).
     batch_invariant: bool = True
-    # Speculative decoding: None (off) or "ngram", prompt lookup (serve --speculate); the most
+    # Speculative decoding: None (off), "ngram" (prompt lookup) or "draft" (a draft engine's
+    # greedy tokens; `draft_engine`, its directory) (serve --speculate, --draft-engine); the most
     # draft tokens one step checks (serve --draft-tokens); and the most sequences decoding at
     # once for which steps speculate (serve --speculate-max-streams; more: one batched step).
     speculate: str | None = None
+    draft_engine: str | None = None
     draft_tokens: int = 4
     speculate_max_streams: int = 1
 
@@ -85,6 +87,8 @@ class GeneratorSettings:
             raise ValueError("request_timeout_s must be positive")
         if self.speculate is not None and self.speculate not in SPECULATION_METHODS:
             raise ValueError(f"speculate must be one of {', '.join(SPECULATION_METHODS)} or None (got {self.speculate!r})")
+        if (self.speculate == "draft") != (self.draft_engine is not None):
+            raise ValueError("speculate='draft' needs a draft engine (serve --draft-engine DIR), and a draft engine needs speculate='draft'")
         if not 1 <= self.draft_tokens <= MAX_DRAFT_TOKENS:
             raise ValueError(f"draft_tokens must be between 1 and {MAX_DRAFT_TOKENS} (got {self.draft_tokens})")
         if self.speculate_max_streams < 1:

@@ -35,6 +35,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:  # annotations only
+    from runtime.engine import Engine
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,16 @@ class SpeculationStats:
     tokens: int = 0  # tokens they produced (kept drafts plus the one sampled after them)
     drafted: int = 0  # tokens proposed by lookup and checked
     accepted: int = 0  # of those, the ones the model agreed with
+
+
+class Drafter(Protocol):
+    """What the scheduler asks of a speculating sequence's drafter (one per sequence)."""
+
+    tokens: list[int]  # the prompt and every token generated so far, the one to feed next included
+
+    def append(self, token: int) -> None: ...
+    def draft(self, limit: int) -> list[int]: ...
+    def close(self) -> None: ...
 
 
 class PromptLookup:
@@ -88,3 +104,82 @@ class PromptLookup:
                 length = self.draft_tokens if n == self.max_ngram else min(self.draft_tokens, n)
                 return tokens[follower : follower + min(length, limit)]
         return []
+
+    def close(self) -> None:
+        """Nothing to give back."""
+
+
+class DraftModel:
+    """A smaller engine with the same vocabulary whose greedy tokens are the drafts (serve
+    --speculate draft --draft-engine DIR), as llama.cpp's and vLLM's draft models are.
+
+    It has a slot of its own KV cache per slot of the target engine; a sequence takes one at its
+    first draft and gives it back when it ends. Drafting runs on the scheduler's thread, one
+    sequence at a time: the tokens the draft cache lacks (the prompt, at first; then the tokens
+    kept since) in one run, then one decode step per further draft token. Its numbers never
+    reach the output: the target checks every draft token, so a draft model only changes speed.
+    """
+
+    def __init__(self, engine: Engine, slots: int) -> None:
+        from runtime.decoder import open_decoder
+
+        self.engine = engine
+        self.decoder = open_decoder(engine, slots=slots)
+        if not self.decoder.can_truncate:
+            raise ValueError(f"draft engine {engine.name!r} cannot cut its cache back; export it with our GroupQueryAttention builder")
+        self._free = list(range(slots))
+
+    def drafter(self, prompt: Sequence[int], draft_tokens: int) -> ModelDrafter:
+        return ModelDrafter(self, prompt, draft_tokens)
+
+    def take_slot(self) -> int | None:
+        return self._free.pop() if self._free else None
+
+    def give_back(self, slot: int) -> None:
+        self.decoder.reset(slot)
+        self._free.append(slot)
+
+
+class ModelDrafter:
+    """One sequence's drafts from a `DraftModel`: up to `draft_tokens` greedy tokens per step."""
+
+    def __init__(self, model: DraftModel, prompt: Sequence[int], draft_tokens: int) -> None:
+        if draft_tokens < 1:
+            raise ValueError("draft_tokens must be at least 1")
+        self.model = model
+        self.draft_tokens = draft_tokens
+        self.tokens = [int(t) for t in prompt]
+        self.slot: int | None = None
+
+    def append(self, token: int) -> None:
+        self.tokens.append(token)
+
+    def draft(self, limit: int) -> list[int]:
+        decoder = self.model.decoder
+        count = min(limit, self.draft_tokens, decoder.max_length - len(self.tokens))  # the draft's own context may be shorter
+        if count <= 0:
+            return []
+        if self.slot is None:
+            self.slot = self.model.take_slot()
+            if self.slot is None:  # every draft slot held: no draft this time
+                return []
+        slot = self.slot
+        # The draft cache holds a prefix of the tokens (up to the last draft it was fed): keep the
+        # part the sequence kept, evaluate the rest.
+        held = min(decoder.common_prefix(slot, self.tokens, exact=False), len(self.tokens) - 1)
+        decoder.truncate(slot, held)
+        logits = decoder.prefill(slot, np.asarray(self.tokens[held:], dtype=np.int64))
+        drafts = [int(logits[-1].argmax())]
+        while len(drafts) < count:
+            drafts.append(int(decoder.decode([slot], [drafts[-1]])[0].argmax()))
+        return drafts
+
+    def close(self) -> None:
+        if self.slot is not None:
+            self.model.give_back(self.slot)
+            self.slot = None
+
+
+def same_vocabulary(a: Engine, b: Engine) -> bool:
+    """Whether two engines read and write tokens alike (a draft model must: its ids are the target's)."""
+    return a.manifest.vocab_size == b.manifest.vocab_size and a.tokenizer.get_vocab(with_added_tokens=True) == b.tokenizer.get_vocab(with_added_tokens=True)

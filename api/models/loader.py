@@ -83,6 +83,7 @@ class RuntimeLoader:
         self.settings = settings
         self.generator = (generator or GeneratorSettings()).but(**changes)
         self.warm = warm
+        self._draft: Engine | None = None  # the draft engine of speculate "draft", loaded at the first text engine
 
     def describe(self, directory: Path) -> ModelInfo:
         from runtime.errors import EngineLoadError
@@ -120,7 +121,7 @@ class RuntimeLoader:
             if engine.manifest.style == STYLE_CONCAT_KV:
                 why = engine.manifest.export_options.get("fallback_reason", "exported with optimum's graph")
                 log.warning("%s serves one sequence at a time: its concat-kv graph (%s) has no batched decode; re-export it once our builder covers it", info.name, why)
-            generator = TextGenerator(engine, self.generator)
+            generator = TextGenerator(engine, self.generator, draft=self._draft_engine())
             model = LoadedModel(info, generator=generator, directory=directory)
             if self.warm:  # the first run of a session allocates its buffers; do it before the first user
                 generator.warm_up()
@@ -128,6 +129,16 @@ class RuntimeLoader:
                 generator.complete(GenerationRequest(ids, SamplingParams(temperature=0), max_tokens=2))
         model.load_duration_ns = time.perf_counter_ns() - started
         return model
+
+    def _draft_engine(self) -> Engine | None:
+        """The draft engine, loaded once and shared by every text engine's generator (each has its own draft cache)."""
+        if self.generator.speculate != "draft" or self.generator.draft_engine is None:
+            return None
+        if self._draft is None:
+            from runtime.engine import load_engine
+
+            self._draft = load_engine(Path(self.generator.draft_engine), self.settings)
+        return self._draft
 
     def load_all(self, engines_dir: Path) -> list[LoadedModel]:
         """Every engine under `engines_dir`, loaded; two directories may not declare one name."""

@@ -279,3 +279,96 @@ def test_a_speculated_answer_is_reused_from_the_prefix_cache_on_the_next_turn(sp
     _, finish = speculating.complete(GenerationRequest(second, GREEDY, max_tokens=4))
     # The answer's positions came from speculative steps (prompt kernels): reused, not only the first prompt.
     assert finish.usage.cached_tokens > len(first) + 16
+
+
+# -- a draft engine ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_layer_draft(tmp_path_factory):
+    """A one-layer tiny llama with the tiny llama's vocabulary (other weights): a poor draft."""
+    from export.options import ExportOptions
+    from export.pipeline import export_model
+    from tests.tiny_models import make_tiny_llama
+
+    folder = make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-draft", num_hidden_layers=1)
+    return load_engine(export_model(str(folder), tmp_path_factory.mktemp("engines") / "tiny-draft", ExportOptions(max_context=2048)).directory)
+
+
+@pytest.mark.parametrize("which", ["itself", "one layer"])
+def test_a_draft_engine_changes_speed_not_output(tiny_engine, one_layer_draft, which):
+    draft = tiny_engine if which == "itself" else one_layer_draft
+    generator = TextGenerator(tiny_engine, slots=2, speculate="draft", draft_engine="unused: given loaded", draft=draft, speculate_max_streams=2)
+    try:
+        reference = open_decoder(tiny_engine, slots=1)
+        for request in (tiny_request(24), GenerationRequest(tuple(range(40, 70)), GREEDY, max_tokens=24, ignore_eos=True)):
+            tokens, _ = tokens_of(generator, request)
+            assert tokens == teacher_forced(reference, request.prompt_ids, tokens)
+        stats = generator.stats()
+        assert stats.speculation == "draft" and stats.draft_tokens > 0
+        if which == "itself":  # the model's own greedy tokens: nearly all kept (decode and prompt kernels round alike in fp32)
+            assert stats.accepted_tokens >= 0.8 * stats.draft_tokens
+        # Two streams at once, each with a draft slot of its own; the slots come back at the end.
+        assert run_together(generator, [tiny_request(16), tiny_request(20)]) == [tokens_of(generator, r)[0] for r in (tiny_request(16), tiny_request(20))]
+        model = generator.scheduler._draft_model
+        assert model is not None and sorted(model._free) == [0, 1]
+    finally:
+        generator.close()
+
+
+def test_a_draft_engine_with_another_vocabulary_is_not_used(tiny_engine, tmp_path_factory, caplog):
+    from export.options import ExportOptions
+    from export.pipeline import export_model
+    from tests.tiny_models import make_tiny_llama
+
+    folder = make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-fim", fim=True)  # three more tokens
+    other = load_engine(export_model(str(folder), tmp_path_factory.mktemp("engines") / "tiny-fim", ExportOptions(max_context=2048)).directory)
+    generator = TextGenerator(tiny_engine, slots=1, speculate="draft", draft_engine="unused", draft=other)
+    try:
+        assert generator.stats().speculation is None
+        assert "vocabularies differ" in caplog.text
+        assert len(tokens_of(generator, tiny_request(4))[0]) == 4
+    finally:
+        generator.close()
+
+
+def test_a_draft_engine_that_cannot_cut_its_cache_back_is_refused(tiny_engine, tiny_gpt2_engine):
+    with pytest.raises(ValueError, match="cannot cut its cache back"):
+        TextGenerator(tiny_engine, slots=1, speculate="draft", draft_engine="unused", draft=load_engine(tiny_gpt2_engine.directory))
+
+
+# -- the server, through the real clients --------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["ngram", "draft"])
+def test_the_server_speculates_and_reports_it(default_engines, tmp_path, method):
+    import httpx
+    import ollama
+    import openai
+
+    from tests.integration.server import Server
+
+    serve = default_engines["int4"]
+    # The only real draft we have is the served model itself: every guess right, bar kernel rounding.
+    extra = ("--draft-engine", str(serve)) if method == "draft" else ()
+    server = Server(serve.parent, tmp_path / "server.log", "--threads", "4", "--speculate", method, *extra)
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+        question = f"Who founded the garden? Quote the passage.\n\n{PASSAGE}"
+        chunks = list(client.chat.completions.create(
+            model=serve.name, messages=[{"role": "user", "content": question}], max_tokens=48, temperature=0, stream=True, stream_options={"include_usage": True},
+        ))  # fmt: skip
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+        again = client.chat.completions.create(model=serve.name, messages=[{"role": "user", "content": question}], max_tokens=48, temperature=0)
+        assert again.choices[0].message.content == text  # deterministic, its prompt now found in the prefix cache
+        reply = ollama.Client(host=server.url, timeout=120).chat(model=serve.name, messages=[{"role": "user", "content": question}], options={"num_predict": 48})
+        assert reply.message.content and reply.done
+        stats = httpx.get(f"{server.url}/health").json()["generators"][serve.name]
+        assert stats["speculation"] == method and stats["speculative_steps"] > 0
+        assert 0 < stats["accepted_tokens"] <= stats["draft_tokens"]
+        assert stats["speculative_tokens"] > stats["speculative_steps"]  # more than one token per step on average
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert f'appliance_draft_tokens_accepted{{model="{serve.name}"}} {float(stats["accepted_tokens"])}' in metrics
+    finally:
+        assert server.stop() == 0, server.log()

@@ -57,11 +57,29 @@ def test_speculation_settings():
     with pytest.raises(ValueError, match="at least 1"):
         GeneratorSettings(speculate_max_streams=0)
     assert speculation(" NGRAM ") == "ngram" and speculation("off") == "off"
-    with pytest.raises(ValueError, match="use off or ngram"):
-        speculation("draft")
+    assert speculation("draft") == "draft"
+    with pytest.raises(ValueError, match="use off or ngram or draft"):
+        speculation("eagle")
     assert draft_count("8") == 8
     with pytest.raises(ValueError, match="at most 16"):
         draft_count("32")
     generator = ServerSettings(speculate="ngram", draft_tokens=6, speculate_max_streams=2).generator_settings()
     assert (generator.speculate, generator.draft_tokens, generator.speculate_max_streams) == ("ngram", 6, 2)
     assert ServerSettings().generator_settings().speculate is None
+
+
+def test_a_draft_engine_goes_with_speculate_draft_and_nothing_else(tmp_path):
+    from appliance.cli import _speculation_problem
+
+    with pytest.raises(ValueError, match="needs a draft engine"):
+        GeneratorSettings(speculate="draft")
+    with pytest.raises(ValueError, match="needs a draft engine"):
+        GeneratorSettings(speculate="ngram", draft_engine="engines/draft")
+    assert GeneratorSettings(speculate="draft", draft_engine="engines/draft").draft_engine == "engines/draft"
+    assert "needs --draft-engine" in (_speculation_problem(ServerSettings(speculate="draft")) or "")
+    assert "only applies with --speculate draft" in (_speculation_problem(ServerSettings(draft_engine=str(tmp_path))) or "")
+    assert "no engine there" in (_speculation_problem(ServerSettings(speculate="draft", draft_engine=str(tmp_path))) or "")
+    (tmp_path / "manifest.json").write_text("{}")
+    assert _speculation_problem(ServerSettings(speculate="draft", draft_engine=str(tmp_path))) is None
+    assert ServerSettings(speculate="draft", draft_engine=str(tmp_path)).generator_settings().draft_engine == str(tmp_path)
+    assert ServerSettings().generator_settings().draft_engine is None
