@@ -1,12 +1,14 @@
 """The speculative-decoding phase of `appliance bench`: our server without and with
-`--speculate ngram`, one after the other, a lone stream on the same prompts.
+`--speculate ngram`, a lone stream on the same prompts.
 
 Two prompt kinds (bench/speculation_prompts.py): copying work (JSON extraction from a given
-passage, a code edit, an answer that quotes its source) and free chat. Each answer runs to its
-own end (EOS honoured, at most `tokens`): repetition after an ignored EOS would flatter prompt
-lookup. For each server and kind: decode tokens/s (all answers' tokens after the first over
-their decode time, every round), and with speculation the acceptance rate (draft tokens kept
-/ checked) and tokens per speculative step, read from /health before and after the kind.
+passage, a code edit, an answer that quotes its source) and free chat. Both servers are up at
+once and every prompt goes to one, then the other (an idle server waits on a condition), so
+drift in the machine's speed hits both alike. Each answer runs to its own end (EOS honoured,
+at most `tokens`): repetition after an ignored EOS would flatter prompt lookup. For each
+server and kind: decode tokens/s (all answers' tokens after the first over their decode time,
+every round), and with speculation the acceptance rate (draft tokens kept / checked) and
+tokens per speculative step, read from /health around each answer.
 Greedy answers with and without speculation are compared text for text: they may part where
 two tokens nearly tie (runtime/speculation.py says why), and the count of equal ones is shown.
 
@@ -54,46 +56,51 @@ def generator_stats(client, url: str, model: str) -> dict:
     return client.get(f"{url}/health", timeout=30).json()["generators"][model]
 
 
-def measure(server: Server, tokens: int, rounds: int) -> dict:
-    """Every kind's prompts, `rounds` times, against one running server."""
-    figures = {}
-    with http_client() as client:
-        answer(client, server.url, server.model, FREE_PROMPTS[0], 8)  # warm-up
-        for kind, prompts in KINDS.items():
-            before = generator_stats(client, server.url, server.model)
-            runs = [answer(client, server.url, server.model, prompt, tokens) for _ in range(rounds) for prompt in prompts]
-            after = generator_stats(client, server.url, server.model)
-            delta = {key: after[key] - before[key] for key in ("speculative_steps", "speculative_tokens", "draft_tokens", "accepted_tokens")}
-            figures[kind] = {
-                "decode_tok_s": sum(r["tokens"] - 1 for r in runs) / sum(r["decode_s"] for r in runs),
-                "ttft_ms": 1000 * statistics.median(r["ttft_s"] for r in runs),
-                "tokens": sum(r["tokens"] for r in runs),
-                "texts": [r["text"] for r in runs[: len(prompts)]],
-                "acceptance": delta["accepted_tokens"] / delta["draft_tokens"] if delta["draft_tokens"] else None,
-                "tokens_per_step": delta["speculative_tokens"] / delta["speculative_steps"] if delta["speculative_steps"] else None,
-                "speculative_steps": delta["speculative_steps"],
-            }
-    return figures
-
-
 def speculation_phase(engines: Path, model: str, tokens: int = 256, rounds: int = 3, extra: tuple[str, ...] = ()) -> dict:
-    """Our server without and with --speculate ngram (each started alone), the same prompts."""
+    """Our server without and with --speculate ngram, both up, asked in turn: each prompt goes to
+    one and then the other, so the machine's drift over the phase (±15% here) hits both alike."""
+    from contextlib import ExitStack
+
+    servers = {}
+    with ExitStack() as stack:
+        for label, flags in (("off", ()), ("ngram", ("--speculate", "ngram", *extra))):
+            port = free_port()
+            command = [sys.executable, "-m", "appliance", "serve", "--engines", str(engines), "--port", str(port), *flags]
+            servers[label] = stack.enter_context(Server(f"ours speculate {label}", command, port, model))
+        print(f"\n== ours without and with --speculate ngram, asked in turn (logs: {servers['off'].log.relative_to(ROOT)}, {servers['ngram'].log.relative_to(ROOT)})", flush=True)
+        runs: dict = {label: {kind: [] for kind in KINDS} for label in servers}
+        counts = {kind: dict.fromkeys(("speculative_steps", "speculative_tokens", "draft_tokens", "accepted_tokens"), 0) for kind in KINDS}
+        with http_client() as client:
+            for server in servers.values():
+                answer(client, server.url, model, FREE_PROMPTS[0], 8)  # warm-up
+            for _ in range(rounds):
+                for kind, prompts in KINDS.items():
+                    for prompt in prompts:
+                        runs["off"][kind].append(answer(client, servers["off"].url, model, prompt, tokens))
+                        before = generator_stats(client, servers["ngram"].url, model)
+                        runs["ngram"][kind].append(answer(client, servers["ngram"].url, model, prompt, tokens))
+                        after = generator_stats(client, servers["ngram"].url, model)
+                        for key in counts[kind]:
+                            counts[kind][key] += after[key] - before[key]
     results: dict = {"tokens": tokens, "rounds": rounds}
-    for label, flags in (("off", ()), ("ngram", ("--speculate", "ngram", *extra))):
-        port = free_port()
-        command = [sys.executable, "-m", "appliance", "serve", "--engines", str(engines), "--port", str(port), *flags]
-        server = Server(f"ours speculate {label}", command, port, model)
-        print(f"\n== {server.name}: copy and free prompts, one stream (log: {server.log.relative_to(ROOT)})", flush=True)
-        with server:
-            results[label] = measure(server, tokens, rounds)
-        for kind, f in results[label].items():
-            extra_text = f", acceptance {f['acceptance']:.2f}, {f['tokens_per_step']:.2f} tokens/step" if f["acceptance"] is not None else ""
-            print(f"   {kind}: {f['decode_tok_s']:.1f} tok/s over {f['tokens']} tokens{extra_text}", flush=True)
-    for kind in KINDS:
-        off, on = results["off"][kind], results["ngram"][kind]
+    for label in servers:
+        results[label] = {}
+        for kind, done in runs[label].items():
+            figures = {
+                "decode_tok_s": sum(r["tokens"] - 1 for r in done) / sum(r["decode_s"] for r in done),
+                "ttft_ms": 1000 * statistics.median(r["ttft_s"] for r in done),
+                "tokens": sum(r["tokens"] for r in done),
+            }
+            if label == "ngram":
+                c = counts[kind]
+                figures["acceptance"] = c["accepted_tokens"] / c["draft_tokens"] if c["draft_tokens"] else None
+                figures["tokens_per_step"] = c["speculative_tokens"] / c["speculative_steps"] if c["speculative_steps"] else None
+            results[label][kind] = figures
+    for kind, prompts in KINDS.items():
+        off, on = runs["off"][kind][: len(prompts)], runs["ngram"][kind][: len(prompts)]
         results[kind] = {
-            "speedup": on["decode_tok_s"] / off["decode_tok_s"],
-            "same_text": [sum(a == b for a, b in zip(off.pop("texts"), on.pop("texts"))), len(KINDS[kind])],
+            "speedup": results["ngram"][kind]["decode_tok_s"] / results["off"][kind]["decode_tok_s"],
+            "same_text": [sum(a["text"] == b["text"] for a, b in zip(off, on)), len(prompts)],
         }
     return results
 
