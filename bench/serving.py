@@ -823,7 +823,8 @@ def default_run(args) -> dict:
         from speculation import speculation_phase
 
         try:
-            results["speculation"] = speculation_phase(args.engines, decoder.name)
+            gguf = resolve_source(args.source).path if "llama.cpp" not in args.skip else None
+            results["speculation"] = speculation_phase(args.engines, decoder.name, gguf=gguf, threads=args.threads)
         except Exception as exc:  # reported, not fatal
             results["errors"]["ours --speculate ngram"] = f"{type(exc).__name__}: {exc}"[:500]
 

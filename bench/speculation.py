@@ -1,5 +1,7 @@
 """The speculative-decoding phase of `appliance bench`: our server without and with
-`--speculate ngram`, a lone stream on the same prompts.
+`--speculate ngram`, a lone stream on the same prompts; with the GGUF our default engine comes
+from, llama.cpp's server without and with its own n-gram speculation (`--spec-type
+ngram-simple`) beside them.
 
 Two prompt kinds (bench/speculation_prompts.py): copying work (JSON extraction from a given
 passage, a code edit, an answer that quotes its source) and free chat. Both servers are up at
@@ -56,18 +58,29 @@ def generator_stats(client, url: str, model: str) -> dict:
     return client.get(f"{url}/health", timeout=30).json()["generators"][model]
 
 
-def speculation_phase(engines: Path, model: str, tokens: int = 256, rounds: int = 3, extra: tuple[str, ...] = ()) -> dict:
-    """Our server without and with --speculate ngram, both up, asked in turn: each prompt goes to
-    one and then the other, so the machine's drift over the phase (±15% here) hits both alike."""
+def speculation_phase(engines: Path, model: str, tokens: int = 256, rounds: int = 3, extra: tuple[str, ...] = (), gguf: Path | None = None, threads: int = 2) -> dict:
+    """Our server without and with --speculate ngram (and, given `gguf` and a built llama-server,
+    llama.cpp without and with its own n-gram speculation on that file), all up, asked in turn:
+    each prompt goes to one server after the other, so the machine's drift over the phase (±15%
+    here) hits them alike."""
     from contextlib import ExitStack
 
+    from serving import LLAMA_SERVER
+
+    commands: dict[str, list[str]] = {}
+    for label, flags in (("off", ()), ("ngram", ("--speculate", "ngram", *extra))):
+        commands[label] = [sys.executable, "-m", "appliance", "serve", "--engines", str(engines), "--port", "{port}", *flags]
+    if gguf is not None and LLAMA_SERVER.exists():
+        llama = [str(LLAMA_SERVER), "-m", str(gguf), "--host", "127.0.0.1", "--port", "{port}", "-np", "8", "-c", str(8 * 2048), "-t", str(threads), "--no-webui"]
+        commands["llama.cpp"] = llama
+        commands["llama.cpp ngram"] = [*llama, "--spec-type", "ngram-simple"]  # its prompt lookup, its default draft lengths
     servers = {}
     with ExitStack() as stack:
-        for label, flags in (("off", ()), ("ngram", ("--speculate", "ngram", *extra))):
+        for label, command in commands.items():
             port = free_port()
-            command = [sys.executable, "-m", "appliance", "serve", "--engines", str(engines), "--port", str(port), *flags]
-            servers[label] = stack.enter_context(Server(f"ours speculate {label}", command, port, model))
-        print(f"\n== ours without and with --speculate ngram, asked in turn (logs: {servers['off'].log.relative_to(ROOT)}, {servers['ngram'].log.relative_to(ROOT)})", flush=True)
+            command = [part.replace("{port}", str(port)) for part in command]
+            servers[label] = stack.enter_context(Server(f"speculation phase {label}", command, port, model))
+        print(f"\n== speculation: {', '.join(servers)}, asked in turn (logs: bench/peers/logs/speculation-phase-*.log)", flush=True)
         runs: dict = {label: {kind: [] for kind in KINDS} for label in servers}
         counts = {kind: dict.fromkeys(("speculative_steps", "speculative_tokens", "draft_tokens", "accepted_tokens"), 0) for kind in KINDS}
         with http_client() as client:
@@ -76,13 +89,14 @@ def speculation_phase(engines: Path, model: str, tokens: int = 256, rounds: int 
             for _ in range(rounds):
                 for kind, prompts in KINDS.items():
                     for prompt in prompts:
-                        runs["off"][kind].append(answer(client, servers["off"].url, model, prompt, tokens))
-                        before = generator_stats(client, servers["ngram"].url, model)
-                        runs["ngram"][kind].append(answer(client, servers["ngram"].url, model, prompt, tokens))
-                        after = generator_stats(client, servers["ngram"].url, model)
-                        for key in counts[kind]:
-                            counts[kind][key] += after[key] - before[key]
-    results: dict = {"tokens": tokens, "rounds": rounds}
+                        for label, server in servers.items():
+                            before = generator_stats(client, server.url, model) if label == "ngram" else None
+                            runs[label][kind].append(answer(client, server.url, model, prompt, tokens))
+                            if before is not None:
+                                after = generator_stats(client, server.url, model)
+                                for key in counts[kind]:
+                                    counts[kind][key] += after[key] - before[key]
+    results: dict = {"tokens": tokens, "rounds": rounds, "systems": list(servers)}
     for label in servers:
         results[label] = {}
         for kind, done in runs[label].items():
@@ -98,10 +112,17 @@ def speculation_phase(engines: Path, model: str, tokens: int = 256, rounds: int 
             results[label][kind] = figures
     for kind, prompts in KINDS.items():
         off, on = runs["off"][kind][: len(prompts)], runs["ngram"][kind][: len(prompts)]
+        rate = {label: results[label][kind]["decode_tok_s"] for label in servers}
         results[kind] = {
-            "speedup": results["ngram"][kind]["decode_tok_s"] / results["off"][kind]["decode_tok_s"],
+            "speedup": rate["ngram"] / rate["off"],
             "same_text": [sum(a["text"] == b["text"] for a, b in zip(off, on)), len(prompts)],
         }
+        if "llama.cpp" in rate:
+            results[kind] |= {
+                "ngram_vs_llama": rate["ngram"] / rate["llama.cpp"],
+                "ngram_vs_llama_ngram": rate["ngram"] / rate["llama.cpp ngram"],
+                "llama_speedup": rate["llama.cpp ngram"] / rate["llama.cpp"],
+            }
     return results
 
 
@@ -120,13 +141,18 @@ def speculation_targets(results: dict) -> list[dict]:
 
 
 def print_speculation(results: dict) -> None:
-    print(f"\nspeculative decoding (--speculate ngram), one stream, greedy, answers to their own end (at most {results['tokens']} tokens), {results['rounds']} rounds")
+    print(f"\nspeculative decoding, one stream, greedy, answers to their own end (at most {results['tokens']} tokens), {results['rounds']} rounds, servers asked in turn")
     for kind in KINDS:
-        off, on, both = results["off"][kind], results["ngram"][kind], results[kind]
-        print(
-            f"  {kind:5} off {off['decode_tok_s']:6.1f} tok/s   ngram {on['decode_tok_s']:6.1f} tok/s   {both['speedup']:.2f}x   "
-            f"acceptance {on['acceptance'] or 0:.2f}, {on['tokens_per_step'] or 0:.2f} tokens/step; same text as without: {both['same_text'][0]}/{both['same_text'][1]}"
+        rates = "   ".join(f"{label} {results[label][kind]['decode_tok_s']:.1f}" for label in results["systems"])
+        on, both = results["ngram"][kind], results[kind]
+        print(f"  {kind:5} tok/s: {rates}")
+        line = (
+            f"        ours ngram / off {both['speedup']:.2f}x, acceptance {on['acceptance'] or 0:.2f}, {on['tokens_per_step'] or 0:.2f} tokens/step; "
+            f"same text as without: {both['same_text'][0]}/{both['same_text'][1]}"
         )
+        if "ngram_vs_llama" in both:
+            line += f"; ours ngram / llama.cpp {both['ngram_vs_llama']:.2f}x, / llama.cpp ngram {both['ngram_vs_llama_ngram']:.2f}x (its own ngram / plain {both['llama_speedup']:.2f}x)"
+        print(line)
 
 
 def main() -> int:
@@ -136,9 +162,11 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--draft-tokens", type=int, default=None)
+    parser.add_argument("--gguf", type=Path, default=None, help="also llama.cpp without and with --spec-type ngram-simple on this GGUF (the default engine's source)")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     extra = ("--draft-tokens", str(args.draft_tokens)) if args.draft_tokens else ()
-    results = speculation_phase(args.engines, args.model, args.tokens, args.rounds, extra)
+    results = speculation_phase(args.engines, args.model, args.tokens, args.rounds, extra, args.gguf, args.threads)
     print_speculation(results)
     for row in speculation_targets(results):
         print(f"  {row['status']:5} {row['target']}: {row['value']:.2f}x")
