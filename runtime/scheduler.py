@@ -50,8 +50,9 @@ Outputs do not depend on batching: rows of a batched step are computed independe
 sampling is per row, so a greedy request gives the same tokens alone or beside others
 (tests/integration/test_scheduler.py checks this on the real engine).
 
-Speculative decoding (`speculate`, serve --speculate ngram): each sequence drafts its next
-tokens from its own text (runtime/speculation.py) and, instead of taking part in the batched
+Speculative decoding (`speculate`, serve --speculate ngram|draft): each sequence drafts its
+next tokens (runtime/speculation.py: from its own text, or with a smaller draft engine that
+has a cache slot per sequence) and, instead of taking part in the batched
 step, runs its token and the draft over its own slot; the rows are sampled in order and the
 first one that disagrees with the draft ends what is kept (`_verify`). ONNX Runtime's attention
 takes several new positions only for one sequence at a time, so each speculating sequence is

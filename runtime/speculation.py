@@ -1,5 +1,7 @@
-"""Speculative decoding by prompt lookup: guess a sequence's next tokens from its own text,
-check them all in one step, keep the ones the model agrees with.
+"""Speculative decoding: guess a sequence's next tokens, check them all in one step, keep the
+ones the model agrees with. The guesses come from the sequence's own text (`PromptLookup`,
+serve --speculate ngram) or from a smaller engine with the same vocabulary (`DraftModel`,
+serve --speculate draft --draft-engine DIR).
 
 Small local models spend much of their time copying: extraction into JSON from a given
 passage, answers that quote their sources, code edits that repeat most of the code. Where the
