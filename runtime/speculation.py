@@ -51,7 +51,7 @@ class SpeculationStats:
 
     steps: int = 0  # verification runs
     tokens: int = 0  # tokens they produced (kept drafts plus the one sampled after them)
-    drafted: int = 0  # tokens proposed by lookup and checked
+    drafted: int = 0  # guessed tokens checked (by lookup or a draft engine; not the one-token filler of a run without a guess)
     accepted: int = 0  # of those, the ones the model agreed with
 
 
@@ -69,7 +69,7 @@ class PromptLookup:
     """Draft tokens for one sequence from its prompt and what it generated so far.
 
     A draft continues the latest earlier occurrence of the sequence's last n tokens (n from
-    `max_ngram` down to 1, longest first). A match of `max_ngram` or more tokens gets up to
+    `max_ngram` down to 1, longest first). A match of `max_ngram` tokens gets up to
     `draft_tokens` tokens; a shorter one, a weaker guess, gets fewer (each checked position
     costs compute, and lone-token matches in free text are rarely right for long).
     """
