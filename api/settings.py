@@ -194,9 +194,9 @@ class ServerSettings:
     prefix_cache_decoded: bool = field(default=False, metadata=option(
         "--prefix-cache-decoded", "reuse generated tokens' cached positions too: faster chats, output may differ from a fresh evaluation", parse=switch,
     ))
-    # Speculative decoding by prompt lookup (runtime/speculation.py): each sequence guesses its next
-    # tokens from its own text and checks them in one run; copying work (extraction, quoting, code
-    # edits) gets several tokens per step. Off by default: a speculating sequence's tokens come
+    # Speculative decoding (runtime/speculation.py): each sequence guesses its next tokens — from
+    # its own text (ngram, prompt lookup) or with a smaller draft engine (draft) — and checks them
+    # in one run; copying work (extraction, quoting, code edits) gets several tokens per step. Off by default: a speculating sequence's tokens come
     # from the prompt kernels, so its greedy output can differ on near ties from the same request
     # without speculation; and each speculating sequence is a run of its own, so it speculates only
     # while at most --speculate-max-streams requests decode (beyond that, one batched step for all).
