@@ -1,4 +1,4 @@
-"""Speculative decoding by prompt lookup, on the real int4 engine and the tiny one.
+"""Speculative decoding (prompt lookup and draft engines), on the real int4 engine and the tiny one.
 
 What speculation guarantees (runtime/speculation.py): a speculating sequence's every step is a
 run of two or more positions, so its tokens are what evaluating its text as a prompt gives,
