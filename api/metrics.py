@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _RATES = (1, 2, 5, 10, 20, 40, 60, 80, 100, 150, 200, 300, 500, 1000)
+# Speculative decoding's gauges: the SchedulerStats field each one shows, its name and help.
+_SPECULATION = (
+    ("speculative_steps", "appliance_speculative_steps", "Speculative steps run (one per speculating sequence and step)"),
+    ("speculative_tokens", "appliance_speculative_tokens", "Tokens speculative steps produced (kept drafts and the token sampled after them)"),
+    ("draft_tokens", "appliance_draft_tokens", "Draft tokens speculative steps checked"),
+    ("accepted_tokens", "appliance_draft_tokens_accepted", "Draft tokens the model agreed with (kept)"),
+)
 
 
 class Metrics:
@@ -70,14 +77,7 @@ class Metrics:
         )
         # Speculative decoding (serve --speculate), this worker's totals since it started (livesum:
         # the server's): acceptance rate = accepted / draft tokens; tokens per step = tokens / steps.
-        self.speculative_steps = Gauge(
-            "appliance_speculative_steps", "Speculative steps run (one per speculating sequence and step)", ["model"], multiprocess_mode="livesum", registry=r
-        )
-        self.speculative_tokens = Gauge(
-            "appliance_speculative_tokens", "Tokens speculative steps produced (kept drafts and the token sampled after them)", ["model"], multiprocess_mode="livesum", registry=r
-        )
-        self.draft_tokens = Gauge("appliance_draft_tokens", "Draft tokens speculative steps checked", ["model"], multiprocess_mode="livesum", registry=r)
-        self.accepted_tokens = Gauge("appliance_draft_tokens_accepted", "Draft tokens the model agreed with (kept)", ["model"], multiprocess_mode="livesum", registry=r)
+        self.speculation = {field: Gauge(name, text, ["model"], multiprocess_mode="livesum", registry=r) for field, name, text in _SPECULATION}
         self.finished = Counter("appliance_generations", "Generations ended, by how they ended: stop, length, cancelled (the client went away) or error", ["model", "reason"], registry=r)
 
     def scheduler(self, model: str, stats: SchedulerStats) -> None:
@@ -88,10 +88,8 @@ class Metrics:
         self.kv_slots.labels(model).set(stats.slots)
         self.kv_usage.labels(model).set(stats.active / stats.slots if stats.slots else 0.0)
         if stats.speculation is not None:
-            self.speculative_steps.labels(model).set(stats.speculative_steps)
-            self.speculative_tokens.labels(model).set(stats.speculative_tokens)
-            self.draft_tokens.labels(model).set(stats.draft_tokens)
-            self.accepted_tokens.labels(model).set(stats.accepted_tokens)
+            for field, gauge in self.speculation.items():
+                gauge.labels(model).set(getattr(stats, field))
 
     def prefix_reused(self, model: str, cached_tokens: int) -> None:
         """Count a generation's lookup in the prefix cache: a hit when part of its prompt was cached."""

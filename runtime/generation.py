@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from runtime.decoder import open_decoder
@@ -41,7 +42,7 @@ from runtime.sampling import MAX_TOP_LOGPROBS
 from runtime.scheduler import Scheduler
 from runtime.sequence import SequenceState
 from runtime.settings import GeneratorSettings, takes_generator_settings
-from runtime.speculation import DraftModel, same_vocabulary
+from runtime.speculation import DraftModel, PromptLookup, Speculation, same_vocabulary
 from runtime.text import TokenBytes
 
 log = logging.getLogger("appliance.generation")
@@ -94,26 +95,32 @@ class TextGenerator:
         self.eos_ids = tuple(self.manifest.eos_token_ids)
         # The vocabulary as the grammar engine sees it, self-tested now (grammars are refused if it fails).
         self.grammars = GrammarVocabulary(engine.tokenizer.to_str(), self.manifest.vocab_size, self.eos_ids, self.token_bytes.compute, self.token_bytes.special_ids)
-        speculate, draft_model = settings.speculate, None
-        if speculate is not None and not self.decoder.can_truncate:
-            log.warning(
-                "engine %s: not speculating (--speculate %s): its graph style (%s) cannot cut its cache back past rejected drafts; "
-                "export it with our GroupQueryAttention builder to speculate", engine.name, speculate, self.manifest.style,
-            )  # fmt: skip
-            speculate = None
-        elif speculate == "draft":
-            if draft is None:
-                draft = load_engine(str(settings.draft_engine))
-            if same_vocabulary(engine, draft):
-                draft_model = DraftModel(draft, settings.slots)
-            else:
-                log.warning("engine %s: not speculating with draft engine %s: their vocabularies differ (a draft's token ids must be the target's)", engine.name, draft.name)
-                speculate = None
         self.scheduler = Scheduler(
             self.decoder, prefill_chunk=settings.prefill_chunk, queue_limit=settings.queue_limit, name=engine.name,
-            prefix_cache_tokens=settings.prefix_cache_tokens, reuse_decoded=settings.reuse_decoded,
-            speculate=speculate, draft_tokens=settings.draft_tokens, speculate_max_streams=settings.speculate_max_streams, draft_model=draft_model,
+            prefix_cache_tokens=settings.prefix_cache_tokens, reuse_decoded=settings.reuse_decoded, speculation=self._speculation(draft),
         )  # fmt: skip
+
+    def _speculation(self, draft: Engine | None) -> Speculation | None:
+        """How the scheduler speculates, as the settings ask and the engines allow (None: it does not)."""
+        settings = self.settings
+        self.draft_model: DraftModel | None = None  # the draft engine's caches, with --speculate draft
+        if settings.speculate is None:
+            return None
+        if not self.decoder.can_truncate:
+            log.warning(
+                "engine %s: not speculating (--speculate %s): its graph style (%s) cannot cut its cache back past rejected drafts; "
+                "export it with our GroupQueryAttention builder to speculate", self.engine.name, settings.speculate, self.manifest.style,
+            )  # fmt: skip
+            return None
+        if settings.speculate == "ngram":
+            return Speculation("ngram", partial(PromptLookup, draft_tokens=settings.draft_tokens), settings.speculate_max_streams)
+        if draft is None:
+            draft = load_engine(str(settings.draft_engine))
+        if not same_vocabulary(self.engine, draft):
+            log.warning("engine %s: not speculating with draft engine %s: their vocabularies differ (a draft's token ids must be the target's)", self.engine.name, draft.name)
+            return None
+        model = self.draft_model = DraftModel(draft, settings.slots)
+        return Speculation("draft", partial(model.drafter, draft_tokens=settings.draft_tokens), settings.speculate_max_streams)
 
     @property
     def name(self) -> str:

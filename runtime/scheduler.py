@@ -50,7 +50,7 @@ Outputs do not depend on batching: rows of a batched step are computed independe
 sampling is per row, so a greedy request gives the same tokens alone or beside others
 (tests/integration/test_scheduler.py checks this on the real engine).
 
-Speculative decoding (`speculate`, serve --speculate ngram|draft): each sequence drafts its
+Speculative decoding (`speculation`, serve --speculate ngram|draft): each sequence drafts its
 next tokens (runtime/speculation.py: from its own text, or with a smaller draft engine that
 has a cache slot per sequence) and, instead of taking part in the batched
 step, runs its token and the draft over its own slot; the rows are sampled in order and the
@@ -76,7 +76,7 @@ from runtime.grammar import MaskComputer, apply_masks
 from runtime.job import Job, SchedulerStats
 from runtime.sampling import sample_batch
 from runtime.settings import DEFAULT_PREFIX_CACHE_TOKENS
-from runtime.speculation import DraftModel, PromptLookup, SpeculationStats
+from runtime.speculation import Speculation, SpeculationStats
 
 if TYPE_CHECKING:  # annotations only
     from runtime.decoder_base import Decoder
@@ -98,10 +98,7 @@ class Scheduler:
         name: str = "engine",
         prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS,
         reuse_decoded: bool = False,
-        speculate: str | None = None,
-        draft_tokens: int = 4,
-        speculate_max_streams: int = 1,
-        draft_model: DraftModel | None = None,
+        speculation: Speculation | None = None,
     ) -> None:
         if prefill_chunk < 1:
             raise ValueError("prefill_chunk must be positive")
@@ -109,12 +106,8 @@ class Scheduler:
             raise ValueError("queue_limit must be 0 or more")
         if prefix_cache_tokens < 0:
             raise ValueError("prefix_cache_tokens must be 0 or more")
-        if speculate is not None and not decoder.can_truncate:
+        if speculation is not None and not decoder.can_truncate:
             raise ValueError(f"engine {name!r} cannot speculate: its cache cannot be cut back past rejected draft tokens")
-        if (speculate == "draft") != (draft_model is not None):
-            raise ValueError("speculate='draft' takes a draft model, and only it does")
-        if draft_tokens < 1 or speculate_max_streams < 1:
-            raise ValueError("draft_tokens and speculate_max_streams must be at least 1")
         self.decoder = decoder
         self.prefill_chunk = prefill_chunk
         self.queue_limit = queue_limit
@@ -140,10 +133,7 @@ class Scheduler:
         self._prefix_hits = 0
         self._cached_tokens = 0
         self._mask_computer: MaskComputer | None = None  # made at the first constrained sequence
-        self._speculate = speculate
-        self._draft_tokens = draft_tokens
-        self._speculate_streams = speculate_max_streams
-        self._draft_model = draft_model
+        self._speculation = speculation
         self._speculated = SpeculationStats()
         self._thread = threading.Thread(target=self._run, name=f"scheduler-{name}", daemon=True)
         self._thread.start()
@@ -152,10 +142,8 @@ class Scheduler:
 
     def submit(self, job: Job) -> None:
         """Queue `job` for a slot; QueueFullError when every slot is busy and the queue is full."""
-        if self._draft_model is not None and job.drafter is None:
-            job.drafter = self._draft_model.drafter(job.prompt, self._draft_tokens)
-        elif self._speculate is not None and job.drafter is None:
-            job.drafter = PromptLookup(job.prompt, self._draft_tokens)  # in the request's thread: the prompt is indexed once
+        if self._speculation is not None and job.drafter is None:
+            job.drafter = self._speculation.drafter(job.prompt)  # in the request's thread: a prompt lookup indexes the prompt once
         with self._wake:
             if self._stopping:
                 raise SchedulerStoppedError(f"engine {self.name!r} is shutting down; retry on another instance")
@@ -181,7 +169,7 @@ class Scheduler:
             spec = self._speculated
             return SchedulerStats(
                 len(self._slots), len(self._admitted), len(self._waiting), self._steps, self._tokens, self._prefix_hits, self._cached_tokens,
-                self._speculate, spec.steps, spec.tokens, spec.drafted, spec.accepted,
+                self._speculation.method if self._speculation is not None else None, spec.steps, spec.tokens, spec.drafted, spec.accepted,
             )  # fmt: skip
 
     def close(self, timeout: float = 5.0) -> None:
@@ -219,7 +207,8 @@ class Scheduler:
         decoding = [job for job in self._admitted if job.next_token is not None and not job.cancelled]
         # Speculation only while few sequences decode: each speculating sequence is a run of its
         # own, and beyond a few the one batched step does more per weight read than drafts save.
-        speculating = [job for job in decoding if job.drafter is not None] if len(decoding) <= self._speculate_streams else []
+        speculation = self._speculation
+        speculating = [job for job in decoding if job.drafter is not None] if speculation is not None and len(decoding) <= speculation.max_streams else []
         if speculating:
             decoding = [job for job in decoding if job.drafter is None]
         if decoding:

@@ -35,7 +35,7 @@ so a chat's next turn reuses them from the prefix cache, answer included.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -53,6 +53,16 @@ class SpeculationStats:
     tokens: int = 0  # tokens they produced (kept drafts plus the one sampled after them)
     drafted: int = 0  # guessed tokens checked (by lookup or a draft engine; not the one-token filler of a run without a guess)
     accepted: int = 0  # of those, the ones the model agreed with
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """How a scheduler speculates: the method's name (for /health), a drafter per new sequence
+    (given its prompt), and the most sequences decoding at once for which steps speculate."""
+
+    method: str
+    drafter: Callable[[Sequence[int]], Drafter]
+    max_streams: int = 1  # GeneratorSettings checks it (speculate_max_streams)
 
 
 class Drafter(Protocol):

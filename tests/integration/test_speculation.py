@@ -310,7 +310,7 @@ def test_a_draft_engine_changes_speed_not_output(tiny_engine, one_layer_draft, w
             assert stats.accepted_tokens >= 0.8 * stats.draft_tokens
         # Two streams at once, each with a draft slot of its own; the slots come back at the end.
         assert run_together(generator, [tiny_request(16), tiny_request(20)]) == [tokens_of(generator, r)[0] for r in (tiny_request(16), tiny_request(20))]
-        model = generator.scheduler._draft_model
+        model = generator.draft_model
         assert model is not None and sorted(model._free) == [0, 1]
     finally:
         generator.close()
