@@ -91,6 +91,12 @@ def proxy_location(text: str) -> str:
     return text
 
 
+def ray_ingress(text: str) -> str:
+    if text not in ("direct", "relay"):
+        raise ValueError(f"not a Ray ingress: {text!r}; use direct or relay")
+    return text
+
+
 def speculation(text: str) -> str:
     word = text.strip().lower()
     if word not in ("off", *SPECULATION_METHODS):
@@ -305,11 +311,11 @@ class ServerSettings:
         "--cuda-graph", "replay decode steps as CUDA graphs (CUDA engines; not yet verified on a GPU)", parse=switch, group="gpu",
     ))
 
-    # Scale-out on Ray Serve (`pip install -e .[ray]`): one deployment per engine, replicas
-    # autoscaled on their ongoing requests, an ingress routing a conversation to the replica
-    # that holds its prefix (api/scaleout/router.py, docs/scale-out.md).
+    # Scale-out on Ray Serve (`pip install -e .[ray]`): replicas autoscaled on their ongoing
+    # requests, a conversation routed to the replica that holds its prefix
+    # (api/scaleout/router.py, docs/scale-out.md).
     ray: bool = field(default=False, metadata=option(
-        "--ray", "serve through Ray Serve instead of gunicorn: a deployment per engine, replicas across the cluster's nodes", parse=switch, group="ray",
+        "--ray", "serve through Ray Serve instead of gunicorn: replicas across the cluster's nodes", parse=switch, group="ray",
     ))
     ray_address: str = field(default="", metadata=option(
         "--ray-address", "Ray cluster to join ('auto': the one this node belongs to); default: start a Ray on this machine", group="ray",
@@ -317,8 +323,16 @@ class ServerSettings:
     ray_proxy_location: str = field(default="HeadOnly", metadata=option(
         "--ray-proxy-location", "where Ray Serve listens: HeadOnly (this node) or EveryNode (each node, for a load balancer in front)", parse=proxy_location, group="ray",
     ))
-    ray_min_replicas: int = field(default=1, metadata=option("--ray-min-replicas", "fewest replicas per engine", parse=positive, group="ray"))
-    ray_max_replicas: int = field(default=1, metadata=option("--ray-max-replicas", "most replicas per engine (autoscaled between the two)", parse=positive, group="ray"))
+    # How tokens reach the client: `direct`, replicas answer HTTP themselves behind Ray Serve's
+    # HAProxy ingress (no Ray hop per token; every replica serves every engine); `relay`, each
+    # engine its own deployment behind an ingress deployment (a Ray hop per chunk; a stream cut by
+    # a dead replica still ends with an error event). docs/scale-out.md says which to choose.
+    ray_ingress: str = field(default="direct", metadata=option(
+        "--ray-ingress", "direct: replicas stream to clients through HAProxy; relay: through an ingress deployment (a Ray hop per chunk)",
+        parse=ray_ingress, group="ray",
+    ))
+    ray_min_replicas: int = field(default=1, metadata=option("--ray-min-replicas", "fewest replicas (per engine with --ray-ingress relay)", parse=positive, group="ray"))
+    ray_max_replicas: int = field(default=1, metadata=option("--ray-max-replicas", "most replicas (autoscaled between the two)", parse=positive, group="ray"))
     ray_target_ongoing: int = field(default=0, metadata=option(
         "--ray-target-ongoing", "ongoing requests per replica the autoscaler aims at; 0: --slots", parse=whole_number, group="ray",
     ))

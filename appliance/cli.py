@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, replace
@@ -168,6 +169,10 @@ def _ray_problem(settings: Any) -> str | None:
 
 
 def _serve_on_ray(settings: Any, names: str, access: str) -> int:
+    if settings.ray_ingress == "direct":
+        from api.scaleout import DIRECT_INGRESS_ENV
+
+        os.environ.update(DIRECT_INGRESS_ENV)  # before Ray Serve is imported: it reads them once
     try:
         from api.scaleout import serve as rayserve
     except ImportError as exc:
@@ -175,7 +180,7 @@ def _serve_on_ray(settings: Any, names: str, access: str) -> int:
         return EXIT_USER_ERROR
     print(
         f"appliance: serving {names} on http://{settings.host}:{settings.port} through Ray Serve "
-        f"({settings.ray_min_replicas}-{settings.ray_max_replicas} replica(s) per engine, {settings.slots} slots each, "
+        f"({settings.ray_ingress} ingress, {settings.ray_min_replicas}-{settings.ray_max_replicas} replica(s){' per engine' if settings.ray_ingress == 'relay' else ''}, {settings.slots} slots each, "
         f"Ray at {settings.ray_address or 'a new local instance'})",
         file=sys.stderr,
     )

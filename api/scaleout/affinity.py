@@ -40,7 +40,16 @@ def _conversation_start(messages: Sequence[Any]) -> list[Any]:
     return start
 
 
-def affinity_key(path: str, body: Mapping[str, Any]) -> str | None:
+def _path_of(body: Mapping[str, Any]) -> str:
+    """The route a body was sent to, read from its fields: where only the body is known."""
+    if "messages" in body:
+        return "/v1/chat/completions"
+    if "prompt" in body or "context" in body:
+        return "/api/generate"
+    return RESPONSES_PATH if "input" in body else ""
+
+
+def affinity_key(path: str | None, body: Mapping[str, Any]) -> str | None:
     """The key of a generation request's prompt start, or None when it has none to keep together.
 
     Chats (`messages` of /v1/chat/completions and /api/chat, a Responses `input` given as
@@ -48,7 +57,14 @@ def affinity_key(path: str, body: Mapping[str, Any]) -> str | None:
     or instructions; plain prompts (/v1/completions, /api/generate, a Responses `input`
     string) by their first PROMPT_CHARS characters; /api/generate's `context` by its first
     CONTEXT_TOKENS ids. Other routes (embeddings, listings) have no key: any replica will do.
+
+    `path` None: the route is not known (HAProxy shows the direct path's router the body
+    alone), so the body's fields say the kind: `messages` a chat, `prompt` or `context` a plain
+    prompt, `input` a Responses input. An embeddings `input` is then keyed too, which only
+    gives equal texts the same replica.
     """
+    if path is None:
+        path = _path_of(body)
     model = str(body.get("model", ""))
     system = str(body.get("instructions") or body.get("system") or "")
     if path in CHAT_PATHS:

@@ -46,6 +46,45 @@ def stream_error(content_type: str, error: ApiError) -> bytes:
     return b""  # a plain body cannot say more than ending short
 
 
+async def read_body(request: Request, limit: int) -> bytes | Response:
+    """The request's whole body, or the 413 that refuses it (read here: the model and the affinity key are in it)."""
+    path = request.url.path
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return error_response(path, BodyTooLarge(f"the request body has {declared} bytes; the limit is {limit}"))
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            return error_response(path, BodyTooLarge(f"the request body is larger than the limit of {limit} bytes"))
+        parts.append(part)
+    return b"".join(parts)
+
+
+def forwarded_request(request: Request) -> dict[str, Any]:
+    """What a replica needs of an HTTP request to run it through its WSGI app (replica.wsgi_environ)."""
+    return {
+        "method": request.method,
+        "path": request.url.path,
+        "query_string": request.url.query,
+        "headers": [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.scope["headers"]],
+        "scheme": request.url.scheme,
+        "server": request.scope.get("server"),
+        "client": request.scope.get("client"),
+    }
+
+
+def streamed_answer(start: dict[str, Any], chunks: AsyncIterator[bytes]) -> StreamingResponse:
+    """A replica's answer as the HTTP server sends it: its status, its headers as the app set them, its chunks as they come."""
+    response = StreamingResponse(chunks, status_code=start["status"])
+    # Repeated header names kept; the length and framing are the HTTP server's to set.
+    response.raw_headers = [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in start["headers"] if name.lower() not in ("content-length", "transfer-encoding", "connection")
+    ]
+    return response
+
+
 class Ingress:
     """The HTTP entry of the application: forwards each request to its engine's deployment."""
 
@@ -57,29 +96,13 @@ class Ingress:
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path
-        # The body is read here whole (the model and the affinity key are in it), so its limit is kept here too.
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            return error_response(path, BodyTooLarge(f"the request body has {declared} bytes; the limit is {self.max_body_bytes}"))
-        parts, size = [], 0
-        async for part in request.stream():
-            size += len(part)
-            if size > self.max_body_bytes:
-                return error_response(path, BodyTooLarge(f"the request body is larger than the limit of {self.max_body_bytes} bytes"))
-            parts.append(part)
-        body = b"".join(parts)
-        forwarded = {
-            "method": request.method,
-            "path": path,
-            "query_string": request.url.query,
-            "headers": [(name.decode("latin-1"), value.decode("latin-1")) for name, value in request.scope["headers"]],
-            "scheme": request.url.scheme,
-            "server": request.scope.get("server"),
-            "client": request.scope.get("client"),
-        }
+        body = await read_body(request, self.max_body_bytes)
+        if isinstance(body, Response):
+            return body
+        forwarded = forwarded_request(request)
         if request.method == "GET" and (path in GATHERED_LISTS or path == "/health"):
             return await self._gathered(path, forwarded)
-        parsed = _json_object(body)
+        parsed = json_object(body)
         deployment = self.models.get(str(parsed.get("model") or parsed.get("name") or _path_model(path)), self.default)
         return await self._forward(deployment, path, forwarded, body, affinity_key(path, parsed))
 
@@ -118,13 +141,7 @@ class Ingress:
             finally:
                 answer.cancel()  # the client left early: the replica stops generating
 
-        response = StreamingResponse(chunks(), status_code=start["status"])
-        # The app's headers as it sent them, repeated names included; the length is the proxy's to set.
-        response.raw_headers = [
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in start["headers"] if name.lower() not in ("content-length", "transfer-encoding", "connection")
-        ]
-        return response
+        return streamed_answer(start, chunks())
 
     async def _gathered(self, path: str, forwarded: dict[str, Any]) -> Response:
         """/health and the model lists from every deployment: one answer, or the first refusal as is."""
@@ -154,7 +171,7 @@ class Ingress:
         return start["status"], start["headers"], body
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
+def json_object(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body) if body else {}
     except ValueError:

@@ -1,4 +1,4 @@
-"""A replica: one engine's own server (api/server/assemble.py), answering the requests the ingress forwards."""
+"""A replica: the appliance's own server (api/server/assemble.py) for one engine (the relay path) or all (the direct path)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import sys
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ class EngineReplica:
     def __init__(self, settings_env: dict[str, str], engine: str) -> None:
         configure_logging()
         settings = replace(ServerSettings.from_env(settings_env), engines=Path(engine), read_only_engines=True)
+        self.settings = settings
         responses = ClusterResponseStore(ray.get_actor(RESPONSES_ACTOR, namespace=APP_NAME), settings.response_store_max)
         self.server = assemble(settings, responses, builds=False)
         self.server.load_in_background()
@@ -83,7 +84,7 @@ class EngineReplica:
         if registry.state == "failed":
             raise RuntimeError(f"the engine failed: {registry.reason}")
 
-    async def handle(self, request: dict[str, Any], body: bytes, affinity: str | None = None) -> AsyncIterator[Any]:
+    async def handle(self, request: dict[str, Any], body: bytes, affinity: str | None = None) -> AsyncGenerator[Any, None]:
         """Run the request through the app: yields its start ({status, headers}), then its body's chunks.
 
         The app runs on a thread of this request (a stream blocks between tokens); chunks cross

@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import ollama
@@ -25,7 +26,7 @@ ray = pytest.importorskip("ray", reason="the Ray path is an extra: pip install -
 from ray import serve  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-DEPLOYMENT_PREFIX = "engine-"
+DEPLOYMENT = "engines"  # the direct path's replicas, each serving every engine
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +45,21 @@ def cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="module")
-def ray_server(cluster: Cluster, tiny_llama_engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def tiny_encoder_engine(tiny_encoder_dir, tmp_path_factory: pytest.TempPathFactory):
+    from export.options import ExportOptions
+    from export.pipeline import export_model
+
+    return export_model(str(tiny_encoder_dir), tmp_path_factory.mktemp("ray-encoder") / "tiny-encoder", ExportOptions())
+
+
+@pytest.fixture(scope="module")
+def ray_server(cluster: Cluster, tiny_llama_engine, tiny_encoder_engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # Two engines, a chat model and an embedder: every replica serves both.
+    engines = tmp_path_factory.mktemp("ray-engines")
+    for engine in (tiny_llama_engine, tiny_encoder_engine):
+        (engines / engine.directory.name).symlink_to(engine.directory)
     server = Server(
-        tiny_llama_engine.directory, tmp_path_factory.mktemp("ray") / "server.log",
+        engines, tmp_path_factory.mktemp("ray") / "server.log",
         "--ray", "--ray-address", cluster.address, "--slots", "2", "--queue-limit", "2",
         "--ray-min-replicas", "1", "--ray-max-replicas", "2", "--ray-target-ongoing", "1",
         "--ray-upscale-delay", "1", "--ray-downscale-delay", "30", "--intra-op-threads", "1", "--max-body-bytes", "100000",
@@ -59,7 +72,8 @@ def ray_server(cluster: Cluster, tiny_llama_engine, tmp_path_factory: pytest.Tem
 
 
 def replica_counts(model: str) -> dict[str, int]:
-    status = serve.status().applications["appliance"].deployments[DEPLOYMENT_PREFIX + model]
+    """The replicas by state (every replica serves `model` and any other engine)."""
+    status = serve.status().applications["appliance"].deployments[DEPLOYMENT]
     return {str(state): count for state, count in status.replica_states.items()}
 
 
@@ -91,12 +105,29 @@ def test_the_official_clients_stream_through_the_ingress(ray_server: Server, tin
     lines = list(ollama.Client(host=ray_server.url, timeout=60).chat(model=name, messages=messages, stream=True, options={"num_predict": 24, "temperature": 0, "repeat_penalty": 1.0}))
     assert lines[-1]["done"] and len(lines) > 3
     assert "".join(line["message"]["content"] for line in lines) == whole.choices[0].message.content
-    assert [m.id for m in client.models.list()] == [name]
+    # No Ray hop carried those chunks: the replicas answer HTTP behind HAProxy, and the only other
+    # deployment is the router HAProxy asks for each POST (no relaying ingress).
+    assert set(serve.status().applications["appliance"].deployments) == {DEPLOYMENT, "router"}
+    assert any(b"haproxy" in path.read_bytes() for path in Path("/proc").glob("[0-9]*/cmdline") if path.exists())
     # The same errors as gunicorn's server, in each dialect.
     with pytest.raises(openai.NotFoundError, match="not found"):
         client.chat.completions.create(model="no-such-model", messages=messages)
     with pytest.raises(ollama.ResponseError, match="not found"):
         ollama.Client(host=ray_server.url).chat(model="no-such-model", messages=messages)
+
+
+def test_every_engine_is_routed_by_the_body_model_and_listed(ray_server: Server, tiny_llama_engine, tiny_encoder_engine) -> None:
+    chat_model, embedder = tiny_llama_engine.manifest.name, tiny_encoder_engine.manifest.name
+    client = openai.OpenAI(base_url=f"{ray_server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    assert sorted(m.id for m in client.models.list()) == sorted([chat_model, embedder])
+    assert sorted(m.model for m in ollama.Client(host=ray_server.url, timeout=60).list().models) == sorted([f"{chat_model}:latest", f"{embedder}:latest"])
+    vectors = client.embeddings.create(model=embedder, input=["one sentence", "another one"])
+    assert len(vectors.data) == 2 and len(vectors.data[0].embedding) > 0
+    assert ollama.Client(host=ray_server.url, timeout=60).embed(model=embedder, input="hello").embeddings
+    assert client.completions.create(model=chat_model, prompt="Hi", max_tokens=4, temperature=0).usage.completion_tokens > 0
+    health = httpx.get(f"{ray_server.url}/health", timeout=30).json()
+    assert health["status"] == "ok" and sorted(health["models"]) == sorted([chat_model, embedder])
+    assert health["replica"].split()[0] == health["replicas"][0]["replica"].split()[0]
 
 
 def scheduler_totals(server: Server, figure: str) -> int:
@@ -160,7 +191,7 @@ def test_autoscaling_adds_a_replica_on_the_other_node_under_load(ray_server: Ser
 
 
 def test_every_replica_full_and_the_queue_full_is_a_429(ray_server: Server, tiny_llama_engine) -> None:
-    # Two replicas of two slots, and two more requests queued: twelve streams at once overflow it.
+    # Two replicas of two slots, and two more requests queued on each: twelve streams at once overflow it.
     body = {"model": tiny_llama_engine.manifest.name, "prompt": "flood", "max_tokens": 300, "temperature": 0, "stream": True}
     statuses: list[int] = []
     refusals: list[httpx.Response] = []
@@ -181,7 +212,9 @@ def test_every_replica_full_and_the_queue_full_is_a_429(ray_server: Server, tiny
         thread.join(90)
     assert statuses.count(200) >= 4 and refusals, statuses
     refusal = refusals[0]
-    assert refusal.headers["retry-after"] == "1" and refusal.json()["error"]["code"] == "rate_limit_exceeded"
+    # Refused by the replica's own scheduler, as the one-box server refuses (Ray holds nothing back).
+    assert refusal.headers["retry-after"] == "1" and refusal.json()["error"]["code"] == "server_busy", refusal.text
+    assert "is busy" in refusal.json()["error"]["message"]
 
 
 def test_a_conversation_stays_on_its_replica(ray_server: Server, tiny_llama_engine) -> None:
@@ -237,19 +270,27 @@ def test_a_stored_response_is_continued_on_any_replica(ray_server: Server, tiny_
     assert client.responses.retrieve(first.id).output_text == first.output_text
 
 
-def test_a_killed_replica_ends_its_streams_with_an_error_and_loses_no_later_request(ray_server: Server, tiny_llama_engine) -> None:
+def test_a_killed_replica_cuts_its_streams_and_loses_no_later_request(ray_server: Server, tiny_llama_engine) -> None:
+    # On the direct path the replica writes the client's bytes itself: when it dies mid-stream,
+    # HAProxy ends the connection short of the stream's last chunk, which every HTTP client reports
+    # as an error (here the openai client's httpx). No truncated answer passes for a whole one. The
+    # relay path (test_ray_relay.py) ends such a stream with an error event instead.
     name = tiny_llama_engine.manifest.name
-    body = {"model": name, "messages": [{"role": "user", "content": "A long story, please."}], "max_tokens": 1500, "ignore_eos": True, "temperature": 0, "stream": True}
-    with httpx.stream("POST", f"{ray_server.url}/v1/chat/completions", json=body, timeout=60) as answer:
-        assert answer.status_code == 200
-        _, _, pid = replica_of(answer)
-        frames = answer.iter_lines()
-        first = next(line for line in frames if line.startswith("data: "))
-        assert "chat.completion.chunk" in first
-        os.kill(pid, signal.SIGKILL)
-        rest = [line for line in frames if line.startswith("data: ")]
-    assert rest[-1] == "data: [DONE]" and "error" in json.loads(rest[-2].removeprefix("data: ")), rest[-3:]
-    # Every request sent after the kill is answered: one that reached the dead replica is sent again.
+    client = openai.OpenAI(base_url=f"{ray_server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    messages = [{"role": "user", "content": "A long story, please."}]
+    with client.chat.completions.with_streaming_response.create(
+        model=name, messages=messages, max_tokens=1500, temperature=0, stream=True, extra_body={"ignore_eos": True},
+    ) as raw:
+        _, _, pid = raw.headers["x-appliance-replica"].split()
+        chunks = iter(raw.parse())
+        assert next(chunks).object == "chat.completion.chunk"
+        os.kill(int(pid), signal.SIGKILL)
+        with pytest.raises(Exception, match="incomplete chunked read") as cut:  # the openai client's own httpx fork
+            for _ in chunks:
+                pass
+        assert type(cut.value).__name__ == "RemoteProtocolError"
+    # Every request sent after the kill is answered: the router passes over the replica that
+    # does not answer its probe, and HAProxy resends a request whose connection was refused.
     for turn in range(8):
         assert chat(ray_server, [{"role": "user", "content": f"after the kill {turn}"}]).status_code == 200
     wait_for(lambda: running(name) >= 1 and replica_counts(name).keys() <= {"RUNNING"}, 60, f"the replica replaced ({replica_counts(name)})")

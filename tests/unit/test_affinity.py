@@ -73,3 +73,16 @@ def test_a_forwarded_request_becomes_the_wsgi_environ_gunicorn_would_give() -> N
     assert environ["CONTENT_LENGTH"] == "8" and environ["HTTP_X_MANY"] == "1,2" and "HTTP_CONTENT_LENGTH" not in environ
     assert environ["PATH_INFO"] == "/v1/chat/completions" and environ["QUERY_STRING"] == "a=1" and environ["REMOTE_ADDR"] == "10.0.0.5"
     assert isinstance(environ["wsgi.input"], io.BytesIO) and environ["wsgi.input"].read() == b'{"x": 1}'
+
+
+def test_a_body_alone_gets_the_key_its_route_would_give() -> None:
+    # The direct path's router sees the body, not the path: the fields say which route it was.
+    chat = {"model": "m", "messages": turns("Hello", 1)}
+    assert affinity_key(None, chat) == affinity_key("/v1/chat/completions", chat) == affinity_key("/api/chat", chat)
+    prompt = {"model": "m", "prompt": "Once upon a time"}
+    assert affinity_key(None, prompt) == affinity_key("/v1/completions", prompt)
+    context = {"model": "m", "prompt": "next", "context": [1, 2, 3]}
+    assert affinity_key(None, context) == affinity_key("/api/generate", context)
+    responses = {"model": "m", "input": [{"role": "user", "content": "hi"}]}
+    assert affinity_key(None, responses) == affinity_key("/v1/responses", responses)
+    assert affinity_key(None, {"model": "m"}) is None
