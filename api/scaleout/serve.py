@@ -184,10 +184,13 @@ def serve_forever(settings: ServerSettings) -> int:
     stopped.wait()
     # A service manager may signal the whole process group, Ray's own processes included: the
     # application's removal is bounded, and Ray is stopped after it whatever became of it.
-    log.info("shutting down: removing the application (at most %.0f s)", settings.drain_timeout_s + 10)
+    # On the direct path Ray drains a replica for at least 30 s (so HAProxy stops sending to it)
+    # and gives streams at least 35 s, whatever --drain-timeout says.
+    limit = max(settings.drain_timeout_s, 35.0 if direct else 0.0) + 10
+    log.info("shutting down: removing the application (at most %.0f s)", limit)
     remove = threading.Thread(target=serve.delete if settings.ray_address else lambda _name: serve.shutdown(), args=(APP_NAME,), daemon=True)
     remove.start()
-    remove.join(settings.drain_timeout_s + 10)
+    remove.join(limit)
     if remove.is_alive():
         log.warning("the application was not removed in time (is Ray's node still up?); stopping anyway")
     ray.shutdown()

@@ -8,7 +8,6 @@ when the load is gone. Each phase is bounded in time; traffic goes to 127.0.0.1 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -40,6 +39,7 @@ def cluster() -> Iterator[Cluster]:
     try:
         yield nodes
     finally:
+        serve.context._set_global_client(None)  # this process's handle on the cluster's Serve, which goes with it
         ray.shutdown()
         nodes.shutdown()
 

@@ -1,0 +1,92 @@
+"""The direct path's replica choice (api/scaleout/router.py): the key's replica while it has room, else the least loaded."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("ray", reason="the Ray path is an extra: pip install -e '.[ray]' (make install does)")
+
+from api.scaleout.affinity import rank
+from api.scaleout.router import AffinityRouter
+
+
+@dataclass
+class FakeReplica:
+    """What the router reads of a replica: its id and its ongoing requests (None: it does not answer)."""
+
+    unique_id: str
+    ongoing: int | None
+    probes: list[str] = field(default_factory=list)
+
+    @property
+    def replica_id(self) -> SimpleNamespace:
+        return SimpleNamespace(unique_id=self.unique_id)
+
+    async def get_queue_len(self, *, deadline_s: float) -> int:
+        self.probes.append(self.unique_id)
+        if self.ongoing is None:
+            raise RuntimeError("the actor died")
+        return self.ongoing
+
+
+def router(overflow_at: int) -> AffinityRouter:
+    # The policy alone: Ray's constructor (its controller, its event loop) is not needed for it.
+    chooser = AffinityRouter.__new__(AffinityRouter)
+    chooser.initialize_state(overflow_at=overflow_at)
+    return chooser
+
+
+def choose(chooser: AffinityRouter, replicas: list[FakeReplica], key: str | None) -> str:
+    pending = SimpleNamespace(kwargs={"affinity": key})
+    ranks = asyncio.run(chooser.choose_replicas(replicas, pending))  # type: ignore[arg-type]
+    assert len(ranks) == 1 and len(ranks[0]) == 1  # one replica named: HAProxy sends the request there
+    return ranks[0][0].unique_id
+
+
+def test_a_conversation_stays_on_its_replica_while_it_has_a_free_slot() -> None:
+    replicas = [FakeReplica("a", 1), FakeReplica("b", 0), FakeReplica("c", 0)]
+    home = rank("k", ["a", "b", "c"])[0]
+    for replica in replicas:
+        replica.ongoing = 1 if replica.unique_id == home else 0
+    assert choose(router(overflow_at=2), replicas, "k") == home  # one of two slots busy: still home
+    assert [r for replica in replicas for r in replica.probes] == [home]  # one probe, the home's
+
+
+def test_a_full_replica_overflows_to_the_least_loaded() -> None:
+    ids = ["a", "b", "c"]
+    home = rank("k", ids)[0]
+    loads = dict(zip([i for i in ids if i != home], (3, 1), strict=True)) | {home: 2}
+    replicas = [FakeReplica(i, loads[i]) for i in ids]
+    least = min(loads, key=lambda i: loads[i])
+    assert choose(router(overflow_at=2), replicas, "k") == least
+
+
+def test_a_replica_that_does_not_answer_is_passed_over() -> None:
+    ids = ["a", "b"]
+    home, other = rank("k", ids)
+    replicas = [FakeReplica(home, None), FakeReplica(other, 5)]
+    assert choose(router(overflow_at=2), replicas, "k") == other  # busy, but alive
+    replicas = [FakeReplica(home, None), FakeReplica(other, None)]
+    assert choose(router(overflow_at=2), replicas, "k") == home  # none answered: the key's own (HAProxy retries elsewhere)
+
+
+def test_a_burst_spreads_before_the_probes_see_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Requests routed a moment ago count on top of a replica's probed load: ten requests without
+    # a key, while every probe still says 0, do not all go to one replica.
+    monkeypatch.setattr("api.scaleout.router.IN_FLIGHT_S", 60.0)  # "a moment" however slow this machine is
+    chooser = router(overflow_at=4)
+    replicas = [FakeReplica("a", 0), FakeReplica("b", 0)]
+    picks = [choose(chooser, replicas, None) for _ in range(10)]
+    assert picks.count("a") == picks.count("b") == 5
+
+
+def test_the_relay_path_returns_ranks_for_ray_to_weigh() -> None:
+    replicas = [FakeReplica("a", 0), FakeReplica("b", 0)]
+    home, other = rank("k", ["a", "b"])
+    ranks = asyncio.run(router(overflow_at=0).choose_replicas(replicas, SimpleNamespace(kwargs={"affinity": "k"})))  # type: ignore[arg-type]
+    assert [[r.unique_id for r in group] for group in ranks] == [[home], [other]]
+    assert not any(replica.probes for replica in replicas)  # Ray probes on that path
