@@ -26,6 +26,8 @@ from ray import serve  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
 DEPLOYMENT = "engines"  # the direct path's replicas, each serving every engine
+KEY = "ray-test-key-0123456789"  # each replica checks API keys itself: the headers must reach it through HAProxy
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +58,8 @@ def tiny_encoder_engine(tiny_encoder_dir, tmp_path_factory: pytest.TempPathFacto
 def ray_server(cluster: Cluster, tiny_llama_engine, tiny_encoder_engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # Two engines, a chat model and an embedder: every replica serves both.
     engines = tmp_path_factory.mktemp("ray-engines")
+    keys = tmp_path_factory.mktemp("ray-keys") / "keys.txt"
+    keys.write_text(KEY + "\n")
     for engine in (tiny_llama_engine, tiny_encoder_engine):
         (engines / engine.directory.name).symlink_to(engine.directory)
     server = Server(
@@ -63,6 +67,7 @@ def ray_server(cluster: Cluster, tiny_llama_engine, tiny_encoder_engine, tmp_pat
         "--ray", "--ray-address", cluster.address, "--slots", "2", "--queue-limit", "2",
         "--ray-min-replicas", "1", "--ray-max-replicas", "2", "--ray-target-ongoing", "1",
         "--ray-upscale-delay", "1", "--ray-downscale-delay", "30", "--intra-op-threads", "1", "--max-body-bytes", "100000",
+        "--api-key-file", str(keys),
         startup_timeout=240,
     )
     try:
@@ -88,7 +93,7 @@ def replica_of(response: httpx.Response) -> tuple[str, str, int]:
 
 def chat(server: Server, messages: list[dict], max_tokens: int = 8) -> httpx.Response:
     body = {"model": "tiny-llama-fp32", "messages": messages, "max_tokens": max_tokens, "temperature": 0}
-    answer = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+    answer = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=AUTH, timeout=60)
     assert answer.status_code == 200, answer.text
     return answer
 
@@ -96,42 +101,44 @@ def chat(server: Server, messages: list[dict], max_tokens: int = 8) -> httpx.Res
 def test_the_official_clients_stream_through_the_ingress(ray_server: Server, tiny_llama_engine) -> None:
     name = tiny_llama_engine.manifest.name
     assert running(name) == 1
-    client = openai.OpenAI(base_url=f"{ray_server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    client = openai.OpenAI(base_url=f"{ray_server.url}/v1", api_key=KEY, max_retries=0, timeout=60)
     messages = [{"role": "user", "content": "Tell me a story."}]
     whole = client.chat.completions.create(model=name, messages=messages, max_tokens=24, temperature=0)
     chunks = list(client.chat.completions.create(model=name, messages=messages, max_tokens=24, temperature=0, stream=True))
     assert len(chunks) > 3  # token by token, not one buffered body
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
-    lines = list(ollama.Client(host=ray_server.url, timeout=60).chat(model=name, messages=messages, stream=True, options={"num_predict": 24, "temperature": 0, "repeat_penalty": 1.0}))
+    lines = list(ollama.Client(host=ray_server.url, headers=AUTH, timeout=60).chat(model=name, messages=messages, stream=True, options={"num_predict": 24, "temperature": 0, "repeat_penalty": 1.0}))
     assert lines[-1]["done"] and len(lines) > 3
     assert "".join(line["message"]["content"] for line in lines) == whole.choices[0].message.content
     # No Ray hop carried those chunks: the replicas answer HTTP behind HAProxy, and the only other
     # deployment is the router HAProxy asks for each POST (no relaying ingress).
     assert set(serve.status().applications["appliance"].deployments) == {DEPLOYMENT, "router"}
     assert any(b"haproxy" in path.read_bytes() for path in Path("/proc").glob("[0-9]*/cmdline") if path.exists())
-    # The same errors as gunicorn's server, in each dialect.
+    # The same errors as gunicorn's server, in each dialect; keys checked by the replica itself.
+    refused = httpx.post(f"{ray_server.url}/v1/chat/completions", json={"model": name, "messages": messages}, timeout=30)
+    assert refused.status_code == 401 and refused.json()["error"]["message"].startswith("no API key given"), refused.text
     with pytest.raises(openai.NotFoundError, match="not found"):
         client.chat.completions.create(model="no-such-model", messages=messages)
     with pytest.raises(ollama.ResponseError, match="not found"):
-        ollama.Client(host=ray_server.url).chat(model="no-such-model", messages=messages)
+        ollama.Client(host=ray_server.url, headers=AUTH).chat(model="no-such-model", messages=messages)
 
 
 def test_every_engine_is_routed_by_the_body_model_and_listed(ray_server: Server, tiny_llama_engine, tiny_encoder_engine) -> None:
     chat_model, embedder = tiny_llama_engine.manifest.name, tiny_encoder_engine.manifest.name
-    client = openai.OpenAI(base_url=f"{ray_server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    client = openai.OpenAI(base_url=f"{ray_server.url}/v1", api_key=KEY, max_retries=0, timeout=60)
     assert sorted(m.id for m in client.models.list()) == sorted([chat_model, embedder])
-    assert sorted(m.model for m in ollama.Client(host=ray_server.url, timeout=60).list().models) == sorted([f"{chat_model}:latest", f"{embedder}:latest"])
+    assert sorted(m.model for m in ollama.Client(host=ray_server.url, headers=AUTH, timeout=60).list().models) == sorted([f"{chat_model}:latest", f"{embedder}:latest"])
     vectors = client.embeddings.create(model=embedder, input=["one sentence", "another one"])
     assert len(vectors.data) == 2 and len(vectors.data[0].embedding) > 0
-    assert ollama.Client(host=ray_server.url, timeout=60).embed(model=embedder, input="hello").embeddings
+    assert ollama.Client(host=ray_server.url, headers=AUTH, timeout=60).embed(model=embedder, input="hello").embeddings
     assert client.completions.create(model=chat_model, prompt="Hi", max_tokens=4, temperature=0).usage.completion_tokens > 0
-    health = httpx.get(f"{ray_server.url}/health", timeout=30).json()
+    health = httpx.get(f"{ray_server.url}/health", headers=AUTH, timeout=30).json()
     assert health["status"] == "ok" and sorted(health["models"]) == sorted([chat_model, embedder])
     assert health["replica"].split()[0] == health["replicas"][0]["replica"].split()[0]
 
 
 def scheduler_totals(server: Server, figure: str) -> int:
-    health = httpx.get(f"{server.url}/health", timeout=30).json()
+    health = httpx.get(f"{server.url}/health", headers=AUTH, timeout=30).json()
     return sum(stats[figure] for replica in health["replicas"] for stats in replica["generators"].values())
 
 
@@ -143,7 +150,7 @@ def test_a_client_that_leaves_frees_its_slot_and_limits_hold(ray_server: Server,
     name = tiny_llama_engine.manifest.name
     body = {"model": name, "prompt": "A very long story:", "max_tokens": 1900, "ignore_eos": True, "temperature": 0, "stream": True}
     tokens_before = scheduler_totals(ray_server, "tokens")
-    with httpx.stream("POST", f"{ray_server.url}/v1/completions", json=body, timeout=60) as answer:
+    with httpx.stream("POST", f"{ray_server.url}/v1/completions", json=body, headers=AUTH, timeout=60) as answer:
         lines = answer.iter_lines()
         next(line for line in lines if line.startswith("data: "))
         assert active_sequences(ray_server) == 1
@@ -151,12 +158,12 @@ def test_a_client_that_leaves_frees_its_slot_and_limits_hold(ray_server: Server,
     wait_for(lambda: active_sequences(ray_server) == 0, 20, "the generation ended after its client left")
     made = scheduler_totals(ray_server, "tokens") - tokens_before
     assert made < 1000, f"{made} of 1900 tokens made for a client that left after the first"
-    too_big = httpx.post(f"{ray_server.url}/v1/completions", json={"model": name, "prompt": "x" * 200_000}, timeout=30)
+    too_big = httpx.post(f"{ray_server.url}/v1/completions", json={"model": name, "prompt": "x" * 200_000}, headers=AUTH, timeout=30)
     assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
-    assert httpx.post(f"{ray_server.url}/api/chat", content=b"{" + b" " * 200_000, timeout=30).json()["error"].startswith("the request body has")
+    assert httpx.post(f"{ray_server.url}/api/chat", content=b"{" + b" " * 200_000, headers=AUTH, timeout=30).json()["error"].startswith("the request body has")
     # Engines are each replica's, read-only: a served model pulls at once, a delete is refused in words.
-    assert ollama.Client(host=ray_server.url).pull(name).status == "success"
-    refused = httpx.request("DELETE", f"{ray_server.url}/api/delete", json={"model": name}, timeout=30)
+    assert ollama.Client(host=ray_server.url, headers=AUTH).pull(name).status == "success"
+    refused = httpx.request("DELETE", f"{ray_server.url}/api/delete", json={"model": name}, headers=AUTH, timeout=30)
     assert refused.status_code == 403 and "read-only" in refused.json()["error"]
 
 
@@ -166,7 +173,7 @@ def _load(server: Server, name: str, stop: threading.Event, seen: set[tuple[str,
     while not stop.is_set():
         n += 1
         body = {"model": name, "prompt": f"load {threading.get_ident()} {n}", "max_tokens": 400, "temperature": 0, "stream": True}
-        with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as answer:
+        with httpx.stream("POST", f"{server.url}/v1/completions", json=body, headers=AUTH, timeout=60) as answer:
             if answer.status_code == 200:
                 seen.add(replica_of(answer))
             for _ in answer.iter_bytes():
@@ -197,7 +204,7 @@ def test_every_replica_full_and_the_queue_full_is_a_429(ray_server: Server, tiny
     refusals: list[httpx.Response] = []
 
     def one() -> None:
-        with httpx.stream("POST", f"{ray_server.url}/v1/completions", json=body, timeout=60) as answer:
+        with httpx.stream("POST", f"{ray_server.url}/v1/completions", json=body, headers=AUTH, timeout=60) as answer:
             statuses.append(answer.status_code)
             if answer.status_code == 429:
                 answer.read()
@@ -237,8 +244,8 @@ def test_a_conversation_stays_on_its_replica(ray_server: Server, tiny_llama_engi
 
 def test_the_official_clients_stream_a_conversation_through_two_replicas(ray_server: Server, tiny_llama_engine) -> None:
     name = tiny_llama_engine.manifest.name
-    client = openai.OpenAI(base_url=f"{ray_server.url}/v1", api_key="unused", max_retries=0, timeout=60)
-    chat_client = ollama.Client(host=ray_server.url, timeout=60)
+    client = openai.OpenAI(base_url=f"{ray_server.url}/v1", api_key=KEY, max_retries=0, timeout=60)
+    chat_client = ollama.Client(host=ray_server.url, headers=AUTH, timeout=60)
     served_by: dict[int, set[str]] = {}
     for conversation in range(24):  # until both replicas have streamed some
         if conversation >= 2 and len(set.union(*served_by.values())) == 2:
@@ -257,7 +264,7 @@ def test_the_official_clients_stream_a_conversation_through_two_replicas(ray_ser
 
 def test_a_stored_response_is_continued_on_any_replica(ray_server: Server, tiny_llama_engine) -> None:
     name = tiny_llama_engine.manifest.name
-    client = openai.OpenAI(base_url=f"{ray_server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    client = openai.OpenAI(base_url=f"{ray_server.url}/v1", api_key=KEY, max_retries=0, timeout=60)
     first = client.responses.create(model=name, input="My name is Ada.", max_output_tokens=6, temperature=0)
     answered_by = set()
     for turn in range(24):  # different inputs, different keys: until both replicas have continued it
@@ -276,7 +283,7 @@ def test_a_killed_replica_cuts_its_streams_and_loses_no_later_request(ray_server
     # as an error (here the openai client's httpx). No truncated answer passes for a whole one. The
     # relay path (test_ray_relay.py) ends such a stream with an error event instead.
     name = tiny_llama_engine.manifest.name
-    client = openai.OpenAI(base_url=f"{ray_server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    client = openai.OpenAI(base_url=f"{ray_server.url}/v1", api_key=KEY, max_retries=0, timeout=60)
     messages = [{"role": "user", "content": "A long story, please."}]
     with client.chat.completions.with_streaming_response.create(
         model=name, messages=messages, max_tokens=1500, temperature=0, stream=True, extra_body={"ignore_eos": True},
@@ -303,4 +310,4 @@ def test_autoscaling_removes_the_replica_once_the_load_is_gone(ray_server: Serve
 
 
 def test_the_server_stops_cleanly(ray_server: Server) -> None:
-    assert httpx.get(f"{ray_server.url}/health", timeout=30).json()["status"] == "ok"
+    assert httpx.get(f"{ray_server.url}/health", headers=AUTH, timeout=30).json()["status"] == "ok"
