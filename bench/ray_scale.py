@@ -115,6 +115,7 @@ def main() -> int:
     parser.add_argument("--per-stream", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--json", type=Path, default=PEERS / "ray_scale.json")
+    parser.add_argument("--runs", default="direct_1,direct_1x2,direct_2,relay_1,relay_2", help="which Ray runs, comma-separated (the one-box server always runs)")
     args = parser.parse_args()
     model = _read_model(args.engine)
     serve = [sys.executable, "-m", "appliance", "serve", "--engines", str(args.engine), "--slots", "16"]
@@ -126,7 +127,11 @@ def main() -> int:
 
     # (key, replicas, ONNX Runtime threads per replica): one thread each is a replica per node's
     # core; one replica of two threads runs on the same two cores as the one-box server.
-    for ingress, runs in (("direct", (("direct_1", 1, 1), ("direct_1x2", 1, 2), ("direct_2", 2, 1))), ("relay", (("relay_1", 1, 1), ("relay_2", 2, 1)))):
+    wanted = set(args.runs.split(","))
+    for ingress, every in (("direct", (("direct_1", 1, 1), ("direct_1x2", 1, 2), ("direct_2", 2, 1))), ("relay", (("relay_1", 1, 1), ("relay_2", 2, 1)))):
+        runs = [run for run in every if run[0] in wanted]
+        if not runs:
+            continue
         nodes = two_node_cluster()
         try:
             port = free_port()  # one port per cluster: its Serve keeps the first one's proxy
@@ -145,6 +150,7 @@ def main() -> int:
         "gunicorn": "one box, gunicorn (2 threads)", "direct_1": "Ray direct, 1 replica x 1 thread", "direct_1x2": "Ray direct, 1 replica x 2 threads",
         "direct_2": "Ray direct, 2 replicas x 1 thread", "relay_1": "Ray relay, 1 replica x 1 thread", "relay_2": "Ray relay, 2 replicas x 1 thread",
     }
+    labels = {key: label for key, label in labels.items() if key in results}
     for key, label in labels.items():
         s, single = results[key]["streams"], results[key]["single"]
         print(f"{label:<36}{s['aggregate_tok_s']:>10.1f}{s['aggregate_tok_s'] / box:>10.2f}{s['ttft_p50_ms']:>13.0f}{s['ttft_p95_ms']:>13.0f}{s['errors']:>8}"

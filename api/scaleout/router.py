@@ -11,13 +11,20 @@ from ray.serve.request_router import PendingRequest, RequestRouter, RunningRepli
 
 from api.scaleout.affinity import rank
 
-# How long a replica's load probe may take before the router goes on without it.
+# A replica's load is asked of the replica itself (its ongoing requests). A busy replica may
+# answer slowly, and every request waits for the answer: one answer serves the requests routed
+# within PROBE_TTL_S of it, and once a replica has answered, routing waits at most PROBE_WAIT_S
+# for a fresh answer before it goes on with the last one (the probe finishes in the background).
+PROBE_TTL_S = 0.05
+PROBE_WAIT_S = 0.05
+# A replica that has never answered gets this long; one that fails (its actor died) is passed over.
 PROBE_DEADLINE_S = 0.5
-# Requests routed this recently may not have reached their replica yet (HAProxy connects and
-# sends in a few ms): they count on top of its probed load, so a burst of new conversations
-# spreads instead of piling on one replica. Short, or a conversation's quick next turn would
-# find its own last turn counted twice and overflow.
+# Requests routed this shortly before an answer may not have reached the replica yet (HAProxy
+# connects and sends in a few ms): they count on top of it, with every request routed after
+# it, so a burst of new conversations spreads instead of piling on one replica.
 IN_FLIGHT_S = 0.02
+# Routing times older than this are forgotten (every answer is younger).
+ROUTED_MEMORY_S = 5.0
 
 # -- the replicas' router ---------------------------------------------------------------------
 
@@ -33,15 +40,17 @@ class AffinityRouter(RequestRouter):
 
     On the direct path Ray does not weigh capacity (HAProxy sends the request; the router only
     names the replica), so the router decides alone, with `overflow_at` the replica's slots:
-    the key's replica while its ongoing requests (probed, plus those routed to it in the last
-    IN_FLIGHT_S) are fewer than that, else the least loaded replica; a replica whose probe
-    fails is passed over while another answers. It always names one: a replica past its own
+    the key's replica while its ongoing requests (its last answer, plus the requests routed to
+    it since) are fewer than that, else the least loaded replica; a replica whose probe fails
+    is passed over while another answers. It always names one: a replica past its own
     queue refuses in the API's dialect (429 and Retry-After), nothing waits in Ray.
     """
 
     def initialize_state(self, **kwargs: Any) -> None:
         self.overflow_at = int(kwargs.get("overflow_at", 0))
-        self._routed: dict[str, deque[float]] = {}
+        self._routed: dict[str, deque[float]] = {}  # replica -> when requests were routed to it
+        self._answers: dict[str, tuple[float, int]] = {}  # replica -> (asked at, its ongoing requests)
+        self._probes: dict[str, asyncio.Future[None]] = {}  # replica -> its probe in flight
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
         if not candidate_replicas:
@@ -54,12 +63,21 @@ class AffinityRouter(RequestRouter):
                 return [list(candidate_replicas)]
             return [[ranked[0]], ranked[1:]] if len(ranked) > 1 else [ranked]
         chosen = await self._choose_by_load(ranked, keyed=bool(key))
-        self._routed.setdefault(chosen.replica_id.unique_id, deque()).append(time.monotonic())
+        now = time.monotonic()
+        routed = self._routed.setdefault(chosen.replica_id.unique_id, deque())
+        routed.append(now)
+        while routed[0] < now - ROUTED_MEMORY_S:
+            routed.popleft()
         return [[chosen]]
 
     async def _choose_by_load(self, ranked: list[RunningReplica], keyed: bool) -> RunningReplica:
         if keyed:
             home = await self._load(ranked[0])
+            if home is not None and home >= self.overflow_at:
+                # Full by the estimate, which counts every request routed since the last answer,
+                # finished or not (a quick next turn finds its last one there): ask again before
+                # moving the conversation off the replica that holds its prefix.
+                home = await self._load(ranked[0], fresh=True)
             if home is not None and home < self.overflow_at:
                 return ranked[0]
         loads = await asyncio.gather(*(self._load(replica) for replica in ranked))
@@ -70,16 +88,34 @@ class AffinityRouter(RequestRouter):
             return ranked[answered[0][1]]  # the key's replica is gone: its next in rank order takes its conversations
         return ranked[min(answered)[1]]  # least loaded; ties go to the rank order
 
-    async def _load(self, replica: RunningReplica) -> int | None:
-        """Ongoing requests on the replica plus those routed to it that may not have arrived; None: no answer."""
-        try:
-            ongoing = await asyncio.wait_for(replica.get_queue_len(deadline_s=PROBE_DEADLINE_S), PROBE_DEADLINE_S)
-        except Exception:  # a dead, unreachable or stalled replica (Ray's controller replaces a dead one)
+    async def _load(self, replica: RunningReplica, fresh: bool = False) -> int | None:
+        """The replica's ongoing requests at its last answer plus those routed to it since; None: it failed.
+
+        `fresh`: ask the replica now, whatever the age of its last answer (still waiting at most
+        PROBE_WAIT_S for it once it has answered before).
+        """
+        unique = replica.replica_id.unique_id
+        known = self._answers.get(unique)
+        if known is None or fresh or time.monotonic() - known[0] > PROBE_TTL_S:
+            probe = self._probes.get(unique)
+            if probe is None or probe.done():
+                probe = self._probes[unique] = asyncio.ensure_future(self._probe(replica))
+            try:
+                await asyncio.wait_for(asyncio.shield(probe), PROBE_WAIT_S if known else PROBE_DEADLINE_S)
+            except asyncio.TimeoutError:
+                if known is None:
+                    return None  # never answered: passed over while another replica answers
+            except Exception:  # the actor died or cannot be reached (Ray's controller replaces a dead one)
+                self._answers.pop(unique, None)
+                return None
+            known = self._answers.get(unique, known)
+        if known is None:
             return None
-        routed = self._routed.get(replica.replica_id.unique_id)
-        if routed is None:
-            return int(ongoing)
-        horizon = time.monotonic() - IN_FLIGHT_S
-        while routed and routed[0] < horizon:
-            routed.popleft()
-        return int(ongoing) + len(routed)
+        answered_at, ongoing = known
+        routed = self._routed.get(unique, ())
+        return ongoing + sum(1 for at in routed if at >= answered_at - IN_FLIGHT_S)
+
+    async def _probe(self, replica: RunningReplica) -> None:
+        asked_at = time.monotonic()
+        ongoing = await replica.get_queue_len(deadline_s=PROBE_DEADLINE_S)
+        self._answers[replica.replica_id.unique_id] = (asked_at, int(ongoing))

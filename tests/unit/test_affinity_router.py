@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -21,6 +22,7 @@ class FakeReplica:
     unique_id: str
     ongoing: int | None
     probes: list[str] = field(default_factory=list)
+    delay_s: float = 0.0
 
     @property
     def replica_id(self) -> SimpleNamespace:
@@ -28,6 +30,7 @@ class FakeReplica:
 
     async def get_queue_len(self, *, deadline_s: float) -> int:
         self.probes.append(self.unique_id)
+        await asyncio.sleep(self.delay_s)
         if self.ongoing is None:
             raise RuntimeError("the actor died")
         return self.ongoing
@@ -90,3 +93,27 @@ def test_the_relay_path_returns_ranks_for_ray_to_weigh() -> None:
     ranks = asyncio.run(router(overflow_at=0).choose_replicas(replicas, SimpleNamespace(kwargs={"affinity": "k"})))  # type: ignore[arg-type]
     assert [[r.unique_id for r in group] for group in ranks] == [[home], [other]]
     assert not any(replica.probes for replica in replicas)  # Ray probes on that path
+
+
+def test_a_busy_replica_is_not_waited_for_once_it_has_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A replica busy decoding answers its probe late; routing goes on with its last answer.
+    monkeypatch.setattr("api.scaleout.router.PROBE_TTL_S", 0.0)  # every request asks again
+    chooser = router(overflow_at=2)
+    home = FakeReplica("a", 0)
+    assert choose(chooser, [home], "k") == "a"
+    home.delay_s, home.ongoing = 2.0, 0
+    started = time.monotonic()
+    assert choose(chooser, [home], "k") == "a"
+    assert time.monotonic() - started < 1.0  # not the 2 s the probe takes
+
+
+def test_a_quick_next_turn_is_not_moved_by_turns_already_finished(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Requests routed since the last answer count as ongoing; before a conversation leaves its
+    # replica on that estimate, the replica is asked again.
+    monkeypatch.setattr("api.scaleout.router.PROBE_TTL_S", 60.0)  # the last answer would serve every turn
+    monkeypatch.setattr("api.scaleout.router.IN_FLIGHT_S", 0.0)
+    chooser = router(overflow_at=2)
+    replicas = [FakeReplica("a", 0), FakeReplica("b", 0)]
+    home = rank("k", ["a", "b"])[0]
+    assert [choose(chooser, replicas, "k") for _ in range(5)] == [home] * 5  # each turn over before the next
+    assert len([p for replica in replicas for p in replica.probes]) >= 2  # asked again when the estimate said full
