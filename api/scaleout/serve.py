@@ -3,7 +3,7 @@
 Two data paths (`--ray-ingress`), both built here from the modules of this folder:
 
 - **direct** (the default): `DirectReplica` (direct.py) is the application's ingress. Ray
-  Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY) runs HAProxy on each node and gives each
+  Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY) runs HAProxy on each proxy node and gives each
   replica an HTTP port of its own: HAProxy passes the replica's bytes to the client, no Ray hop
   per token. Every replica serves every engine. For each POST HAProxy first asks
   `ReplicaChooser` (direct.py, the ingress request router) which replica should take it:
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import signal
 import threading
@@ -162,6 +163,9 @@ def serve_forever(settings: ServerSettings) -> int:
     if settings.ray_address:
         ray.init(address=settings.ray_address, namespace=APP_NAME, runtime_env=runtime_env)
     else:
+        # Ray starts its workers at niceness 15 by default; here they are the server, at the
+        # priority gunicorn's workers have (a cluster's nodes set it with `ray start`).
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(namespace=APP_NAME, include_dashboard=False, runtime_env=runtime_env)
     # From here on a SIGTERM or SIGINT stops the application in order (Ray's own handler, set by
     # ray.init, would end this process at once), even one that comes while it starts.
