@@ -68,6 +68,10 @@ class AffinityRouter(RequestRouter):
         routed.append(now)
         while routed[0] < now - ROUTED_MEMORY_S:
             routed.popleft()
+        if len(self._routed) > 2 * len(by_id):  # replicas that went away (scale-down, replaced)
+            for table in (self._routed, self._answers, self._probes):
+                for gone in set(table) - set(by_id):
+                    del table[gone]
         return [[chosen]]
 
     async def _choose_by_load(self, ranked: list[RunningReplica], keyed: bool) -> RunningReplica:

@@ -117,3 +117,12 @@ def test_a_quick_next_turn_is_not_moved_by_turns_already_finished(monkeypatch: p
     home = rank("k", ["a", "b"])[0]
     assert [choose(chooser, replicas, "k") for _ in range(5)] == [home] * 5  # each turn over before the next
     assert len([p for replica in replicas for p in replica.probes]) >= 2  # asked again when the estimate said full
+
+
+def test_replicas_that_went_away_are_forgotten() -> None:
+    chooser = router(overflow_at=2)
+    for name in "abcdefgh":
+        choose(chooser, [FakeReplica(name, 0)], None)
+    choose(chooser, [FakeReplica("a", 0)], None)
+    # Forgotten as they pile up: never more than twice as many remembered as there are.
+    assert "a" in chooser._routed and len(chooser._routed) <= 2 and len(chooser._answers) <= 2
