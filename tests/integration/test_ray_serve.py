@@ -1,4 +1,6 @@
-"""`appliance serve --ray` on a simulated two-node Ray cluster (every node on 127.0.0.1).
+"""`appliance serve --ray` (the direct path: replicas answer HTTP behind HAProxy) on a simulated
+two-node Ray cluster (every node on 127.0.0.1), serving a tiny chat engine and a tiny embedder
+with API keys. The relay path's tests are in test_ray_relay.py.
 
 One cluster and one server for the module; the tests run in order, each from the state the
 previous one left: one replica at start, a second added under load on the other node,
@@ -86,6 +88,16 @@ def running(model: str) -> int:
     return replica_counts(model).get("RUNNING", 0)
 
 
+def haproxy_running() -> bool:
+    for command in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"haproxy" in command.read_bytes():
+                return True
+        except OSError:  # the process ended meanwhile
+            continue
+    return False
+
+
 def replica_of(response: httpx.Response) -> tuple[str, str, int]:
     replica, node, pid = response.headers["x-appliance-replica"].split()
     return replica, node, int(pid)
@@ -113,7 +125,7 @@ def test_the_official_clients_stream_through_the_ingress(ray_server: Server, tin
     # No Ray hop carried those chunks: the replicas answer HTTP behind HAProxy, and the only other
     # deployment is the router HAProxy asks for each POST (no relaying ingress).
     assert set(serve.status().applications["appliance"].deployments) == {DEPLOYMENT, "router"}
-    assert any(b"haproxy" in path.read_bytes() for path in Path("/proc").glob("[0-9]*/cmdline") if path.exists())
+    assert haproxy_running()
     # The same errors as gunicorn's server, in each dialect; keys checked by the replica itself.
     refused = httpx.post(f"{ray_server.url}/v1/chat/completions", json={"model": name, "messages": messages}, timeout=30)
     assert refused.status_code == 401 and refused.json()["error"]["message"].startswith("no API key given"), refused.text
