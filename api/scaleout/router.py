@@ -95,8 +95,10 @@ class AffinityRouter(RequestRouter):
     async def _load(self, replica: RunningReplica, fresh: bool = False) -> int | None:
         """The replica's ongoing requests at its last answer plus those routed to it since; None: it failed.
 
-        `fresh`: ask the replica now, whatever the age of its last answer (still waiting at most
-        PROBE_WAIT_S for it once it has answered before).
+        `fresh`: ask the replica now, whatever the age of its last answer, and wait for the answer
+        as long as for a first one (moving a conversation costs its cached prefix: worth up to
+        PROBE_DEADLINE_S of certainty; on a busy replica a stale answer would count finished
+        turns as running).
         """
         unique = replica.replica_id.unique_id
         known = self._answers.get(unique)
@@ -105,7 +107,7 @@ class AffinityRouter(RequestRouter):
             if probe is None or probe.done():
                 probe = self._probes[unique] = asyncio.ensure_future(self._probe(replica))
             try:
-                await asyncio.wait_for(asyncio.shield(probe), PROBE_WAIT_S if known else PROBE_DEADLINE_S)
+                await asyncio.wait_for(asyncio.shield(probe), PROBE_WAIT_S if known and not fresh else PROBE_DEADLINE_S)
             except asyncio.TimeoutError:
                 if known is None:
                     return None  # never answered: passed over while another replica answers

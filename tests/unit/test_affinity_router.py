@@ -126,3 +126,17 @@ def test_replicas_that_went_away_are_forgotten() -> None:
     choose(chooser, [FakeReplica("a", 0)], None)
     # Forgotten as they pile up: never more than twice as many remembered as there are.
     assert "a" in chooser._routed and len(chooser._routed) <= 2 and len(chooser._answers) <= 2
+
+
+def test_a_conversation_waits_for_a_slow_answer_before_it_moves(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The estimate says full only because it counts finished turns; the replica answers slowly
+    # (busy), and is waited for rather than left: its answer (nothing running) keeps the turn home.
+    monkeypatch.setattr("api.scaleout.router.PROBE_TTL_S", 60.0)
+    monkeypatch.setattr("api.scaleout.router.IN_FLIGHT_S", 0.0)
+    chooser = router(overflow_at=2)
+    replicas = [FakeReplica("a", 0), FakeReplica("b", 0)]
+    home = rank("k", ["a", "b"])[0]
+    assert [choose(chooser, replicas, "k") for _ in range(2)] == [home] * 2
+    for replica in replicas:
+        replica.delay_s = 0.2  # slower than PROBE_WAIT_S, within PROBE_DEADLINE_S
+    assert choose(chooser, replicas, "k") == home
