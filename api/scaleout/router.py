@@ -106,6 +106,7 @@ class AffinityRouter(RequestRouter):
             probe = self._probes.get(unique)
             if probe is None or probe.done():
                 probe = self._probes[unique] = asyncio.ensure_future(self._probe(replica))
+                probe.add_done_callback(_retrieved)
             try:
                 await asyncio.wait_for(asyncio.shield(probe), PROBE_WAIT_S if known and not fresh else PROBE_DEADLINE_S)
             except asyncio.TimeoutError:
@@ -122,6 +123,20 @@ class AffinityRouter(RequestRouter):
         return ongoing + sum(1 for at in routed if at >= answered_at - IN_FLIGHT_S)
 
     async def _probe(self, replica: RunningReplica) -> None:
+        unique = replica.replica_id.unique_id
         asked_at = time.monotonic()
-        ongoing = await replica.get_queue_len(deadline_s=PROBE_DEADLINE_S)
-        self._answers[replica.replica_id.unique_id] = (asked_at, int(ongoing))
+        try:
+            ongoing = await replica.get_queue_len(deadline_s=PROBE_DEADLINE_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Failed after routing stopped waiting for it too: its last answer must not stand in.
+            self._answers.pop(unique, None)
+            raise
+        self._answers[unique] = (asked_at, int(ongoing))
+
+
+def _retrieved(probe: asyncio.Future[None]) -> None:
+    """Take a finished probe's error, if any: routing may have stopped waiting for it (no 'never retrieved' noise)."""
+    if not probe.cancelled():
+        probe.exception()
