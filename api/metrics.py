@@ -49,6 +49,7 @@ class Metrics:
         self.prefix_hits = Counter("appliance_prefix_cache_hits", "Generations that found part of their prompt cached", ["model"], registry=r)
         self.completion_tokens = Counter("appliance_completion_tokens", "Tokens generated", ["model"], registry=r)
         self.embedding_inputs = Counter("appliance_embedding_inputs", "Texts embedded", ["model"], registry=r)
+        self.reranked_documents = Counter("appliance_reranked_documents", "Documents scored against a query by a reranker", ["model"], registry=r)
         self.time_to_first_token = Histogram(
             "appliance_time_to_first_token_seconds", "From a generation's submission to its first token", ["model"], buckets=_SECONDS, registry=r
         )
@@ -101,6 +102,11 @@ class Metrics:
     def embedded(self, model: str, inputs: int, tokens: int) -> None:
         """Count an embedding request's inputs and their tokens."""
         self.embedding_inputs.labels(model).inc(inputs)
+        self.prompt_tokens.labels(model).inc(tokens)
+
+    def reranked(self, model: str, documents: int, tokens: int) -> None:
+        """Count a rerank request's documents and the tokens of its (query, document) pairs."""
+        self.reranked_documents.labels(model).inc(documents)
         self.prompt_tokens.labels(model).inc(tokens)
 
     def render(self) -> tuple[bytes, str]:

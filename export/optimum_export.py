@@ -6,7 +6,9 @@ tensors and the present is the past concatenated with the new positions. The run
 drives such graphs with `ConcatKVDecoder`.
 
 Encoders (sentence embedding models) are exported as `feature-extraction`: token states
-out, pooling done by the runtime as the manifest says.
+out, pooling done by the runtime as the manifest says. Cross-encoders (one-label sequence
+classifiers, rerankers) are exported as `text-classification`: the logits out, the activation
+applied by the runtime as the manifest says.
 """
 
 from __future__ import annotations
@@ -71,6 +73,15 @@ def export_concat_decoder(model: Any, max_context: int, out_dir: Path) -> Optimu
 
 def export_encoder(model_folder: Path, out_dir: Path) -> OptimumGraph:
     """Export a sentence encoder with optimum (feature-extraction) into `out_dir`."""
+    return _export_encoder_task(model_folder, out_dir, "feature-extraction", "hidden_state")
+
+
+def export_cross_encoder(model_folder: Path, out_dir: Path) -> OptimumGraph:
+    """Export a cross-encoder (a sequence classifier) with optimum (text-classification) into `out_dir`."""
+    return _export_encoder_task(model_folder, out_dir, "text-classification", "logits")
+
+
+def _export_encoder_task(model_folder: Path, out_dir: Path, task: str, output_role: str) -> OptimumGraph:
     from optimum.exporters.onnx import main_export
 
     staging = out_dir / "_optimum"
@@ -78,15 +89,16 @@ def export_encoder(model_folder: Path, out_dir: Path) -> OptimumGraph:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             main_export(
-                str(model_folder), output=staging, task="feature-extraction", device="cpu",
+                str(model_folder), output=staging, task=task, device="cpu",
                 do_validation=False, local_files_only=True, library_name="transformers",
             )  # fmt: skip
     except (ValueError, KeyError, NotImplementedError) as exc:
-        raise UnsupportedModelError(f"{model_folder}: optimum cannot export this encoder ({str(exc).strip().splitlines()[0]})") from exc
+        raise UnsupportedModelError(f"{model_folder}: optimum cannot export this encoder as {task} ({str(exc).strip().splitlines()[0]})") from exc
     files = _adopt_graph(staging, out_dir)
     inputs, outputs = _describe(out_dir / GRAPH_FILE)
-    if not any(t.role == "hidden_state" for t in outputs):
-        raise UnsupportedModelError(f"{model_folder}: the exported encoder has no last_hidden_state output")
+    if not any(t.role == output_role for t in outputs):
+        wanted = {"hidden_state": "last_hidden_state", "logits": "logits"}[output_role]
+        raise UnsupportedModelError(f"{model_folder}: the exported encoder has no {wanted} output")
     return OptimumGraph(GRAPH_FILE, inputs, outputs, None, files)
 
 

@@ -7,11 +7,12 @@ The steps, each reported by `Progress`:
 2. open the source: tokenizer, special tokens and a tensor source (export/tensors.py), no weights;
 3. build the graph: our GroupQueryAttention builder, a tensor at a time from the tensor source,
    when it covers the architecture; optimum's exporter otherwise (decoders, the model loaded
-   whole); optimum's feature-extraction export (encoders);
+   whole); optimum's feature-extraction export (encoders); optimum's text-classification export
+   (cross-encoders, which become rerank engines: export/cross_encoder.py);
 4. write tokenizer.json and manifest.json;
 5. validate against the PyTorch model (decoders: a layer-streamed fp32 reference, run after the
    engine is closed) and write parity.json; an fp32 decoder whose greedy tokens differ, or an
-   encoder below cosine 0.9999, fails the export;
+   encoder below cosine 0.9999, or a reranker whose scores differ from CrossEncoder.predict's, fails the export;
 6. rewrite the manifest with the final sha256 of every file and move the directory into
    place. Everything happens in a hidden sibling folder that is deleted on any failure, so
    the output path either holds a complete engine or nothing new.
@@ -44,6 +45,7 @@ from runtime.manifest import (
     STYLE_ENCODER,
     STYLE_GQA_SHARED_KV,
     TASK_EMBEDDING,
+    TASK_RERANK,
     TASK_TEXT_GENERATION,
     TOKENIZER_FILE,
     EmbeddingSpec,
@@ -82,11 +84,13 @@ def export_model(
     source = resolve_source(source_argument, cache_dir, progress=progress, pip_args=pip_args)
     target = Path(out) if out is not None else default_output(source, options)
     check_destination(target, options)
-    if source.task == TASK_EMBEDDING and options.builder == "gqa":
-        raise UnsupportedModelError(f"--builder gqa builds decoders; {source.name} is an embedding model (use --builder auto)")
-    if source.task == TASK_EMBEDDING and (options.target_device == "cuda" or options.precision == "fp16"):
+    kind = {TASK_EMBEDDING: "an embedding model", TASK_RERANK: "a reranker (cross-encoder)"}.get(source.task)
+    if kind and options.builder == "gqa":
+        raise UnsupportedModelError(f"--builder gqa builds decoders; {source.name} is {kind} (use --builder auto)")
+    if kind and (options.target_device == "cuda" or options.precision == "fp16"):
+        precisions = "fp32, int8 or int4" if source.task == TASK_EMBEDDING else "fp32"
         raise UnsupportedModelError(
-            f"{source.name} is an embedding model: its engines are fp32, int8 or int4 and name CUDA themselves "
+            f"{source.name} is {kind}: its engines are {precisions} and name CUDA themselves "
             "(an fp32 encoder runs on the CUDA execution provider as it is); export it without --precision fp16, --device cuda or --backend tensorrt"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -96,6 +100,8 @@ def export_model(
     try:
         if source.task == TASK_TEXT_GENERATION:
             manifest, parity = _export_decoder(source, staging, target.name, options, progress)
+        elif source.task == TASK_RERANK:
+            manifest, parity = _export_reranker(source, staging, target.name, options, progress)
         else:
             manifest, parity = _export_encoder(source, staging, target.name, options, progress)
         move_into_place(staging, target)
@@ -423,6 +429,68 @@ def _export_encoder(source: ModelSource, staging: Path, name: str, options: Expo
         raise ParityError(
             f"the {options.precision} embedding engine's minimum cosine with PyTorch is {parity['min_cosine']:.6f}, below {parity['cosine_bar']}"
             + {"fp32": "", "int8": "; export it with --precision fp32"}.get(options.precision, "; export it with --precision int8 or fp32")
+        )
+    return manifest, parity
+
+
+def _export_reranker(source: ModelSource, staging: Path, name: str, options: ExportOptions, progress: Progress) -> tuple[Manifest, dict]:
+    """Export the cross-encoder of `source` into `staging`; the manifest and parity.json written."""
+    from export import optimum_export
+    from export.cross_encoder import SCORE_ATOL, SCORE_RTOL, cross_encoder_parity, cross_encoder_settings
+    from export.loading import quiet_libraries
+
+    if source.kind != "hf":
+        raise UnsupportedModelError(f"{source.path}: rerankers are exported from Hugging Face folders only")
+    if options.precision != "fp32":
+        raise UnsupportedModelError(
+            f"{source.name} is a reranker (cross-encoder): its engines are fp32 only for now (quantized rerankers have no "
+            "measured bar on ranking quality yet); export it with --precision fp32"
+        )
+    quiet_libraries()
+    config = json.loads((source.path / "config.json").read_text())
+    with progress.step("reading the cross-encoder's settings with sentence-transformers"):
+        spec = cross_encoder_settings(source.path)
+    with progress.step("exporting the cross-encoder with optimum (text-classification)"):
+        built = optimum_export.export_cross_encoder(source.path, staging)
+    with progress.step("writing tokenizer.json and manifest.json"):
+        tokenizer_json = source.path / TOKENIZER_FILE
+        if tokenizer_json.is_file():
+            shutil.copyfile(tokenizer_json, staging / TOKENIZER_FILE)
+        else:
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(str(source.path)).backend_tokenizer.save(str(staging / TOKENIZER_FILE))
+        manifest = Manifest(
+            name=name,
+            task=TASK_RERANK,
+            architecture=source.architecture,
+            model_type=source.model_type,
+            style=STYLE_ENCODER,
+            graph_file=built.graph_file,
+            inputs=built.inputs,
+            outputs=built.outputs,
+            rerank=spec,
+            precision=options.precision,
+            execution_providers=("CUDAExecutionProvider", "CPUExecutionProvider"),
+            vocab_size=int(config.get("vocab_size", 0)),
+            context_length=spec.max_input_tokens,
+            pad_token_id=config.get("pad_token_id"),
+            source=source.describe(),
+            export_options=dataclasses.asdict(options) | {"builder_used": "optimum"},
+            exporter=_exporter_versions("optimum", "optimum-onnx", "sentence-transformers"),
+            created=_now(),
+        )
+        write_manifest(staging, manifest)
+    with progress.step("validating against sentence-transformers' CrossEncoder"):
+        parity = cross_encoder_parity(source.path, staging)
+    parity["precision"] = options.precision
+    _write_parity(staging, manifest, parity)
+    if not parity["tokenizer_identical"]:
+        raise ParityError("tokenizer.json does not cut and frame the parity pairs as transformers' tokenizer does; this tokenizer cannot be exported")
+    if not parity["passed"]:
+        raise ParityError(
+            f"the reranker's scores differ from CrossEncoder.predict by up to {parity['max_abs_error']:.3g} "
+            f"(bar {SCORE_ATOL} + {SCORE_RTOL} x |score|); the graph is wrong for this model"
         )
     return manifest, parity
 

@@ -21,7 +21,7 @@ from export.default_models import DEFAULT_MODELS, DefaultModel
 from export.errors import CorruptSourceError, SourceNotFoundError, UnsupportedModelError
 from export.progress import Progress, Silent
 from export.pull import is_pulled, model_path, pull
-from runtime.manifest import TASK_EMBEDDING, TASK_TEXT_GENERATION, sha256_file
+from runtime.manifest import TASK_EMBEDDING, TASK_RERANK, TASK_TEXT_GENERATION, sha256_file
 
 GGUF_MAGIC = b"GGUF"
 # Architectures transformers can de-quantize from GGUF (transformers' GGUF_SUPPORTED_ARCHITECTURES
@@ -182,24 +182,47 @@ def _inspect_folder(path: Path, name: str) -> ModelSource:
         name=name,
         kind="hf",
         path=path,
-        task=_task_of(path, model_type, architectures),
+        task=_task_of(path, model_type, architectures, config),
         architecture=architecture,
         model_type=model_type,
         sha256=_folder_sha256(path),
     )
 
 
-def _task_of(path: Path, model_type: str, architectures: list[str]) -> str:
+def _task_of(path: Path, model_type: str, architectures: list[str], config: dict[str, Any]) -> str:
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
         return TASK_TEXT_GENERATION
+    if any(a.endswith("ForSequenceClassification") for a in architectures) or _is_cross_encoder(path):
+        labels = len(config["id2label"]) if isinstance(config.get("id2label"), dict) else int(config.get("num_labels", 2))
+        if labels != 1:
+            raise UnsupportedModelError(
+                f"{path}: {', '.join(architectures) or model_type} is a classifier with {labels} labels; only one-label "
+                "sequence classifiers (cross-encoders, rerankers such as ms-marco-MiniLM or bge-reranker) can be exported"
+            )
+        if model_type not in ENCODER_MODEL_TYPES:
+            raise UnsupportedModelError(
+                f"{path}: cross-encoders of type {model_type!r} are not supported; supported are {', '.join(ENCODER_MODEL_TYPES)}"
+            )
+        return TASK_RERANK
     if (path / "modules.json").is_file() or model_type in ENCODER_MODEL_TYPES:
         return TASK_EMBEDDING
     described = ", ".join(architectures) or "none"
     raise UnsupportedModelError(
-        f"{path}: architecture {described} (model_type {model_type!r}) is neither a causal language model "
-        "nor a sentence encoder we can export; supported are *ForCausalLM decoders and "
-        f"encoders of type {', '.join(ENCODER_MODEL_TYPES)}"
+        f"{path}: architecture {described} (model_type {model_type!r}) is neither a causal language model, "
+        "a sentence encoder nor a cross-encoder we can export; supported are *ForCausalLM decoders, and "
+        f"encoders and one-label *ForSequenceClassification cross-encoders of type {', '.join(ENCODER_MODEL_TYPES)}"
     )
+
+
+def _is_cross_encoder(path: Path) -> bool:
+    """Whether sentence-transformers saved the folder as a CrossEncoder (config_sentence_transformers.json says so)."""
+    config = path / "config_sentence_transformers.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type") == "CrossEncoder"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return False
 
 
 def _folder_sha256(path: Path) -> str:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -26,6 +27,9 @@ from runtime.engine import Engine
 from runtime.errors import ContextLengthError, InferenceError, ManifestError, RequestError
 from runtime.manifest import TASK_EMBEDDING
 
+# One input of a batcher: token ids (embeddings), or whatever a model reads per row (a reranker's
+# pair: ids and token types); its len() is its token count, which the batch bounds count.
+Row = TypeVar("Row", bound=Sized)
 
 @dataclass(frozen=True)
 class EmbeddingResult:
@@ -60,10 +64,10 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class _Call:
+class _Call(Generic[Row]):
     """One caller's inputs, waiting for their vectors."""
 
-    rows: list[list[int]]
+    rows: list[Row]
     vectors: np.ndarray | None = None
     error: BaseException | None = None
     done: bool = False
@@ -82,25 +86,26 @@ class BatchStats:
 
 
 @dataclass
-class EncodeBatcher:
+class EncodeBatcher(Generic[Row]):
     """Concurrent callers' inputs gathered into shared encoder runs (see the module's docstring).
 
-    `run` embeds one batch of rows (token ids) into vectors; a batch holds at most `batch_size`
-    rows and `max_batch_tokens` padded tokens (a single longer row runs alone).
+    `run` turns one batch of rows (token ids; any sized row, e.g. a reranker's pairs) into
+    vectors [rows, dimension]; a batch holds at most `batch_size` rows and `max_batch_tokens`
+    padded tokens (a single longer row runs alone).
     """
 
-    run: Callable[[list[list[int]]], np.ndarray]
+    run: Callable[[list[Row]], np.ndarray]
     dimension: int
     batch_size: int = 32
     max_batch_tokens: int = 16_384
     stats: BatchStats = field(default_factory=BatchStats)
-    _queue: deque[_Call] = field(default_factory=deque)
+    _queue: deque[_Call[Row]] = field(default_factory=deque)
     _turn: threading.Condition = field(default_factory=threading.Condition)
     _running: bool = False
 
-    def encode(self, rows: list[list[int]]) -> np.ndarray:
+    def encode(self, rows: list[Row]) -> np.ndarray:
         """Vectors [len(rows), dimension] of `rows`, in their order; the encoder's error if its run failed."""
-        call = _Call(rows)
+        call: _Call[Row] = _Call(rows)
         with self._turn:
             self._queue.append(call)
             while not call.done:
@@ -125,7 +130,7 @@ class EncodeBatcher:
         assert call.vectors is not None
         return call.vectors
 
-    def _take(self) -> list[_Call]:
+    def _take(self) -> list[_Call[Row]]:
         """The queued calls that fit one turn's token budget (the first one whatever its size)."""
         taken = [self._queue.popleft()]
         tokens = sum(len(row) for row in taken[0].rows)
@@ -137,7 +142,7 @@ class EncodeBatcher:
             tokens += size
         return taken
 
-    def _run_all(self, calls: list[_Call]) -> None:
+    def _run_all(self, calls: list[_Call[Row]]) -> None:
         """Run every row of `calls`, shortest first, in bounded batches; each call gets its vectors or its error."""
         rows = [(call, index, row) for call in calls for index, row in enumerate(call.rows)]
         rows.sort(key=lambda item: len(item[2]))
@@ -197,7 +202,7 @@ class Embedder:
         self._mask = mask.name if mask else None
         self._types = types.name if types else None
         self._hidden = manifest.require_output("hidden_state").name
-        self.batcher = EncodeBatcher(self._run, self.spec.dimension, batch_size, max_batch_tokens)
+        self.batcher: EncodeBatcher[list[int]] = EncodeBatcher(self._run, self.spec.dimension, batch_size, max_batch_tokens)
 
     @property
     def batch_stats(self) -> BatchStats:

@@ -29,12 +29,13 @@ TOKENIZER_FILE = "tokenizer.json"
 
 TASK_TEXT_GENERATION = "text-generation"
 TASK_EMBEDDING = "feature-extraction"
-TASKS = (TASK_TEXT_GENERATION, TASK_EMBEDDING)
+TASK_RERANK = "rerank"  # cross-encoders: a (query, document) pair in, one relevance score out
+TASKS = (TASK_TEXT_GENERATION, TASK_EMBEDDING, TASK_RERANK)
 
 # Graph styles the runtime knows how to drive.
 STYLE_GQA_SHARED_KV = "gqa-shared-kv"  # our builder: GroupQueryAttention, past == present buffer
 STYLE_CONCAT_KV = "concat-kv"  # optimum's exporter: present = concat(past, new)
-STYLE_ENCODER = "encoder"  # embedding models: one forward pass, then pooling
+STYLE_ENCODER = "encoder"  # embedding models and cross-encoders: one forward pass, no cache
 STYLES = (STYLE_GQA_SHARED_KV, STYLE_CONCAT_KV, STYLE_ENCODER)
 
 # Roles a tensor can play. Per-layer roles carry `layer`.
@@ -134,6 +135,35 @@ class EmbeddingSpec:
 
 
 @dataclass(frozen=True)
+class RerankSpec:
+    """How a cross-encoder reads a (query, document) pair and turns its logit into a relevance score.
+
+    Recorded at export from the model's sentence-transformers CrossEncoder settings, so scores
+    match what `CrossEncoder.predict` gives for the same pairs.
+    """
+
+    # Most tokens of one pair, special tokens included (the length the model was trained with).
+    max_input_tokens: int
+    # How an over-long pair is cut: "longest_first" (sentence-transformers' CrossEncoder: a token
+    # at a time from whichever text is longer) or "only_second" (the document only).
+    truncation: str = "longest_first"
+    # Applied to the logit: "sigmoid" (CrossEncoder's default for one label) or "identity" (the
+    # raw logit, as models whose config names torch.nn.Identity ask, e.g. ms-marco-MiniLM).
+    activation: str = "sigmoid"
+
+    TRUNCATIONS = ("longest_first", "only_second")
+    ACTIVATIONS = ("sigmoid", "identity")
+
+    def __post_init__(self) -> None:
+        if self.truncation not in self.TRUNCATIONS:
+            raise ManifestError(f"unknown pair truncation {self.truncation!r}; expected one of {self.TRUNCATIONS}")
+        if self.activation not in self.ACTIVATIONS:
+            raise ManifestError(f"unknown rerank activation {self.activation!r}; expected one of {self.ACTIVATIONS}")
+        if self.max_input_tokens < 4:
+            raise ManifestError(f"a reranker needs room for a pair: max_input_tokens {self.max_input_tokens} is too small")
+
+
+@dataclass(frozen=True)
 class TensorRTSpec:
     """How the ONNX Runtime TensorRT execution provider builds and caches this engine's plans.
 
@@ -185,6 +215,7 @@ class Manifest:
     chat_template: str | None = None
     kv_cache: KVLayout | None = None
     embedding: EmbeddingSpec | None = None
+    rerank: RerankSpec | None = None
     # TensorRT engines only (export --backend tensorrt).
     tensorrt: TensorRTSpec | None = None
     tokenizer_file: str = TOKENIZER_FILE
@@ -204,6 +235,8 @@ class Manifest:
             raise ManifestError("a text-generation manifest needs a kv_cache section")
         if self.task == TASK_EMBEDDING and self.embedding is None:
             raise ManifestError("a feature-extraction manifest needs an embedding section")
+        if self.task == TASK_RERANK and self.rerank is None:
+            raise ManifestError("a rerank manifest needs a rerank section")
 
     @property
     def requires_gpu(self) -> bool:
@@ -245,6 +278,12 @@ class Manifest:
             raise ManifestError(f"engine {self.name!r} ({self.task}) has no embedding section")
         return self.embedding
 
+    def require_rerank(self) -> RerankSpec:
+        """The rerank section, which every rerank manifest has."""
+        if self.rerank is None:
+            raise ManifestError(f"engine {self.name!r} ({self.task}) has no rerank section")
+        return self.rerank
+
     # -- serialisation ------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -259,6 +298,7 @@ class Manifest:
             "outputs": [t.to_dict() for t in self.outputs],
             "kv_cache": dataclasses.asdict(self.kv_cache) if self.kv_cache else None,
             "embedding": dataclasses.asdict(self.embedding) if self.embedding else None,
+            "rerank": dataclasses.asdict(self.rerank) if self.rerank else None,
             "tensorrt": dataclasses.asdict(self.tensorrt) if self.tensorrt else None,
             "vocab_size": self.vocab_size,
             "bos_token_id": self.bos_token_id,
@@ -290,6 +330,7 @@ class Manifest:
         try:
             kv = data.get("kv_cache")
             emb = data.get("embedding")
+            rerank = data.get("rerank")
             trt = data.get("tensorrt")
             return cls(
                 format_version=version,
@@ -303,6 +344,7 @@ class Manifest:
                 outputs=tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
                 kv_cache=KVLayout(**kv) if kv else None,
                 embedding=EmbeddingSpec(**emb) if emb else None,
+                rerank=RerankSpec(**rerank) if rerank else None,
                 tensorrt=TensorRTSpec(**trt) if trt else None,
                 vocab_size=int(data["vocab_size"]),
                 bos_token_id=data.get("bos_token_id"),

@@ -116,12 +116,11 @@ def make_tiny_gpt2(folder: Path) -> Path:
     return folder
 
 
-def make_tiny_sentence_encoder(folder: Path) -> Path:
-    """A 2-layer BERT laid out as a sentence-transformers folder (mean pooling, normalised)."""
+def _save_wordpiece_tokenizer(folder: Path, **init: Any):
+    """A lowercasing BERT WordPiece tokenizer trained on the test corpus, with BERT's pair template."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertTokenizerFast
 
-    folder.mkdir(parents=True, exist_ok=True)
     wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
     wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -131,8 +130,19 @@ def make_tiny_sentence_encoder(folder: Path) -> Path:
     wordpiece.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
     )
-    fast = BertTokenizerFast(tokenizer_object=wordpiece, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
+    fast = BertTokenizerFast(
+        tokenizer_object=wordpiece, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]", **init
+    )
     fast.save_pretrained(folder)
+    return fast
+
+
+def make_tiny_sentence_encoder(folder: Path) -> Path:
+    """A 2-layer BERT laid out as a sentence-transformers folder (mean pooling, normalised)."""
+    from transformers import BertConfig, BertModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fast = _save_wordpiece_tokenizer(folder)
     config = BertConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128, pad_token_id=0)
     model = BertModel(config)
     _init_weights(model, 0.1)
@@ -146,6 +156,65 @@ def make_tiny_sentence_encoder(folder: Path) -> Path:
     (folder / "1_Pooling").mkdir(exist_ok=True)
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}))
     (folder / "2_Normalize").mkdir(exist_ok=True)
+    return folder
+
+
+def make_tiny_cross_encoder(folder: Path, *, layout: str = "sentence-transformers", activation: str | None = None, max_length: int = 48) -> Path:
+    """A 2-layer BertForSequenceClassification with one label (a cross-encoder, as ms-marco-MiniLM is).
+
+    `layout` "sentence-transformers" saves it through sentence-transformers' CrossEncoder (modules.json,
+    config_sentence_transformers.json naming the activation); "legacy" is a plain transformers folder
+    whose config.json names the activation the pre-v4 way (`sbert_ce_default_activation_function`), as
+    the ms-marco cross-encoders on the Hub do. `activation` is a torch class path (None: CrossEncoder's
+    default, sigmoid); `max_length` the pair length it was "trained" with (the tokenizer's model_max_length).
+    """
+    from transformers import BertConfig, BertForSequenceClassification
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fast = _save_wordpiece_tokenizer(folder, model_max_length=max_length)
+    config = BertConfig(
+        vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=128, pad_token_id=0, num_labels=1, architectures=["BertForSequenceClassification"],
+    )  # fmt: skip
+    if layout == "legacy" and activation is not None:
+        config.sbert_ce_default_activation_function = activation
+    model = BertForSequenceClassification(config)
+    _init_weights(model, 0.1)
+    model.save_pretrained(folder)
+    if layout == "sentence-transformers":
+        import torch
+        from sentence_transformers import CrossEncoder
+        from sentence_transformers.util import import_from_string
+
+        function = import_from_string(activation)() if activation else torch.nn.Sigmoid()
+        CrossEncoder(str(folder), local_files_only=True, activation_fn=function).save(str(folder))
+    elif layout != "legacy":
+        raise ValueError(f"unknown layout {layout!r}")
+    return folder
+
+
+def make_tiny_xlmr_cross_encoder(folder: Path, max_length: int = 40) -> Path:
+    """A 2-layer XLMRobertaForSequenceClassification with one label, as bge-reranker is: RoBERTa's pair
+    template (`<s> A </s></s> B </s>`), no token types, a plain transformers folder (sigmoid by default)."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast, XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = _byte_bpe(600, ["<s>", "</s>", "<pad>"])
+    bos, eos = bpe.token_to_id("<s>"), bpe.token_to_id("</s>")
+    bpe.post_processor = processors.RobertaProcessing(("</s>", eos), ("<s>", bos), trim_offsets=False)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", pad_token="<pad>", model_max_length=max_length
+    )
+    fast.save_pretrained(folder)
+    config = XLMRobertaConfig(
+        vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=130,
+        pad_token_id=fast.pad_token_id, bos_token_id=bos, eos_token_id=eos, num_labels=1, type_vocab_size=1,
+        architectures=["XLMRobertaForSequenceClassification"],
+    )  # fmt: skip
+    model = XLMRobertaForSequenceClassification(config)
+    _init_weights(model, 0.1)
+    model.save_pretrained(folder)
     return folder
 
 

@@ -1,8 +1,8 @@
 """How the server reads and loads engine directories with the runtime: `RuntimeLoader`.
 
 `describe_directory` turns an engine's manifest and files into the listing entry (`ModelInfo`)
-without loading it; `RuntimeLoader.load` loads the engine into a generator or an embedder and
-warms it. The registry (api/models/registry.py) calls these through its `EngineLoader` seam,
+without loading it; `RuntimeLoader.load` loads the engine into a generator, an embedder or a
+reranker and warms it. The registry (api/models/registry.py) calls these through its `EngineLoader` seam,
 so tests can hand it fakes. ONNX Runtime is imported only when an engine is loaded.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from api.models.registry import LoadedModel, ModelInfo
-from runtime.manifest import MANIFEST_FILE, STYLE_CONCAT_KV, TASK_EMBEDDING, find_engine_dirs
+from runtime.manifest import MANIFEST_FILE, STYLE_CONCAT_KV, TASK_EMBEDDING, TASK_RERANK, find_engine_dirs
 from runtime.settings import GeneratorSettings, RuntimeSettings, takes_generator_settings
 
 if TYPE_CHECKING:
@@ -45,6 +45,8 @@ def describe_directory(directory: Path, manifest: Manifest, providers: tuple[str
         if manifest.embedding is None:
             raise ValueError(f"engine {manifest.name!r} is an embedding engine without an 'embedding' section in its manifest")
         context, dimension = manifest.embedding.max_input_tokens, manifest.embedding.dimension
+    elif manifest.task == TASK_RERANK:
+        context, dimension = manifest.require_rerank().max_input_tokens, None
     else:
         context, dimension = manifest.context_length, None
     return ModelInfo(
@@ -107,6 +109,7 @@ class RuntimeLoader:
         from runtime.engine import load_engine
         from runtime.generation import TextGenerator
         from runtime.request import GenerationRequest
+        from runtime.rerank import Reranker
         from runtime.sampling import SamplingParams
 
         started = time.perf_counter_ns()
@@ -117,6 +120,11 @@ class RuntimeLoader:
             model = LoadedModel(info, embedder=embedder, directory=directory)
             if self.warm:
                 embedder.encode(["warming up the engine"])
+        elif info.task == TASK_RERANK:
+            reranker = Reranker(engine)
+            model = LoadedModel(info, reranker=reranker, directory=directory)
+            if self.warm:
+                reranker.rerank("warming up", ["the engine"])
         else:
             if engine.manifest.style == STYLE_CONCAT_KV:
                 why = engine.manifest.export_options.get("fallback_reason", "exported with optimum's graph")
@@ -155,5 +163,5 @@ class RuntimeLoader:
 
 @takes_generator_settings
 def load_models(engines_dir: Path, settings: RuntimeSettings, warm: bool = True, **generator: Any) -> list[LoadedModel]:
-    """Load every engine under `engines_dir`, each into a generator or an embedder, and warm it."""
+    """Load every engine under `engines_dir`, each into a generator, an embedder or a reranker, and warm it."""
     return RuntimeLoader(settings, warm=warm, **generator).load_all(engines_dir)

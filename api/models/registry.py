@@ -23,22 +23,26 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from api.errors import BadRequest, ModelNotFound, Unavailable
 from api.models.residency import FOREVER, Reaper, RequestLeases, Residency
-from runtime.manifest import MANIFEST_FILE, TASK_TEXT_GENERATION, find_engine_dirs
+from runtime.manifest import MANIFEST_FILE, TASK_EMBEDDING, TASK_RERANK, TASK_TEXT_GENERATION, find_engine_dirs
 
 if TYPE_CHECKING:  # the runtime's types, without importing ONNX Runtime before the engines load
     from runtime.embeddings import BatchStats, EmbeddingResult
     from runtime.events import Event
     from runtime.job import SchedulerStats
     from runtime.request import FittedPrompt, GenerationRequest
+    from runtime.rerank import RerankResult
 
 log = logging.getLogger("appliance.api")
+
+# What each task is called in the error that refuses a model of another task.
+_TASK_WORDS = {TASK_TEXT_GENERATION: "text generation", TASK_EMBEDDING: "embeddings", TASK_RERANK: "reranking"}
 
 @dataclass(frozen=True)
 class ModelInfo:
     """What the model listing routes say about an engine."""
 
     name: str
-    task: str  # TASK_TEXT_GENERATION or TASK_EMBEDDING
+    task: str  # TASK_TEXT_GENERATION, TASK_EMBEDDING or TASK_RERANK
     created: int  # unix seconds (the export time)
     size_bytes: int
     digest: str  # sha256 of manifest.json, which pins every other file
@@ -124,13 +128,27 @@ class EmbeddingModel(Protocol):
         ...
 
 
+class RerankModel(Protocol):
+    """What the API needs of a reranker: `runtime.rerank.Reranker` (or a test fake)."""
+
+    def rerank(self, query: str, documents: Sequence[str], max_tokens_per_doc: int | None = None) -> RerankResult:
+        """One relevance score per document, in the documents' order."""
+        ...
+
+    @property
+    def batch_stats(self) -> BatchStats:
+        """What the encoder ran so far: concurrent calls share runs."""
+        ...
+
+
 @dataclass
 class LoadedModel:
-    """A model ready to serve: a generator (text) or an embedder (vectors)."""
+    """A model ready to serve: a generator (text), an embedder (vectors) or a reranker (relevance scores)."""
 
     info: ModelInfo
     generator: TextModel | None = None
     embedder: EmbeddingModel | None = None
+    reranker: RerankModel | None = None
     load_duration_ns: int = 0
     # The engine directory it was loaded from (None: built in memory, e.g. a test's fake).
     directory: Path | None = None
@@ -151,7 +169,7 @@ class LoadedModel:
         close = getattr(self.generator, "close", None)
         if close is not None:
             close()
-        self.generator = self.embedder = None
+        self.generator = self.embedder = self.reranker = None
 
     def text(self) -> TextModel:
         """The generator; the registry's task check has made sure there is one."""
@@ -163,6 +181,12 @@ class LoadedModel:
         if self.embedder is None:
             raise BadRequest(f"model '{self.name}' cannot embed text", param="model")
         return self.embedder
+
+    def reranking(self) -> RerankModel:
+        """The reranker; the registry's task check has made sure there is one."""
+        if self.reranker is None:
+            raise BadRequest(f"model '{self.name}' cannot rerank documents", param="model")
+        return self.reranker
 
 
 class EngineLoader(Protocol):
@@ -339,9 +363,9 @@ class ModelRegistry:
         self._require_ready()
         entry = self._find(name)
         if task is not None and entry.info.task != task:
-            wanted = "text generation" if task == TASK_TEXT_GENERATION else "embeddings"
+            wanted = _TASK_WORDS.get(task, task)
             with self._lock:
-                able = ", ".join(sorted(s.info.name for s in self._served.values() if s.info.task == task)) or "none are loaded"
+                able = ", ".join(sorted(s.info.name for s in self._served.values() if s.info.task == task)) or "none are served"
             raise BadRequest(f"model '{entry.info.name}' is a {entry.info.task} model and cannot do {wanted}; models that can: {able}", param="model")
         leases = RequestLeases.current()
         residency = entry.residency

@@ -352,7 +352,7 @@ def show_response(info: ModelInfo) -> m.ShowResponse:
         template=info.chat_template or "",
         details=details(info),
         model_info=model_info,
-        capabilities=["embedding"] if info.embedding_dimension else ["completion"],
+        capabilities=["embedding"] if info.embedding_dimension else [] if info.task == "rerank" else ["completion"],
         modified_at=info.modified_at,
     )
 

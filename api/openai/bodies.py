@@ -385,7 +385,7 @@ class Model(Reply, kw_only=True):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "appliance"
-    task: Literal["text-generation", "feature-extraction"]
+    task: Literal["text-generation", "feature-extraction", "rerank"]
     context_length: int
     precision: str
     execution_provider: str | None
