@@ -37,7 +37,7 @@ from runtime.errors import ChatTemplateError, RequestError
 from runtime.events import Delta, Event, Finish
 from runtime.grammar import GrammarVocabulary
 from runtime.job import Job, SchedulerStats
-from runtime.request import FittedPrompt, GenerationRequest, fit_context
+from runtime.request import PRIORITY_BACKGROUND, FittedPrompt, GenerationRequest, fit_context
 from runtime.sampling import MAX_TOP_LOGPROBS
 from runtime.scheduler import Scheduler
 from runtime.sequence import SequenceState
@@ -98,6 +98,7 @@ class TextGenerator:
         self.scheduler = Scheduler(
             self.decoder, prefill_chunk=settings.prefill_chunk, queue_limit=settings.queue_limit, name=engine.name,
             prefix_cache_tokens=settings.prefix_cache_tokens, reuse_decoded=settings.reuse_decoded, speculation=self._speculation(draft),
+            background_slots=settings.background_slots, background_prefill_chunk=settings.background_prefill_chunk,
         )  # fmt: skip
 
     def _speculation(self, draft: Engine | None) -> Speculation | None:
@@ -221,7 +222,10 @@ class TextGenerator:
         submitted = time.perf_counter_ns()
         if fitted is None:
             fitted = self.prepare(request)
-        job = Job(SequenceState(request, fitted, self.eos_ids, self), submitted, timeout_s=self.settings.request_timeout_s)
+        job = Job(
+            SequenceState(request, fitted, self.eos_ids, self), submitted, timeout_s=self.settings.request_timeout_s,
+            background=request.priority == PRIORITY_BACKGROUND,
+        )  # fmt: skip
         self.scheduler.submit(job)
         return EventStream(job, self.scheduler, heartbeat_s)
 

@@ -41,6 +41,8 @@ class Job:
     deadline: float | None = None
     # With speculation: the drafter over the prompt and the tokens generated so far.
     drafter: Drafter | None = None
+    # A background job (a batch line): it runs only in what interactive jobs leave (runtime/scheduler.py).
+    background: bool = False
 
     @property
     def prompt(self) -> tuple[int, ...]:
@@ -92,7 +94,7 @@ class SchedulerStats:
 
     slots: int
     active: int  # jobs holding a slot (prefilling or decoding)
-    waiting: int  # jobs queued for a slot
+    waiting: int  # jobs queued for a slot (interactive and background)
     steps: int  # batched decode steps run so far
     tokens: int  # tokens generated so far
     prefix_hits: int = 0  # admissions that found part of their prompt cached
@@ -102,3 +104,5 @@ class SchedulerStats:
     speculative_tokens: int = 0  # tokens those steps produced
     draft_tokens: int = 0  # drafted tokens they checked
     accepted_tokens: int = 0  # of those, the ones kept
+    background_active: int = 0  # of `active`, background (batch) jobs
+    background_waiting: int = 0  # of `waiting`, background jobs

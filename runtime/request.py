@@ -50,6 +50,14 @@ class GenerationRequest:
     # sent in one Delta before the first generated token; None: not computed. The whole
     # prompt is then evaluated (no prefix reuse), keeping every position's logits.
     prompt_logprobs: int | None = None
+    # PRIORITY_BACKGROUND: a request nobody is waiting on (a line of a batch, api/batches/):
+    # the scheduler gives it only the slots and prompt budget interactive requests leave.
+    priority: int = 0
+
+
+# Scheduling priorities (GenerationRequest.priority, runtime/scheduler.py).
+PRIORITY_INTERACTIVE = 0
+PRIORITY_BACKGROUND = 1
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ The thread owns the decoder (the ONNX Runtime session and its KV pool). Request 
 only `submit` a job and read its events from the job's own queue. Every tick:
 
 1. jobs that were cancelled (a client went away) give their slot back, and waiting jobs
-   take the free slots, oldest first;
+   take the free slots, oldest first (interactive before background: see Priority below);
 2. one batched decode step advances every sequence that has a token to feed: one token
    each, one session run over the packed slots [0, n);
 3. the rest of the tick's prefill budget (`prefill_chunk` tokens) evaluates prompts of
@@ -40,6 +40,17 @@ generated tokens' positions are reused as well.
 Faults stay with their request: when a batched step fails, each sequence is stepped alone
 once, so only the one(s) that fail again end — with the error as their last event — and
 the others go on; a failing prompt evaluation or sampling ends its own request only.
+
+Priority: a background job (a line of a batch, api/batches/; GenerationRequest.priority) runs
+only in what interactive jobs leave, so a batch costs an interactive request's first token as
+little time as it can. Interactive jobs waiting for a slot always take free slots first; background
+jobs hold at most `background_slots` slots (and never the last free one, when there are
+several), so an interactive request finds a slot without waiting for a batch line to end. In a
+tick where an interactive prompt is being evaluated, background sequences sit the decode step
+out and evaluate none of their prompts: the tick is the interactive prompt's alone, as it would
+be on an idle engine. Otherwise background prompts get at most `background_prefill_chunk`
+tokens a tick, and none when an interactive job arrived during the tick's decode step, so an
+interactive request that arrives mid-tick waits behind little of them.
 
 Every job may carry a deadline (the server's per-request time limit): a job still waiting
 for a slot then ends with QueueTimeoutError (503, retry later), a running one with
@@ -99,6 +110,8 @@ class Scheduler:
         prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS,
         reuse_decoded: bool = False,
         speculation: Speculation | None = None,
+        background_slots: int = 4,
+        background_prefill_chunk: int = 32,
     ) -> None:
         if prefill_chunk < 1:
             raise ValueError("prefill_chunk must be positive")
@@ -106,6 +119,8 @@ class Scheduler:
             raise ValueError("queue_limit must be 0 or more")
         if prefix_cache_tokens < 0:
             raise ValueError("prefix_cache_tokens must be 0 or more")
+        if background_slots < 1 or background_prefill_chunk < 1:
+            raise ValueError("background_slots and background_prefill_chunk must be at least 1")
         if speculation is not None and not decoder.can_truncate:
             raise ValueError(f"engine {name!r} cannot speculate: its cache cannot be cut back past rejected draft tokens")
         self.decoder = decoder
@@ -114,7 +129,11 @@ class Scheduler:
         self.name = name
         self._slots: list[Job | None] = [None] * decoder.slots
         self._admitted: list[Job] = []  # jobs holding a slot, in order of admission
-        self._waiting: deque[Job] = deque()
+        self._waiting: deque[Job] = deque()  # interactive jobs queued for a slot
+        self._background: deque[Job] = deque()  # background jobs queued for a slot
+        # Slots background jobs may hold at once: never the last free one when there are several.
+        self.background_slots = min(background_slots, max(1, decoder.slots - 1))
+        self.background_prefill_chunk = background_prefill_chunk
         self._wake = threading.Condition()
         self._stopping = False
         self._steps = 0
@@ -149,13 +168,14 @@ class Scheduler:
                 raise SchedulerStoppedError(f"engine {self.name!r} is shutting down; retry on another instance")
             if job.timeout_s is not None:
                 job.deadline = time.monotonic() + job.timeout_s
+            queue = self._background if job.background else self._waiting
             busy = all(slot is not None for slot in self._slots)
-            if busy and len(self._waiting) >= self.queue_limit:
+            if busy and len(queue) >= self.queue_limit:
                 raise QueueFullError(
                     f"engine {self.name!r} is busy: all {len(self._slots)} slots are generating and "
-                    f"{len(self._waiting)} requests are waiting; retry shortly",
+                    f"{len(queue)} requests are waiting; retry shortly",
                 )
-            self._waiting.append(job)
+            queue.append(job)
             self._wake.notify()
 
     def cancel(self, job: Job) -> None:
@@ -168,8 +188,9 @@ class Scheduler:
         with self._wake:
             spec = self._speculated
             return SchedulerStats(
-                len(self._slots), len(self._admitted), len(self._waiting), self._steps, self._tokens, self._prefix_hits, self._cached_tokens,
+                len(self._slots), len(self._admitted), len(self._waiting) + len(self._background), self._steps, self._tokens, self._prefix_hits, self._cached_tokens,
                 self._speculation.method if self._speculation is not None else None, spec.steps, spec.tokens, spec.drafted, spec.accepted,
+                sum(1 for job in self._admitted if job.background), len(self._background),
             )  # fmt: skip
 
     def close(self, timeout: float = 5.0) -> None:
@@ -186,7 +207,7 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._stopping and not self._waiting and not self._admitted:
+                while not self._stopping and not self._waiting and not self._background and not self._admitted:
                     self._wake.wait()
                 if self._stopping:
                     self._fail_all(SchedulerStoppedError(f"engine {self.name!r} stopped before this request finished"))
@@ -203,8 +224,10 @@ class Scheduler:
                         self._end(job, exc)
 
     def _tick(self) -> None:
+        # 0. A tick with an interactive prompt to evaluate is that prompt's: background jobs wait.
+        yielding = any(not job.background and job.next_token is None and not job.finished and not job.cancelled for job in self._admitted)
         # 1. One batched decode step for every sequence with a token to feed.
-        decoding = [job for job in self._admitted if job.next_token is not None and not job.cancelled]
+        decoding = [job for job in self._admitted if job.next_token is not None and not job.cancelled and not (yielding and job.background)]
         # Speculation only while few sequences decode: each speculating sequence is a run of its
         # own, and beyond a few the one batched step does more per weight read than drafts save.
         speculation = self._speculation
@@ -229,21 +252,29 @@ class Scheduler:
         # 1b. A run of its token and its draft for each speculating sequence.
         for job in speculating:
             self._verify(job)
-        # 2. Prompt evaluation for new sequences, within this tick's budget.
+        # 2. Prompt evaluation for new sequences, within this tick's budget: interactive prompts
+        # first (sorting is stable: each kind in order of admission), then background ones with
+        # what is left of their smaller budget, unless the tick is an interactive prompt's.
         budget = self.prefill_chunk
-        for job in list(self._admitted):
-            if budget == 0:
+        # An interactive job that arrived during the step is admitted at the next tick: it does
+        # not wait behind background prompts first (reading the deque's length needs no lock).
+        background_budget = 0 if yielding or self._waiting else self.background_prefill_chunk
+        for job in sorted(self._admitted, key=lambda job: job.background):
+            allowed = min(budget, background_budget) if job.background else budget
+            if allowed == 0:
                 break
             if job.next_token is not None or job.finished or job.cancelled:
                 continue
             if job.prefill_started_ns == 0:
                 job.prefill_started_ns = time.perf_counter_ns()
             scoring = job.state.wants_prompt_logprobs
-            size = self._chunk_size(len(job.prompt) - job.prefilled, min(budget, PROMPT_LOGPROBS_CHUNK) if scoring else budget)
+            size = self._chunk_size(len(job.prompt) - job.prefilled, min(allowed, PROMPT_LOGPROBS_CHUNK) if scoring else allowed)
             if size == 0:
                 break
             chunk = job.prompt[job.prefilled : job.prefilled + size]
             budget -= len(chunk)
+            if job.background:
+                background_budget -= len(chunk)
             try:
                 # A request scoring its prompt keeps every position's logits (the graph projects
                 # only the kept positions onto the vocabulary); the others only the last one.
@@ -397,13 +428,23 @@ class Scheduler:
     # -- slots (called with self._wake held) ------------------------------------------
 
     def _admit(self) -> None:
+        """Interactive jobs take free slots first, oldest first; background jobs only while none
+        waits, and within their cap."""
         while self._waiting and None in self._slots:
-            job = self._waiting.popleft()
-            if job.cancelled:
-                continue
-            job.slot = self._place(job)
-            self._slots[job.slot] = job
-            self._admitted.append(job)
+            self._take_slot(self._waiting.popleft())
+        if self._waiting:
+            return
+        held = sum(1 for job in self._admitted if job.background)
+        while self._background and None in self._slots and held < self.background_slots:
+            held += self._take_slot(self._background.popleft())
+
+    def _take_slot(self, job: Job) -> bool:
+        if job.cancelled:
+            return False
+        job.slot = self._place(job)
+        self._slots[job.slot] = job
+        self._admitted.append(job)
+        return True
 
     def _place(self, job: Job) -> int:
         """The free slot `job` takes, holding as much of its prompt as can be reused (reset when nothing is)."""
@@ -454,9 +495,10 @@ class Scheduler:
     def _expire(self) -> None:
         """End jobs past their deadline: waiting ones as overload (503), running ones as timed out (504)."""
         now = time.monotonic()
-        overdue = [job for job in self._waiting if job.deadline is not None and now >= job.deadline and not job.cancelled]
+        overdue = [job for job in (*self._waiting, *self._background) if job.deadline is not None and now >= job.deadline and not job.cancelled]
         if overdue:
             self._waiting = deque(job for job in self._waiting if job not in overdue)
+            self._background = deque(job for job in self._background if job not in overdue)
             for job in overdue:
                 self._end(job, QueueTimeoutError(
                     f"engine {self.name!r} had no free slot for this request within the server's time limit of "
@@ -473,6 +515,8 @@ class Scheduler:
             self._end(job, None)
         if any(job.cancelled for job in self._waiting):
             self._waiting = deque(job for job in self._waiting if not job.cancelled)
+        if any(job.cancelled for job in self._background):
+            self._background = deque(job for job in self._background if not job.cancelled)
 
     def _end(self, job: Job, last: Event | BaseException | None) -> None:
         """Give `job`'s slot back (packing the slots again) and send its last event."""
@@ -516,6 +560,7 @@ class Scheduler:
             self.decoder.reset(slot)  # its memory pages go back to the system
 
     def _fail_all(self, error: BaseException) -> None:
-        for job in list(self._admitted) + list(self._waiting):
+        for job in list(self._admitted) + list(self._waiting) + list(self._background):
             self._end(job, error)
         self._waiting.clear()
+        self._background.clear()

@@ -79,6 +79,13 @@ class GeneratorSettings:
     draft_engine: str | None = None
     draft_tokens: int = 4
     speculate_max_streams: int = 1
+    # Most slots background requests (batch lines) hold at once, whatever is free: the rest
+    # stay for interactive requests (serve --batch-slots).
+    background_slots: int = 4
+    # Most prompt tokens of background requests evaluated per scheduler tick, and only in a tick
+    # with no interactive prompt to evaluate: small, so an interactive prompt that arrives waits
+    # behind little of it.
+    background_prefill_chunk: int = 32
 
     def __post_init__(self) -> None:
         if self.max_tokens_limit is not None and self.max_tokens_limit < 1:
@@ -93,6 +100,8 @@ class GeneratorSettings:
             raise ValueError(f"draft_tokens must be between 1 and {MAX_DRAFT_TOKENS} (got {self.draft_tokens})")
         if self.speculate_max_streams < 1:
             raise ValueError("speculate_max_streams must be at least 1")
+        if self.background_slots < 1 or self.background_prefill_chunk < 1:
+            raise ValueError("background_slots and background_prefill_chunk must be at least 1")
 
     def but(self, **changes: Any) -> GeneratorSettings:
         """These settings with `changes` (GeneratorSettings' field names) applied."""
