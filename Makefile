@@ -12,7 +12,7 @@ ENGINES := engines
 DECODER := $(ENGINES)/smollm2-135m-instruct-int4
 ENCODER := $(ENGINES)/all-minilm-l6-v2
 
-.PHONY: install install-gpu gpu-check models engines serve lint browser test test-unit bench bench-peers bench-serving bench-size soak clean-engines
+.PHONY: install install-gpu gpu-check models engines serve lint browser claude-code test test-unit bench bench-peers bench-serving bench-size soak clean-engines
 
 # The venv is rebuilt when the declared dependencies change.
 $(STAMP): setup.cfg pyproject.toml
@@ -81,8 +81,19 @@ browser:
 		$(APT_GET) update -qq && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq chromium fonts-dejavu-core; } \
 		|| echo "warning: chromium could not be installed (needs apt-get and root); the browser test will skip"
 
+# Claude Code, the npm CLI, for the test that points it at the server
+# (tests/integration/test_anthropic_server.py), pinned and kept in .tools/ (git-ignored).
+# Installed only when missing, and never fails the build: without node or the npm registry
+# the test skips and says why.
+CLAUDE_CODE_VERSION := 2.1.197
+CLAUDE_CODE := .tools/claude-code/node_modules/.bin/claude
+claude-code:
+	@test -x $(CLAUDE_CODE) || { command -v npm >/dev/null && \
+		timeout 600 npm install --prefix .tools/claude-code --no-audit --no-fund --loglevel=error @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION); } \
+		|| echo "warning: Claude Code could not be installed (needs node, npm and its registry); its test will skip"
+
 # -rs: say why each skipped test skipped (no chromium, no GPU, ...).
-test: lint browser
+test: lint browser claude-code
 	$(PY) -m pytest -rs tests
 
 test-unit: $(STAMP)

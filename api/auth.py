@@ -2,8 +2,9 @@
 
 With keys configured, every request but `GET /health`, the chat page's files (api/ui/page.py) and
 CORS preflights (which browsers send without credentials) must carry
-`Authorization: Bearer <key>`; both OpenAI and Ollama clients can send that header. A
-missing or wrong key is a 401 in the route's dialect.
+`Authorization: Bearer <key>`; both OpenAI and Ollama clients can send that header.
+Anthropic's clients send the key as `x-api-key: <key>`, which is accepted as well. A
+missing or wrong key is a 401 in the route's dialect; a wrong key beside a right one too.
 
 Keys are compared in constant time: the presented token and every key are reduced to SHA-256
 digests and compared with `hmac.compare_digest`, always against all keys, so neither a
@@ -58,21 +59,27 @@ class ApiKeys:
             matched |= hmac.compare_digest(presented, digest)
         return bool(matched)
 
-    def check(self, authorization: str | None) -> None:
-        """Raise Unauthorized unless `authorization` is `Bearer <one of the keys>` (or keys are off)."""
+    def check(self, authorization: str | None, api_key: str | None = None) -> None:
+        """Raise Unauthorized unless a key is given — `Authorization: Bearer <key>`, or `api_key` (the
+        `x-api-key` header Anthropic's clients send) — and every key given is one of the keys; a wrong
+        key is never passed over for a right one beside it. Nothing when keys are off."""
         if not self._digests:
             return
-        if not authorization:
+        if authorization is None and api_key is None:
             raise Unauthorized(
                 "no API key given: send it in the Authorization header as 'Authorization: Bearer YOUR_KEY' "
-                "(OpenAI clients: api_key=...; Ollama clients: headers={'Authorization': 'Bearer YOUR_KEY'})",
+                "(OpenAI clients: api_key=...; Ollama clients: headers={'Authorization': 'Bearer YOUR_KEY'}) "
+                "or in an 'x-api-key' header (Anthropic clients: api_key=...)",
                 code=None,
             )
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("the Authorization header must be 'Bearer YOUR_KEY'", code="invalid_api_key")
-        if not self.accepts(token.strip()):
-            raise Unauthorized("the API key is not valid for this server", code="invalid_api_key")
+        if authorization is not None:  # a header that is there, even empty, must hold a key
+            scheme, _, token = authorization.strip().partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthorized("the Authorization header must be 'Bearer YOUR_KEY'", code="invalid_api_key")
+            if not self.accepts(token.strip()):
+                raise Unauthorized("the API key is not valid for this server", code="invalid_api_key")
+        if api_key is not None and (not api_key.strip() or not self.accepts(api_key.strip())):
+            raise Unauthorized("the API key in x-api-key is not valid for this server", code="invalid_api_key")
 
 
 def validate_key(key: str, where: str) -> str:

@@ -50,6 +50,13 @@ GRAMMAR_KINDS = ("json_schema", "regex", "lark", "gbnf")
 JSON_WHITESPACE = r"(\r?\n)?[\x20\x09]{0,16}"
 # How JSON is compiled: bounded blanks; a keyword that cannot be enforced is an error, not ignored.
 JSON_OPTIONS: JsonCompileOptions = {"whitespace_pattern": JSON_WHITESPACE, "lenient": False}
+
+
+def lenient_options() -> dict[str, Any]:
+    """JSON_OPTIONS, but a keyword that cannot be enforced is ignored (a schema's `x-guidance`)."""
+    return {**JSON_OPTIONS, "lenient": True}
+
+
 # Compiled grammars kept per vocabulary (requests often repeat a schema); each sequence gets a copy.
 _CACHE_SIZE = 64
 
@@ -66,14 +73,19 @@ class Grammar:
     source: str
 
     @classmethod
-    def json_schema(cls, schema: Mapping[str, Any] | bool) -> Grammar:
+    def json_schema(cls, schema: Mapping[str, Any] | bool, lenient: bool = False) -> Grammar:
         """Output that is JSON valid against `schema` (a JSON Schema object, or true).
 
         An object schema that lists properties but says nothing of others is enforced as closed
         (`closed_objects`): a small model otherwise invents keys, often the schema's own words.
+        With `lenient`, keywords the matcher cannot enforce (propertyNames, say) are ignored
+        instead of refused: the output follows the rest of the schema.
         """
+        closed = closed_objects(schema)
+        if lenient and isinstance(closed, dict):
+            closed["x-guidance"] = lenient_options()
         # Key order is kept: properties are generated in the order the schema lists them.
-        return cls("json_schema", json.dumps(closed_objects(schema), ensure_ascii=False))
+        return cls("json_schema", json.dumps(closed, ensure_ascii=False))
 
     @classmethod
     def json_object(cls) -> Grammar:

@@ -23,15 +23,16 @@ def _checked(grammar: Grammar, param: str) -> Grammar:
     return grammar
 
 
-def schema_grammar(schema: object, param: str, strict: bool = False) -> Grammar:
-    """The grammar of JSON valid against `schema`; a 400 on `param` if it cannot be enforced."""
+def schema_grammar(schema: object, param: str, strict: bool = False, lenient: bool = False) -> Grammar:
+    """The grammar of JSON valid against `schema`; a 400 on `param` if it cannot be enforced
+    (`lenient`: keywords that cannot be enforced are ignored instead)."""
     if not isinstance(schema, (dict, bool)):
         raise BadRequest("a JSON schema must be an object (or a boolean)", param=param)
     if strict and isinstance(schema, dict):
         problem = strict_problem(schema)
         if problem:
             raise BadRequest(f"this schema is not valid for strict mode: {problem}", param=param)
-    return _checked(Grammar.json_schema(schema), param)
+    return _checked(Grammar.json_schema(schema, lenient=lenient), param)
 
 
 def text_grammar(kind: str, source: str, param: str) -> Grammar:

@@ -21,7 +21,7 @@ PROMPT_CHARS = 512
 # Token ids of an Ollama `context` that name its conversation.
 CONTEXT_TOKENS = 64
 
-CHAT_PATHS = frozenset({"/v1/chat/completions", "/api/chat"})
+CHAT_PATHS = frozenset({"/v1/chat/completions", "/api/chat", "/v1/messages"})
 PROMPT_PATHS = frozenset({"/v1/completions", "/api/generate"})
 RESPONSES_PATH = "/v1/responses"
 
@@ -52,7 +52,7 @@ def _path_of(body: Mapping[str, Any]) -> str:
 def affinity_key(path: str | None, body: Mapping[str, Any]) -> str | None:
     """The key of a generation request's prompt start, or None when it has none to keep together.
 
-    Chats (`messages` of /v1/chat/completions and /api/chat, a Responses `input` given as
+    Chats (`messages` of /v1/chat/completions, /api/chat and /v1/messages, a Responses `input` given as
     items) are keyed by their messages up to the first user message, with the system prompt
     or instructions; plain prompts (/v1/completions, /api/generate, a Responses `input`
     string) by their first PROMPT_CHARS characters; /api/generate's `context` by its first

@@ -63,7 +63,7 @@ class DirectReplica(EngineReplica):
                 async for chunk in answer:
                     yield chunk
             except RuntimeError as exc:  # the app raised mid-answer: end the stream in its own format
-                yield stream_error(content_type, ApiError(f"the replica could not finish this answer: {exc}"))
+                yield stream_error(content_type, ApiError(f"the replica could not finish this answer: {exc}"), path)
             finally:
                 await answer.aclose()  # the client left early: the app's iterable is closed, the generation ends
 

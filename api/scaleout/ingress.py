@@ -13,6 +13,9 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from api.anthropic.protocol import error_body as anthropic_error_body
+from api.anthropic.protocol import sse_event as anthropic_sse_event
+from api.anthropic.routes import PATH_PREFIX as ANTHROPIC_PATHS
 from api.errors import ApiError, BodyTooLarge, Overloaded, Unavailable, ollama_error_body, openai_error_body
 from api.framing import describe_error, ollama_error_line, openai_error_frames
 from api.scaleout.affinity import affinity_key
@@ -31,14 +34,23 @@ _DEAD_REPLICA = (RayActorError, ActorUnavailableError, DeploymentUnavailableErro
 
 
 def error_response(path: str, error: ApiError) -> Response:
-    """An error answered in the route's dialect, as the app would (Ollama's under /api/)."""
+    """An error answered in the route's dialect, as the app would (Ollama's under /api/, Anthropic's under /v1/messages)."""
     status, message, param, code = describe_error(error)
-    body = ollama_error_body(message) if path.startswith("/api/") else openai_error_body(status, message, param, code)
+    body: object
+    if path.startswith("/api/"):
+        body = ollama_error_body(message)
+    elif path.startswith(ANTHROPIC_PATHS):
+        body = anthropic_error_body(status, message, param)
+    else:
+        body = openai_error_body(status, message, param, code)
     return Response(encode(body), status_code=status, media_type="application/json", headers=error.headers)
 
 
-def stream_error(content_type: str, error: ApiError) -> bytes:
+def stream_error(content_type: str, error: ApiError, path: str = "") -> bytes:
     """The frame that ends a stream cut by a dead replica, in the stream's own format."""
+    if content_type.startswith("text/event-stream") and path.startswith(ANTHROPIC_PATHS):
+        status, message, param, _ = describe_error(error)
+        return anthropic_sse_event(anthropic_error_body(status, message, param))
     if content_type.startswith("text/event-stream"):
         return openai_error_frames(error)
     if "ndjson" in content_type:
@@ -135,9 +147,9 @@ class Ingress:
                     yield chunk
             except _DEAD_REPLICA as exc:
                 log.warning("replica of %s died mid-answer: %s", deployment, type(exc).__name__)
-                yield stream_error(content_type, Unavailable(f"the replica answering this request stopped ({type(exc).__name__}); send the request again"))
+                yield stream_error(content_type, Unavailable(f"the replica answering this request stopped ({type(exc).__name__}); send the request again"), path)
             except RuntimeError as exc:  # the app raised inside the replica
-                yield stream_error(content_type, Unavailable(f"the replica could not finish this answer: {exc}"))
+                yield stream_error(content_type, Unavailable(f"the replica could not finish this answer: {exc}"), path)
             finally:
                 answer.cancel()  # the client left early: the replica stops generating
 

@@ -31,7 +31,7 @@ from api.errors import BadRequest
 from api.generation.grammars import schema_grammar
 from api.tools.json_prefix import json_or_text
 from api.tools.readers import CALL, CALLS, HERMES_CLOSE, HERMES_OPEN, RESPONSE, EnvelopeReader, HermesReader
-from runtime.grammar import JSON_OPTIONS, Grammar, closed_objects
+from runtime.grammar import JSON_OPTIONS, Grammar, closed_objects, lenient_options
 
 AUTO, REQUIRED, NONE = "auto", "required", "none"
 # How tools reach the model and its calls come back: the generic envelope, or the Hermes
@@ -58,6 +58,9 @@ class Tool:
     description: str | None
     parameters: Mapping[str, Any]
     strict: bool = False
+    # Keywords of `parameters` the matcher cannot enforce are ignored rather than refused
+    # (Anthropic's client tools: Anthropic constrains non-strict tools not at all).
+    lenient: bool = False
 
     def listing(self) -> dict[str, Any]:
         item: dict[str, Any] = {"name": self.name}
@@ -80,7 +83,7 @@ def check_tools(tools: Sequence[Tool], param: str) -> None:
         if tool.name in seen:
             raise BadRequest(f"two tools are named {tool.name!r}", param=f"{param}[{index}]")
         seen.add(tool.name)
-        schema_grammar(tool.parameters, f"{param}[{index}].parameters", strict=tool.strict)
+        schema_grammar(tool.parameters, f"{param}[{index}].parameters", strict=tool.strict, lenient=tool.lenient)
 
 
 @dataclass(frozen=True)
@@ -125,13 +128,14 @@ class ToolPlan:
 
     def grammar(self) -> Grammar | None:
         """What the answer must match. Hermes with `auto`: nothing (words, calls, or both, read afterwards)."""
+        lenient = any(t.lenient for t in self._calls())
         if self.format == GENERIC:
-            return Grammar.json_schema(self.envelope_schema())
+            return Grammar.json_schema(self.envelope_schema(), lenient=lenient)
         if self.choice == AUTO:
             return None
         calls = [self._call_schema(t) for t in self._calls()]
         schema = closed_objects(calls[0] if len(calls) == 1 else {"anyOf": calls})
-        schema["x-guidance"] = dict(JSON_OPTIONS)  # %json blocks compile as JSON schemas do
+        schema["x-guidance"] = lenient_options() if lenient else dict(JSON_OPTIONS)  # %json blocks compile as JSON schemas do
         block = f"{json.dumps(HERMES_OPEN + chr(10))} %json {json.dumps(schema, ensure_ascii=False)} {json.dumps(chr(10) + HERMES_CLOSE)}"
         start = 'start: call ("\\n" call)*' if self.parallel and not self.named else "start: call"
         return Grammar("lark", f"{start}\ncall: {block}")

@@ -118,7 +118,7 @@ JSON_VALUES = st.recursive(
 )
 FIELDS = (
     "model", "messages", "prompt", "input", "n", "max_tokens", "stream", "options", "tokens", "content", "stop", "logit_bias", "seed", "temperature",
-    "instructions", "text", "tools", "previous_response_id",
+    "instructions", "text", "tools", "previous_response_id", "system", "stop_sequences", "tool_choice",
 )
 REQUEST_LIKE = st.fixed_dictionaries({}, optional={field: JSON_VALUES for field in FIELDS})
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
@@ -141,6 +141,9 @@ def assert_well_formed(path: str, result: falcon.testing.Result) -> None:
     assert result.status_code < 500, (path, result.status_code, result.text[:500])
     if result.status_code >= 400:
         error = result.json["error"]
+        if path.startswith("/v1/messages"):  # Anthropic's error object
+            assert result.json["type"] == "error" and set(error) == {"type", "message"} and error["message"], result.json
+            return
         if path.startswith("/api/"):
             assert isinstance(error, str) and error
         else:
@@ -149,7 +152,10 @@ def assert_well_formed(path: str, result: falcon.testing.Result) -> None:
     content_type = result.headers["content-type"]
     if content_type.startswith("text/event-stream"):
         frames = [line[6:] for line in result.text.splitlines() if line.startswith("data: ")]
-        if path == "/v1/responses":  # typed events, no [DONE]: the last one says how the response ended
+        if path.startswith("/v1/messages"):  # Anthropic's typed events: message_stop, or an error event
+            events = [json.loads(f) for f in frames]
+            assert events[0]["type"] == "message_start" and events[-1]["type"] in ("message_stop", "error"), events[-1]
+        elif path == "/v1/responses":  # typed events, no [DONE]: the last one says how the response ended
             events = [json.loads(f) for f in frames]
             assert events[-1]["type"] in ("response.completed", "response.incomplete", "response.failed"), events[-1]
             assert [e["sequence_number"] for e in events] == list(range(len(events)))

@@ -22,6 +22,15 @@ def test_every_turn_of_a_chat_has_its_first_turns_key() -> None:
         assert len(keys) == 1 and None not in keys
 
 
+def test_an_anthropic_conversation_keeps_its_key_from_the_path_or_the_body_alone() -> None:
+    def body(n: int, system: object = "Be terse.") -> dict:
+        return {"model": "m", "max_tokens": 8, "system": system, "messages": turns("Hello", n)[1:]}
+
+    keys = {affinity_key("/v1/messages", body(n)) for n in range(4)} | {affinity_key(None, body(n)) for n in range(4)}
+    assert len(keys) == 1 and None not in keys
+    assert affinity_key("/v1/messages", body(0, [{"type": "text", "text": "Other rules."}])) not in keys
+
+
 def test_conversations_that_differ_in_their_first_message_or_model_differ() -> None:
     one = affinity_key("/v1/chat/completions", {"model": "m", "messages": turns("Hello", 0)})
     assert one != affinity_key("/v1/chat/completions", {"model": "m", "messages": turns("Bonjour", 0)})
