@@ -7,7 +7,8 @@ Middleware, in order: CORS (answers browsers' preflights), then the boundary: AP
 every route but /health and the chat page (api/ui/page.py), refusal while draining, and request metrics.
 
 Errors are translated here, once, into the dialect of the route: paths under `/api/` are
-Ollama's (`{"error": "..."}`), every other path answers OpenAI's error object.
+Ollama's (`{"error": "..."}`), `/v1/messages` Anthropic's (`{"type": "error", "error": {...}}`),
+every other path answers OpenAI's error object.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from typing import Any
 
 import falcon
 
-from api.context import ServerContext
+from api.anthropic import protocol as anthropic_protocol
+from api.anthropic import routes as anthropic
+from api.batches import routes as batches
+from api.context import ServerContext, random_id
 from api.cors import Cors
 from api.errors import ApiError, MethodNotAllowed, RouteNotFound, Unavailable, ollama_error_body, openai_error_body
 from api.extras import routes as extras
@@ -26,6 +30,7 @@ from api.models.residency import RequestLeases
 from api.ollama import routes as ollama
 from api.openai import routes as openai
 from api.openapi import openapi_document
+from api.rerank import routes as rerank
 from api.ui import page as ui
 from api.wire import encode
 from runtime.errors import ApplianceError
@@ -43,8 +48,19 @@ def routes(ctx: ServerContext) -> list[tuple[str, Any]]:
         ("/v1/responses/{response_id}", openai.StoredResponse(ctx)),
         ("/v1/responses/{response_id}/input_items", openai.ResponseInputItems(ctx)),
         ("/v1/embeddings", openai.Embeddings(ctx)),
-        ("/v1/models", openai.Models(ctx)),
-        ("/v1/models/{model_id}", openai.Model(ctx)),
+        ("/v1/files", batches.Files(ctx)),
+        ("/v1/files/{file_id}", batches.File(ctx)),
+        ("/v1/files/{file_id}/content", batches.FileContent(ctx)),
+        ("/v1/batches", batches.Batches(ctx)),
+        ("/v1/batches/{batch_id}", batches.BatchResource(ctx)),
+        ("/v1/batches/{batch_id}/cancel", batches.BatchCancel(ctx)),
+        ("/v1/rerank", rerank.Rerank(ctx)),
+        ("/v2/rerank", rerank.Rerank(ctx)),
+        ("/rerank", rerank.Rerank(ctx)),
+        ("/v1/messages", anthropic.Messages(ctx)),
+        ("/v1/messages/count_tokens", anthropic.CountTokens(ctx)),
+        ("/v1/models", _ByDialect(openai.Models(ctx), anthropic.Models(ctx))),
+        ("/v1/models/{model_id}", _ByDialect(openai.Model(ctx), anthropic.Models(ctx))),
         ("/api/generate", ollama.Generation(ctx, ollama.GENERATE)),
         ("/api/chat", ollama.Generation(ctx, ollama.CHAT)),
         ("/api/embed", ollama.Embed(ctx)),
@@ -70,6 +86,16 @@ def routes(ctx: ServerContext) -> list[tuple[str, Any]]:
     ]
 
 
+class _ByDialect:
+    """GET /v1/models is both OpenAI's and Anthropic's: an `anthropic-version` header picks Anthropic's shape."""
+
+    def __init__(self, openai_resource: Any, anthropic_resource: Any) -> None:
+        self.openai, self.anthropic = openai_resource, anthropic_resource
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, **params: str) -> None:
+        (self.anthropic if anthropic.speaks_anthropic(req) else self.openai).on_get(req, resp, **params)
+
+
 # Answered without an API key: load balancers and orchestrators probe /health; a browser loads the
 # chat page and its assets (navigating, it cannot send a bearer header; the page's API calls do).
 UNAUTHENTICATED_PATHS = frozenset({"/health", *ui.PUBLIC_PATHS})
@@ -86,7 +112,7 @@ class _Boundary:
         # The models this request looks up are held until its answer is sent (api/models/residency.py).
         req.context.leases = RequestLeases()
         if req.path not in UNAUTHENTICATED_PATHS and not req.context.get("preflight") and not ui.wants_page(req):
-            self.ctx.auth.check(req.get_header("Authorization"))
+            self.ctx.auth.check(req.get_header("Authorization"), req.get_header("X-Api-Key"))
         if self.ctx.draining and req.path != "/health":
             raise Unavailable("the server is shutting down; retry on another instance", headers={"Retry-After": "10", "Connection": "close"})
 
@@ -105,7 +131,15 @@ class _Boundary:
 
 
 def _send_error(req: falcon.Request, resp: falcon.Response, status: int, message: str, param: str | None, code: str | None) -> None:
-    body = ollama_error_body(message) if req.path.startswith(OLLAMA_PREFIX) else openai_error_body(status, message, param, code)
+    body: object
+    if req.path.startswith(OLLAMA_PREFIX):
+        body = ollama_error_body(message)
+    elif anthropic.speaks_anthropic(req):
+        request_id = resp.get_header(anthropic.REQUEST_ID_HEADER) or random_id("req_")
+        resp.set_header(anthropic.REQUEST_ID_HEADER, request_id)
+        body = anthropic_protocol.error_body(status, message, param, request_id)
+    else:
+        body = openai_error_body(status, message, param, code)
     resp.status = status
     resp.content_type = "application/json"
     resp.data = encode(body)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from api.auth import ApiKeys
+from api.batches.store import Store
 from api.metrics import Metrics
 from api.models.pulls import Pulls
 from api.models.registry import ModelRegistry
@@ -38,6 +39,8 @@ class ServerContext:
     auth: ApiKeys = field(default_factory=ApiKeys)
     # Stored responses of the Responses API (in memory unless the server names a shared file).
     responses: ResponseStore = field(default_factory=ResponseStore)
+    # Files and batches of the Files and Batch APIs (api/batches/; a temporary folder unless the server names one).
+    files: Store = field(default_factory=Store)
     # Ollama's /api/pull: the builds running in this worker, and what builds engines (none: only served models pull).
     pulls: Pulls = field(default_factory=Pulls)
     # Set when the worker received SIGTERM: new requests get 503, in-flight ones finish.

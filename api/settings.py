@@ -260,6 +260,8 @@ class ServerSettings:
     # Most choices per request (`n`) and most prompts or inputs per request.
     max_n: int = field(default=16, metadata=option("--max-n", "most choices (n) in one request", parse=positive, group="limits"))
     max_inputs: int = field(default=2048, metadata=option("--max-inputs", "most prompts or embedding inputs in one request", parse=positive, group="limits"))
+    # Most documents one rerank request may score (Cohere allows 1000, Jina 2048).
+    max_rerank_documents: int = field(default=1000, metadata=option("--max-rerank-documents", "most documents in one rerank request", parse=positive, group="limits"))
     # Largest accepted request body; larger ones get 413.
     max_body_bytes: int = field(default=16 * 1024 * 1024, metadata=option("--max-body-bytes", "largest request body; larger ones get 413", parse=positive, group="limits"))
     # While a streamed request produces nothing (queued, or a long prompt being evaluated), an
@@ -286,6 +288,39 @@ class ServerSettings:
     ))
     response_store_ttl_s: float = field(default=86400.0, metadata=option(
         "--response-store-ttl", "seconds a stored response is kept", parse=positive_seconds, group="limits",
+    ))
+
+    # The Files and Batch APIs (/v1/files, /v1/batches; api/batches/): uploaded files and batch
+    # outputs are files in this folder, their records one SQLite file in it that every worker
+    # opens. Unset, the server uses a private temporary folder for its lifetime (batches then end
+    # with it); a folder given here keeps files and batches across restarts, and a batch that was
+    # running resumes from its first line not yet written.
+    files_dir: str = field(default="", metadata=option(
+        "--files-dir", "folder of uploaded files and batch results (Files and Batch APIs); default: a temporary folder for the server's lifetime",
+        group="batches", metavar="DIR",
+    ))
+    # An upload is bounded by this, not by --max-body-bytes (a batch's input is far larger than a
+    # chat request); the folder by the two totals, enforced at each upload (batch outputs count
+    # too, but are never refused: a batch that ran keeps its results).
+    files_max_bytes: int = field(default=128 * 1024 * 1024, metadata=option(
+        "--files-max-bytes", "largest uploaded file (POST /v1/files); larger ones get 413", parse=positive, group="batches",
+    ))
+    files_total_bytes: int = field(default=1024 * 1024 * 1024, metadata=option(
+        "--files-total-bytes", "most bytes all stored files may hold; uploads beyond it get 413", parse=positive, group="batches",
+    ))
+    files_max_count: int = field(default=1000, metadata=option(
+        "--files-max-count", "most stored files; uploads beyond it get 413 until some are deleted", parse=positive, group="batches",
+    ))
+    # Batch lines run at a lower priority than interactive requests (runtime/scheduler.py): at
+    # most this many hold a slot of an engine at once (each worker runs one batch at a time, this
+    # many lines of it at once), never the last free slot.
+    batch_slots: int = field(default=_GENERATOR.background_slots, metadata=option(
+        "--batch-slots", "most slots of each engine that batch lines hold at once (the rest stay for interactive requests)", parse=positive, group="batches",
+    ))
+    # Most prompt tokens of batch lines evaluated per scheduler tick, and only in ticks with no
+    # interactive prompt to evaluate: an interactive request that arrives waits behind at most this.
+    batch_prefill_chunk: int = field(default=_GENERATOR.background_prefill_chunk, metadata=option(
+        "--batch-prefill-chunk", "most prompt tokens of batch lines evaluated per scheduler tick", parse=positive, group="batches",
     ))
 
     # Embedding inputs given as token ids are read in the embedding model's own vocabulary only
@@ -383,6 +418,7 @@ class ServerSettings:
             speculate=None if self.speculate == "off" else self.speculate, draft_tokens=self.draft_tokens,
             draft_engine=self.draft_engine or None,
             speculate_max_streams=self.speculate_max_streams,
+            background_slots=self.batch_slots, background_prefill_chunk=self.batch_prefill_chunk,
         )
 
     def to_env(self) -> dict[str, str]:

@@ -57,6 +57,8 @@ def _export(args: argparse.Namespace) -> int:
             f"greedy tokens identical on {sum(r['greedy_identical'] for r in parity['prompts'])}/{len(parity['prompts'])} prompts, "
             f"max abs logit error {parity['max_abs_logit_error']:.2e}"
         )
+    elif parity.get("kind") == "cross-encoder-vs-pytorch":
+        summary = f"max abs score error vs CrossEncoder.predict {parity['max_abs_error']:.2e}"
     else:
         summary = f"min cosine with PyTorch {parity['min_cosine']:.6f}"
     if "versus_fp32" in parity:
@@ -82,6 +84,8 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"  parity: greedy identical {parity['greedy_identical']}, max abs logit error {parity['max_abs_logit_error']:.2e}")
     elif "min_cosine" in parity:
         print(f"  parity: min cosine {parity['min_cosine']:.6f}")
+    elif parity.get("kind") == "cross-encoder-vs-pytorch":
+        print(f"  parity: max abs score error vs CrossEncoder.predict {parity['max_abs_error']:.2e} ({parity['activation']}, pairs of {parity['max_input_tokens']} tokens)")
     return 0
 
 

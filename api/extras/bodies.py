@@ -46,7 +46,8 @@ class GeneratorStats(Reply, kw_only=True):
     """One text model's scheduler: its slots, the requests in them and waiting, steps and tokens so far,
     how often a prompt found its start in the prefix cache (and how many tokens it skipped), and with
     speculation (`speculation`: the method, null when off) its steps, the tokens they produced, the
-    draft tokens checked and the ones accepted."""
+    draft tokens checked and the ones accepted; of the requests in slots and waiting, the batch
+    lines (background priority: `background_active`, `background_waiting`)."""
 
     slots: int
     active: int
@@ -60,6 +61,8 @@ class GeneratorStats(Reply, kw_only=True):
     speculative_tokens: int
     draft_tokens: int
     accepted_tokens: int
+    background_active: int = 0
+    background_waiting: int = 0
 
 
 class EmbedderStats(Reply, kw_only=True):

@@ -112,8 +112,9 @@ def chat_messages(messages: Sequence[m.ChatMessage], format: str = GENERIC) -> l
     return result
 
 
-def _tool_plan(body: m.ChatCompletionRequest, format: str) -> tuple[ToolPlan | None, bool]:
-    """The tools the model may call, from `tools`/`tool_choice` or the legacy `functions`/`function_call`."""
+def _tool_plan(body: m.ChatCompletionRequest, format: str, lenient: bool = False) -> tuple[ToolPlan | None, bool]:
+    """The tools the model may call, from `tools`/`tool_choice` or the legacy `functions`/`function_call`
+    (`lenient`: schema keywords that cannot be enforced are ignored in tools not marked strict)."""
     if body.tools is not None and body.functions is not None:
         raise BadRequest("give 'tools' or the legacy 'functions', not both", param="functions")
     legacy = body.functions is not None
@@ -127,7 +128,10 @@ def _tool_plan(body: m.ChatCompletionRequest, format: str) -> tuple[ToolPlan | N
         return None, legacy
     if asked == "none":
         return None, legacy  # the model may not call them: it answers in words, unconstrained
-    tools = tuple(Tool(d.name, d.description, d.parameters if isinstance(d.parameters, dict) else NO_PARAMETERS, bool(d.strict)) for d in definitions or ())
+    tools = tuple(
+        Tool(d.name, d.description, d.parameters if isinstance(d.parameters, dict) else NO_PARAMETERS, bool(d.strict), lenient=lenient and not d.strict)
+        for d in definitions or ()
+    )
     check_tools(tools, param)
     if named is not None and named not in {t.name for t in tools}:
         raise BadRequest(f"'{choice_param}' names {named!r}, which is not among the {param}", param=f"{choice_param}.name" if legacy else f"{choice_param}.function.name")
@@ -156,11 +160,12 @@ def _max_tokens(body: m.ChatCompletionRequest) -> int | None:
     return body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
 
 
-def parse_chat(body: m.ChatCompletionRequest, generator: TextModel, settings: ServerSettings) -> Plan:
-    """A /v1/chat/completions body → choices to run."""
+def parse_chat(body: m.ChatCompletionRequest, generator: TextModel, settings: ServerSettings, lenient_tools: bool = False) -> Plan:
+    """A /v1/chat/completions body → choices to run (`lenient_tools`: as Anthropic's Messages API
+    treats tools, schema keywords that cannot be enforced are ignored in tools not marked strict)."""
     check_limit("messages", len(body.messages), settings.max_messages, "messages")
     format = tool_format(generator.chat_template_source)
-    tools, legacy = _tool_plan(body, format)
+    tools, legacy = _tool_plan(body, format, lenient_tools)
     grammar = body.constraint(format_grammar(body.response_format), "response_format")
     if tools is not None and grammar is not None:
         raise NotSupported("a response format or grammar together with tools is not supported: the tool call envelope is the grammar", param="response_format")
@@ -567,7 +572,7 @@ def model_object(info: ModelInfo) -> m.Model:
     return m.Model(
         id=info.name,
         created=info.created,
-        task="feature-extraction" if info.task == "feature-extraction" else "text-generation",
+        task="feature-extraction" if info.task == "feature-extraction" else "rerank" if info.task == "rerank" else "text-generation",
         context_length=info.context_length,
         precision=info.precision,
         execution_provider=info.providers[0] if info.providers else None,

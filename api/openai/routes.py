@@ -124,17 +124,20 @@ class Embeddings:
         self.ctx = ctx
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        ctx = self.ctx
-        body = read_request(req, ctx.settings, models.EmbeddingRequest)
-        model = ctx.registry.get(body.model, TASK_EMBEDDING)
-        plan = protocol.parse_embeddings(body, ctx.settings, model.info.embedding_dimension)
-        embedder = model.embeddings()
-        if plan.texts is not None:
-            result = embedder.encode(plan.texts, truncate=plan.truncate)
-        else:
-            result = embedder.encode_ids(plan.token_ids or [], truncate=plan.truncate)
-        ctx.metrics.embedded(model.name, len(result.token_counts), result.total_tokens)
-        send_json(resp, protocol.embeddings_response(plan, result.vectors, result.total_tokens))
+        send_json(resp, embedding_reply(self.ctx, read_request(req, self.ctx.settings, models.EmbeddingRequest)))
+
+
+def embedding_reply(ctx: ServerContext, body: models.EmbeddingRequest) -> models.EmbeddingList:
+    """The answer of /v1/embeddings to `body` (the route's, and a batch line's: api/batches/lines.py)."""
+    model = ctx.registry.get(body.model, TASK_EMBEDDING)
+    plan = protocol.parse_embeddings(body, ctx.settings, model.info.embedding_dimension)
+    embedder = model.embeddings()
+    if plan.texts is not None:
+        result = embedder.encode(plan.texts, truncate=plan.truncate)
+    else:
+        result = embedder.encode_ids(plan.token_ids or [], truncate=plan.truncate)
+    ctx.metrics.embedded(model.name, len(result.token_counts), result.total_tokens)
+    return protocol.embeddings_response(plan, result.vectors, result.total_tokens)
 
 
 class Models:

@@ -9,9 +9,9 @@ operations around them, and this module adds what the models cannot know:
 - for each field a class's `refused` table lists, why sending it is a 400 for now.
 
 Unknown fields are ignored, so no request schema forbids additional properties, and `null`
-reads as "not given", so every optional field also accepts `null`. Errors come in two
+reads as "not given", so every optional field also accepts `null`. Errors come in three
 dialects: OpenAI's error object on `/v1/*` and the extras, Ollama's `{"error": "..."}`
-under `/api/*`.
+under `/api/*`, Anthropic's error object under `/v1/messages`.
 """
 
 from __future__ import annotations
@@ -22,12 +22,25 @@ from typing import Any
 import msgspec
 
 from api import __version__
+from api.anthropic import bodies as anthropic
+from api.batches import bodies as batches
 from api.errors import OllamaError, OpenAIError
 from api.extras import bodies as extras
 from api.ollama import bodies as ollama
 from api.openai import bodies as openai
 from api.openai import response_bodies as responses
-from api.openapi.paths import COMPONENTS, Schema, extras_paths, ollama_paths, openai_paths, page_paths
+from api.openapi.anthropic_paths import ANTHROPIC_PREFIX, anthropic_paths
+from api.openapi.batch_paths import batch_paths
+from api.openapi.paths import (
+    COMPONENTS,
+    Schema,
+    extras_paths,
+    ollama_paths,
+    openai_paths,
+    page_paths,
+)
+from api.openapi.rerank_paths import rerank_paths
+from api.rerank import bodies as rerank
 from api.settings import ServerSettings
 from api.wire import Body
 
@@ -40,6 +53,8 @@ _OPENAI_TYPES: tuple[type, ...] = (
     responses.ResponseEvent, responses.ItemEvent, responses.PartEvent, responses.TextDeltaEvent, responses.TextDoneEvent,
     responses.ArgumentsDeltaEvent, responses.ArgumentsDoneEvent, responses.ErrorEvent,
     extras.TokenizeRequest, extras.Tokens, extras.TokenCount, extras.DetokenizeRequest, extras.Text, extras.Health,
+    rerank.RerankRequest, rerank.RerankResponse,
+    batches.BatchCreateRequest, batches.Batch, batches.BatchList, batches.FileObject, batches.FileList, batches.FileDeleted,
     OpenAIError, OllamaError,
 )
 _OLLAMA_TYPES: tuple[type, ...] = (
@@ -49,6 +64,13 @@ _OLLAMA_TYPES: tuple[type, ...] = (
     ollama.PullRequest, ollama.ProgressResponse, ollama.DeleteRequest, ollama.CopyRequest,
 )
 OLLAMA_PREFIX = "Ollama"
+_ANTHROPIC_TYPES: tuple[type, ...] = (
+    anthropic.MessagesRequest, anthropic.CountTokensRequest, anthropic.Message, anthropic.TokenCount, anthropic.ErrorBody,
+    anthropic.MessageStart, anthropic.BlockStart, anthropic.BlockDelta, anthropic.BlockStop, anthropic.MessageDelta, anthropic.MessageStop,
+    anthropic.Ping, anthropic.ModelList,
+)
+# Each dialect's request models are named with its prefix (OpenAI's and the extras' with none).
+_PREFIXES = {ollama.__name__: OLLAMA_PREFIX, anthropic.__name__: ANTHROPIC_PREFIX}
 
 
 def _any_json(kind: type) -> Schema:
@@ -101,16 +123,20 @@ def _running_limits(schemas: dict[str, Schema], limits: ServerSettings) -> None:
     _limit(schemas, "ChatCompletionRequest", "max_completion_tokens", maximum=limits.max_tokens)
     _limit(schemas, "ChatCompletionRequest", "messages", maxItems=limits.max_messages)
     _limit(schemas, OLLAMA_PREFIX + "ChatRequest", "messages", maxItems=limits.max_messages)
+    _limit(schemas, ANTHROPIC_PREFIX + "MessagesRequest", "max_tokens", maximum=limits.max_tokens)
+    for component in ("MessagesRequest", "CountTokensRequest"):
+        _limit(schemas, ANTHROPIC_PREFIX + component, "messages", maxItems=limits.max_messages)
     _limit(schemas, OLLAMA_PREFIX + "Options", "num_predict", maximum=limits.max_tokens)
     _limit_union(schemas, "CompletionRequest", "prompt", limits.max_inputs)
     _limit_union(schemas, "EmbeddingRequest", "input", limits.max_inputs)
+    _limit(schemas, "RerankRequest", "documents", maxItems=limits.max_rerank_documents)
     _limit_union(schemas, OLLAMA_PREFIX + "EmbedRequest", "input", limits.max_inputs)
 
 
 def _refusals(schemas: dict[str, Schema]) -> None:
     """Each refused field says so, and why, in its description."""
     for kind in _request_models():
-        prefix = OLLAMA_PREFIX if kind.__module__ == ollama.__name__ else ""
+        prefix = _PREFIXES.get(kind.__module__, "")
         properties = schemas.get(prefix + kind.__name__, {}).get("properties", {})
         for field, refusal in kind.refused.items():
             if field in properties:
@@ -118,7 +144,7 @@ def _refusals(schemas: dict[str, Schema]) -> None:
 
 
 def _schemas(limits: ServerSettings) -> dict[str, Schema]:
-    schemas = {**_components(_OPENAI_TYPES), **_components(_OLLAMA_TYPES, OLLAMA_PREFIX)}
+    schemas = {**_components(_OPENAI_TYPES), **_components(_OLLAMA_TYPES, OLLAMA_PREFIX), **_components(_ANTHROPIC_TYPES, ANTHROPIC_PREFIX)}
     _running_limits(schemas, limits)
     _refusals(schemas)
     return schemas
@@ -129,7 +155,7 @@ def openapi_document(limits: ServerSettings = ServerSettings(), authenticated: b
 
     With `authenticated` (the server has API keys) every operation but the health check requires the bearer key.
     """
-    security: dict[str, list[dict[str, list[str]]]] = {"security": [{"apiKey": []}]} if authenticated else {}
+    security: dict[str, list[dict[str, list[str]]]] = {"security": [{"apiKey": []}, {"anthropicKey": []}]} if authenticated else {}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -140,12 +166,14 @@ def openapi_document(limits: ServerSettings = ServerSettings(), authenticated: b
         },
         "tags": [
             {"name": "OpenAI", "description": "OpenAI's API under /v1; errors are OpenAI error objects."},
+            {"name": "Rerank", "description": "Jina's and Cohere's rerank API (cross-encoder models); errors are OpenAI error objects."},
             {"name": "Ollama", "description": 'Ollama\'s API under /api; errors are `{"error": "..."}`.'},
+            {"name": "Anthropic", "description": 'Anthropic\'s Messages API under /v1/messages; errors are `{"type": "error", "error": {...}}`.'},
             {"name": "Extras", "description": "Tokenizer, health, metrics and this document; errors are OpenAI error objects."},
             {"name": "Page", "description": "The built-in chat page and its assets; loaded without a key (its API calls send one)."},
         ],
         **security,
-        "paths": {**openai_paths(), **ollama_paths(), **extras_paths(), **page_paths()},
+        "paths": {**openai_paths(), **rerank_paths(), **batch_paths(), **anthropic_paths(), **ollama_paths(), **extras_paths(), **page_paths()},
         "components": {
             "securitySchemes": {
                 "apiKey": {
@@ -153,7 +181,13 @@ def openapi_document(limits: ServerSettings = ServerSettings(), authenticated: b
                     "scheme": "bearer",
                     "description": "One of the server's API keys (--api-key-file); required on every route but /health when the "
                     "server has keys.",
-                }
+                },
+                "anthropicKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "x-api-key",
+                    "description": "The same keys as Anthropic's clients send them; accepted on every route.",
+                },
             },
             "schemas": _schemas(limits),
         },
@@ -172,6 +206,14 @@ _BODIES: tuple[tuple[str, type[Body]], ...] = (
     ("  text", responses.TextConfig),
     ("  stream_options", responses.ResponseStreamOptions),
     ("POST /v1/embeddings", openai.EmbeddingRequest),
+    ("POST /v1/rerank, /v2/rerank, /rerank", rerank.RerankRequest),
+    ("  documents[] (objects)", rerank.RerankDocumentInput),
+    ("POST /v1/messages (Anthropic)", anthropic.MessagesRequest),
+    ("  messages[]", anthropic.InputMessage),
+    ("  tools[]", anthropic.Tool),
+    ("  tool_choice", anthropic.ToolChoice),
+    ("  output_config", anthropic.OutputConfig),
+    ("POST /v1/messages/count_tokens (Anthropic)", anthropic.CountTokensRequest),
     ("POST /api/generate", ollama.GenerateRequest),
     ("POST /api/chat", ollama.ChatRequest),
     ("  messages[]", ollama.Message),

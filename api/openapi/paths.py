@@ -233,6 +233,8 @@ def openai_paths() -> dict[str, Any]:
                 "OpenAI",
                 _ok("Every model.", "ModelList"),
                 _errors("OpenAIError", _WITHOUT_BODY),
+                description="Asked with an `anthropic-version` header (Anthropic's clients), the answer is an AnthropicModelList "
+                "of the text models (and errors are Anthropic's).",
             )
         },
         "/v1/models/{model_id}": {
@@ -243,7 +245,7 @@ def openai_paths() -> dict[str, Any]:
                 "retrieveModel",
                 "Describe one model",
                 "OpenAI",
-                _ok("The model.", "Model"),
+                _ok("The model (an AnthropicModelInfo when asked with an `anthropic-version` header).", "Model"),
                 _errors("OpenAIError", (401, 404, 500, 503)),
             ),
         },

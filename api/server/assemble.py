@@ -14,6 +14,8 @@ import falcon
 
 from api.app import create_app
 from api.auth import load_api_keys
+from api.batches.runner import BatchRunner
+from api.batches.store import Store
 from api.context import ServerContext
 from api.models.loader import RuntimeLoader
 from api.models.pulls import ChildProcessBuilder, Pulls
@@ -31,6 +33,12 @@ class Assembled:
     def load_in_background(self) -> None:
         self.context.registry.load_in_background(self.load)
 
+    def run_batches(self) -> BatchRunner:
+        """Start this worker's batch runner (api/batches/runner.py); it stops when the worker drains."""
+        runner = BatchRunner(self.context)
+        runner.start()
+        return runner
+
 
 def assemble(settings: ServerSettings, responses: ResponseStore | None = None, builds: bool = True) -> Assembled:
     """The server of `settings`; `responses` replaces the store its settings name (Ray's shared one).
@@ -42,7 +50,8 @@ def assemble(settings: ServerSettings, responses: ResponseStore | None = None, b
     loader = RuntimeLoader(settings.runtime_settings(), settings.generator_settings(), warm=settings.warm)
     # /api/pull builds default models' engines in a child process (`python -m export.engines`): torch never enters a worker.
     pulls = Pulls(ChildProcessBuilder() if builds else None)
-    context = ServerContext(ModelRegistry(loader, settings.engines), settings, auth=load_api_keys(settings), responses=responses, pulls=pulls)
+    files = Store(settings.files_dir or None, settings.files_max_bytes, settings.files_total_bytes, settings.files_max_count)
+    context = ServerContext(ModelRegistry(loader, settings.engines), settings, auth=load_api_keys(settings), responses=responses, pulls=pulls, files=files)
 
     def load() -> list[LoadedModel]:
         models = loader.load_all(settings.engines)

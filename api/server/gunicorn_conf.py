@@ -72,6 +72,15 @@ else:
     _own_response_dir = ""
 
 
+# Files and batches (Files and Batch APIs) live in one folder all workers share; without one
+# named, a private folder for this server's lifetime holds them (its batches end with it).
+if not _settings.files_dir:
+    _own_files_dir = tempfile.mkdtemp(prefix="appliance-files-")
+    os.environ["APPLIANCE_FILES_DIR"] = _own_files_dir
+else:
+    _own_files_dir = ""
+
+
 # Set in the master once a worker has exited: workers forked after that are replacements.
 _replacing = False
 
@@ -111,3 +120,5 @@ def on_exit(server) -> None:
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
     if _own_response_dir:
         shutil.rmtree(_own_response_dir, ignore_errors=True)
+    if _own_files_dir:
+        shutil.rmtree(_own_files_dir, ignore_errors=True)

@@ -189,7 +189,8 @@ def test_health_root_and_metrics(client) -> None:
     health = client.simulate_get("/health").json
     assert health["status"] == "ok" and health["models"] == ["fake-chat", "fake-embed"] and isinstance(health["pid"], int)
     assert health["generators"] == {"fake-chat": {"slots": 1, "active": 0, "waiting": 0, "steps": 0, "tokens": 0, "prefix_hits": 0, "cached_tokens": 0,
-        "speculation": None, "speculative_steps": 0, "speculative_tokens": 0, "draft_tokens": 0, "accepted_tokens": 0}}  # fmt: skip
+        "speculation": None, "speculative_steps": 0, "speculative_tokens": 0, "draft_tokens": 0, "accepted_tokens": 0,
+        "background_active": 0, "background_waiting": 0}}  # fmt: skip
     assert "running" in client.simulate_get("/").text
     client.simulate_post("/v1/chat/completions", json={"model": "fake-chat", "messages": CHAT, "max_tokens": 3})
     client.simulate_post("/api/generate", json={"model": "fake-chat", "prompt": "Hi"})

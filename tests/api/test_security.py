@@ -23,10 +23,24 @@ REQUESTS = [
     ("POST", "/v1/chat/completions", {"model": "fake-chat", "messages": CHAT}),
     ("POST", "/v1/completions", {"model": "fake-chat", "prompt": "Hi"}),
     ("POST", "/v1/embeddings", {"model": "fake-embed", "input": "Hi"}),
+    ("POST", "/v1/rerank", {"model": "fake-embed", "query": "Hi", "documents": ["Hi"]}),
+    ("POST", "/v2/rerank", {"model": "fake-embed", "query": "Hi", "documents": ["Hi"]}),
+    ("POST", "/rerank", {"model": "fake-embed", "query": "Hi", "documents": ["Hi"]}),
     ("POST", "/v1/responses", {"model": "fake-chat", "input": "Hi"}),
+    ("POST", "/v1/messages", {"model": "fake-chat", "max_tokens": 5, "messages": CHAT}),
+    ("POST", "/v1/messages/count_tokens", {"model": "fake-chat", "messages": CHAT}),
     ("GET", "/v1/responses/resp_unknown", None),
     ("DELETE", "/v1/responses/resp_unknown", None),
     ("GET", "/v1/responses/resp_unknown/input_items", None),
+    ("POST", "/v1/files", {"purpose": "batch"}),
+    ("GET", "/v1/files", None),
+    ("GET", "/v1/files/file-unknown", None),
+    ("DELETE", "/v1/files/file-unknown", None),
+    ("GET", "/v1/files/file-unknown/content", None),
+    ("POST", "/v1/batches", {"input_file_id": "file-unknown", "endpoint": "/v1/chat/completions", "completion_window": "24h"}),
+    ("GET", "/v1/batches", None),
+    ("GET", "/v1/batches/batch_unknown", None),
+    ("POST", "/v1/batches/batch_unknown/cancel", None),
     ("GET", "/v1/models", None),
     ("GET", "/v1/models/fake-chat", None),
     ("POST", "/api/generate", {"model": "fake-chat", "prompt": "Hi", "stream": False}),
@@ -53,7 +67,10 @@ REQUESTS = [
 
 # With a key, the answer when not 200: these fakes have no engines folder for delete and copy to change
 # (tests/api/test_lifecycle.py has them with one).
-WITH_KEY = {"/api/delete": 400, "/api/copy": 400, "/v1/responses/resp_unknown": 404, "/v1/responses/resp_unknown/input_items": 404}
+# The fakes serve no reranker, so the rerank routes answer 400 naming the rerankers (none; tests/api/test_rerank.py has them).
+# (by method and path, or path) The files and batches named here do not exist (tests/api/test_batches.py has real ones); an upload must be multipart.
+WITH_KEY_BATCHES = {("POST", "/v1/files"): 400, "/v1/files/file-unknown": 404, "/v1/files/file-unknown/content": 404, ("POST", "/v1/batches"): 404, "/v1/batches/batch_unknown": 404, "/v1/batches/batch_unknown/cancel": 404}
+WITH_KEY = {"/v1/rerank": 400, "/v2/rerank": 400, "/rerank": 400, "/api/delete": 400, "/api/copy": 400, "/v1/responses/resp_unknown": 404, "/v1/responses/resp_unknown/input_items": 404, **WITH_KEY_BATCHES}
 
 
 def send(client, method: str, path: str, body, headers=None):
@@ -63,7 +80,10 @@ def send(client, method: str, path: str, body, headers=None):
 def test_every_route_but_health_is_listed_here() -> None:
     # The chat page's files need no key either (tests/api/test_ui.py).
     listed = {path for _, path, _ in REQUESTS}
-    served = {path.replace("{model_id}", "fake-chat").replace("{response_id}", "resp_unknown") for path, _ in routes(make_context())}
+    served = {
+        path.replace("{model_id}", "fake-chat").replace("{response_id}", "resp_unknown").replace("{file_id}", "file-unknown").replace("{batch_id}", "batch_unknown")
+        for path, _ in routes(make_context())
+    }
     assert served - listed == {"/health", *ui.PUBLIC_PATHS}
 
 
@@ -76,11 +96,19 @@ def test_every_route_needs_the_key(make_client, method: str, path: str, body) ->
         assert result.headers["www-authenticate"].startswith('Bearer realm="appliance"')
         if path.startswith("/api/"):
             ollama_error(result, 401)
+        elif path.startswith("/v1/messages"):
+            assert result.json["type"] == "error" and result.json["error"]["type"] == "authentication_error"
         else:
             assert openai_error(result, 401)["type"] == "invalid_request_error"
     for key in (KEY, OTHER):
         result = send(client, method, path, body, {"Authorization": f"Bearer {key}"})
-        assert result.status_code == WITH_KEY.get(path, 200), result.text
+        assert result.status_code == WITH_KEY.get((method, path), WITH_KEY.get(path, 200)), result.text
+        # Anthropic's clients send the key as x-api-key; every route takes it.
+        assert send(client, method, path, body, {"X-Api-Key": key}).status_code == WITH_KEY.get((method, path), WITH_KEY.get(path, 200))
+    assert send(client, method, path, body, {"X-Api-Key": "wrong-key-of-some-length"}).status_code == 401
+    # A wrong key is refused even beside a right one: it is never passed over.
+    assert send(client, method, path, body, {"Authorization": f"Bearer {KEY}", "X-Api-Key": "wrong-key-of-some-length"}).status_code == 401
+    assert send(client, method, path, body, {"Authorization": "Bearer wrong-key-of-some-length", "X-Api-Key": KEY}).status_code == 401
 
 
 def test_health_needs_no_key(make_client) -> None:
@@ -169,7 +197,8 @@ def test_openapi_declares_the_key_requirement(make_client) -> None:
     assert "security" not in open_doc and open_doc["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
     client = make_client(FakeGenerator(), api_keys=(KEY,))
     doc = client.simulate_get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json
-    assert doc["security"] == [{"apiKey": []}]
+    assert doc["security"] == [{"apiKey": []}, {"anthropicKey": []}]  # Bearer, or Anthropic's x-api-key
+    assert doc["components"]["securitySchemes"]["anthropicKey"] == {**doc["components"]["securitySchemes"]["anthropicKey"], "in": "header", "name": "x-api-key"}
     assert doc["paths"]["/health"]["get"]["security"] == []
     assert "401" in doc["paths"]["/v1/chat/completions"]["post"]["responses"]
 
@@ -232,13 +261,20 @@ def test_message_and_choice_limits(make_client) -> None:
     assert "at most 2" in ollama_error(client.simulate_post("/api/embed", json={"model": "fake-embed", "input": ["a", "b", "c"]}), 400)
 
 
+# An upload is bounded by --files-max-bytes (tests/api/test_batches.py); a cancel reads no body.
+OWN_BODY_LIMITS = {"/v1/files", "/v1/batches/batch_unknown/cancel"}
+
+
 def test_body_limit_applies_to_every_post_route(make_client) -> None:
     client = make_client(FakeGenerator(), max_body_bytes=512)
     big = {"model": "fake-chat", "prompt": "x" * 600, "content": "x" * 600}
     for method, path, _ in REQUESTS:
-        if method == "POST":
+        if method == "POST" and path not in OWN_BODY_LIMITS:
             result = send(client, method, path, big)
-            (ollama_error if path.startswith("/api/") else openai_error)(result, 413)
+            if path.startswith("/v1/messages"):
+                assert result.status_code == 413 and result.json["error"]["type"] == "request_too_large", result.text
+            else:
+                (ollama_error if path.startswith("/api/") else openai_error)(result, 413)
 
 
 def test_stream_keep_alives_while_waiting(make_client) -> None:
