@@ -71,6 +71,11 @@ def new_id(prefix: str) -> str:
     return f"{prefix}{secrets.token_hex(12)}"
 
 
+# Set (to "1") by the gunicorn host when it made the files folder itself (no --files-dir): the
+# folder, and the batches in it, end with the server.
+FILES_DIR_ENDS_WITH_SERVER = "APPLIANCE_FILES_DIR_ENDS_WITH_SERVER"
+
+
 class Store:
     """Files and batch records in one folder; safe across threads and processes."""
 
@@ -82,10 +87,18 @@ class Store:
         max_files: int = DEFAULT_MAX_FILES,
         clock: Callable[[], float] = time.time,
         new_id: Callable[[str], str] = new_id,
+        ends_with_server: bool = False,
     ) -> None:
-        """`directory` None: a temporary folder, made at first use and removed by `close`."""
+        """`directory` None: a temporary folder, made at first use and removed by `close`.
+        `ends_with_server`: `directory` is the server's own temporary folder (no --files-dir), so
+        files and batches of an earlier run are gone; a 404 says so."""
         self._directory = Path(directory) if directory else None
         self._temporary = directory is None or directory == ""
+        self._gone_hint = (
+            " (this server keeps files and batches in a temporary folder that ends with it: those of an earlier run are gone;"
+            " start it with --files-dir DIR to keep them across restarts)"
+            if ends_with_server or self._temporary else ""
+        )
         self.max_file_bytes, self.max_total_bytes, self.max_files = max_file_bytes, max_total_bytes, max_files
         self.clock = clock
         self.new_id = new_id
@@ -183,7 +196,7 @@ class Store:
     def file(self, file_id: str) -> FileObject:
         rows = self._read("SELECT id, created_at, filename, purpose, bytes FROM files WHERE id = ?", (file_id,))
         if not rows:
-            raise NotFound(f"no file with id '{file_id}'; GET /v1/files lists the stored files", param="file_id")
+            raise NotFound(f"no file with id '{file_id}'; GET /v1/files lists the stored files{self._gone_hint}", param="file_id")
         return _file(rows[0])
 
     def content_path(self, file_id: str) -> Path:
@@ -208,7 +221,7 @@ class Store:
     def delete_file(self, file_id: str) -> None:
         with self._write() as (folder, db):
             if db.execute("DELETE FROM files WHERE id = ?", (file_id,)).rowcount == 0:
-                raise NotFound(f"no file with id '{file_id}'; GET /v1/files lists the stored files", param="file_id")
+                raise NotFound(f"no file with id '{file_id}'; GET /v1/files lists the stored files{self._gone_hint}", param="file_id")
             (folder / file_id).unlink(missing_ok=True)
 
     def publish(self, partial: Path, file_id: str, filename: str, purpose: str) -> None:
@@ -229,7 +242,7 @@ class Store:
     def batch(self, batch_id: str) -> Batch:
         rows = self._read("SELECT batch FROM batches WHERE id = ?", (batch_id,))
         if not rows:
-            raise NotFound(f"no batch with id '{batch_id}'; GET /v1/batches lists them", param="batch_id")
+            raise NotFound(f"no batch with id '{batch_id}'; GET /v1/batches lists them{self._gone_hint}", param="batch_id")
         return _decode_batch(rows[0][0])
 
     def update_batch(self, batch_id: str, change: Callable[[Batch], Batch | None]) -> Batch:
@@ -237,7 +250,7 @@ class Store:
         with self._write() as (_, db):
             row = db.execute("SELECT batch FROM batches WHERE id = ?", (batch_id,)).fetchone()
             if row is None:
-                raise NotFound(f"no batch with id '{batch_id}'; GET /v1/batches lists them", param="batch_id")
+                raise NotFound(f"no batch with id '{batch_id}'; GET /v1/batches lists them{self._gone_hint}", param="batch_id")
             batch = _decode_batch(row[0])
             changed = change(batch)
             if changed is None:

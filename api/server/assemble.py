@@ -7,6 +7,7 @@ here alike, so both serve the same routes, errors and keys from the same engines
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ import falcon
 from api.app import create_app
 from api.auth import load_api_keys
 from api.batches.runner import BatchRunner
-from api.batches.store import Store
+from api.batches.store import FILES_DIR_ENDS_WITH_SERVER, Store
 from api.context import ServerContext
 from api.models.loader import RuntimeLoader
 from api.models.pulls import ChildProcessBuilder, Pulls
@@ -50,8 +51,11 @@ def assemble(settings: ServerSettings, responses: ResponseStore | None = None, b
     loader = RuntimeLoader(settings.runtime_settings(), settings.generator_settings(), warm=settings.warm)
     # /api/pull builds default models' engines in a child process (`python -m export.engines`): torch never enters a worker.
     pulls = Pulls(ChildProcessBuilder() if builds else None)
-    files = Store(settings.files_dir or None, settings.files_max_bytes, settings.files_total_bytes, settings.files_max_count)
+    ends_with_server = os.environ.get(FILES_DIR_ENDS_WITH_SERVER) == "1"
+    files = Store(settings.files_dir or None, settings.files_max_bytes, settings.files_total_bytes, settings.files_max_count, ends_with_server=ends_with_server)
     context = ServerContext(ModelRegistry(loader, settings.engines), settings, auth=load_api_keys(settings), responses=responses, pulls=pulls, files=files)
+    if ends_with_server:
+        context.log.warning("files and batches are kept in a temporary folder that ends with the server: a restart loses them (--files-dir DIR keeps them)")
 
     def load() -> list[LoadedModel]:
         models = loader.load_all(settings.engines)

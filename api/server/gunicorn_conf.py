@@ -25,6 +25,7 @@ import signal
 import tempfile
 
 from api.auth import ApiKeyError, exposure_problem, load_api_keys
+from api.batches.store import FILES_DIR_ENDS_WITH_SERVER
 from api.settings import ServerSettings
 
 _settings = ServerSettings.from_env()
@@ -77,6 +78,7 @@ else:
 if not _settings.files_dir:
     _own_files_dir = tempfile.mkdtemp(prefix="appliance-files-")
     os.environ["APPLIANCE_FILES_DIR"] = _own_files_dir
+    os.environ[FILES_DIR_ENDS_WITH_SERVER] = "1"
 else:
     _own_files_dir = ""
 

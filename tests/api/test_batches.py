@@ -360,3 +360,17 @@ def test_a_deleted_input_fails_the_batch_with_a_reason(server: Server) -> None:
     failed = server.sdk.batches.retrieve(batch.id)
     assert failed.status == "failed" and failed.errors is not None
     assert (failed.errors.data or [])[0].code == "input_file_missing"
+
+
+def test_a_missing_batch_says_when_the_folder_ended_with_an_earlier_server(tmp_path: Path) -> None:
+    from api.errors import NotFound
+
+    kept = Store(tmp_path / "kept")
+    with pytest.raises(NotFound) as error:
+        kept.batch("batch_gone")
+    assert "--files-dir" not in error.value.message  # a folder the operator named: nothing was lost by a restart
+    own = Store(tmp_path / "own", ends_with_server=True)
+    for lookup in (lambda: own.batch("batch_gone"), lambda: own.file("file-gone")):
+        with pytest.raises(NotFound) as error:
+            lookup()
+        assert "earlier run are gone" in error.value.message and "--files-dir" in error.value.message
