@@ -365,6 +365,33 @@ def _adds_bos(tokenizer: Any, bos: int | None) -> bool:
     return bool(ids) and ids[0] == bos
 
 
+def _encoder_manifest(
+    source: ModelSource, built: Any, name: str, options: ExportOptions, config: Any, task: str, context_length: int, **section: Any
+) -> Manifest:
+    """The manifest of an encoder engine built by optimum (an embedder or a reranker; `section`
+    is its task's own part of the manifest)."""
+    return Manifest(
+        name=name,
+        task=task,
+        architecture=source.architecture,
+        model_type=source.model_type,
+        style=STYLE_ENCODER,
+        graph_file=built.graph_file,
+        inputs=built.inputs,
+        outputs=built.outputs,
+        precision=options.precision,
+        execution_providers=("CUDAExecutionProvider", "CPUExecutionProvider"),
+        vocab_size=int(config.get("vocab_size", 0)),
+        context_length=context_length,
+        pad_token_id=config.get("pad_token_id"),
+        source=source.describe(),
+        export_options=dataclasses.asdict(options) | {"builder_used": "optimum"},
+        exporter=_exporter_versions("optimum", "optimum-onnx", "sentence-transformers"),
+        created=_now(),
+        **section,
+    )
+
+
 def _export_encoder(source: ModelSource, staging: Path, name: str, options: ExportOptions, progress: Progress) -> tuple[Manifest, dict]:
     from export import optimum_export
     from export.loading import quiet_libraries, read_sentence_transformers_config
@@ -400,26 +427,7 @@ def _export_encoder(source: ModelSource, staging: Path, name: str, options: Expo
             dimension=int(st.get("dimension") or config["hidden_size"]),
             max_input_tokens=max_tokens,
         )
-        manifest = Manifest(
-            name=name,
-            task=TASK_EMBEDDING,
-            architecture=source.architecture,
-            model_type=source.model_type,
-            style=STYLE_ENCODER,
-            graph_file=built.graph_file,
-            inputs=built.inputs,
-            outputs=built.outputs,
-            embedding=embedding,
-            precision=options.precision,
-            execution_providers=("CUDAExecutionProvider", "CPUExecutionProvider"),
-            vocab_size=int(config.get("vocab_size", 0)),
-            context_length=max_tokens,
-            pad_token_id=config.get("pad_token_id"),
-            source=source.describe(),
-            export_options=dataclasses.asdict(options) | {"builder_used": "optimum"},
-            exporter=_exporter_versions("optimum", "optimum-onnx", "sentence-transformers"),
-            created=_now(),
-        )
+        manifest = _encoder_manifest(source, built, name, options, config, TASK_EMBEDDING, max_tokens, embedding=embedding)
         write_manifest(staging, manifest)
     with progress.step("validating against the PyTorch model"):
         parity = encoder_parity(source.path, staging, cosine_bar=COSINE_BAR if options.precision == "fp32" else QUANTIZED_COSINE_BAR)
@@ -460,26 +468,7 @@ def _export_reranker(source: ModelSource, staging: Path, name: str, options: Exp
             from transformers import AutoTokenizer
 
             AutoTokenizer.from_pretrained(str(source.path)).backend_tokenizer.save(str(staging / TOKENIZER_FILE))
-        manifest = Manifest(
-            name=name,
-            task=TASK_RERANK,
-            architecture=source.architecture,
-            model_type=source.model_type,
-            style=STYLE_ENCODER,
-            graph_file=built.graph_file,
-            inputs=built.inputs,
-            outputs=built.outputs,
-            rerank=spec,
-            precision=options.precision,
-            execution_providers=("CUDAExecutionProvider", "CPUExecutionProvider"),
-            vocab_size=int(config.get("vocab_size", 0)),
-            context_length=spec.max_input_tokens,
-            pad_token_id=config.get("pad_token_id"),
-            source=source.describe(),
-            export_options=dataclasses.asdict(options) | {"builder_used": "optimum"},
-            exporter=_exporter_versions("optimum", "optimum-onnx", "sentence-transformers"),
-            created=_now(),
-        )
+        manifest = _encoder_manifest(source, built, name, options, config, TASK_RERANK, spec.max_input_tokens, rerank=spec)
         write_manifest(staging, manifest)
     with progress.step("validating against sentence-transformers' CrossEncoder"):
         parity = cross_encoder_parity(source.path, staging)
